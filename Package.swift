@@ -1,0 +1,51 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Layering (top to bottom): splice CLI -> Splice (registry, inspection, bench)
+// -> arch/<isa> backends -> SpliceMachine (Unicorn), SpliceELF (libelf),
+// SpliceDisassembly (Capstone) -> C system libraries and one small C shim.
+let package = Package(
+    name: "Splice",
+    platforms: [.macOS(.v13)],
+    products: [
+        .library(name: "Splice", targets: ["Splice"]),
+        .executable(name: "splice", targets: ["splice"]),
+        .executable(name: "unicorn-bare-bench", targets: ["unicorn-bare-bench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        .systemLibrary(name: "CUnicorn", pkgConfig: "unicorn",
+                       providers: [.apt(["libunicorn-dev"])]),
+        .systemLibrary(name: "CCapstone", pkgConfig: "capstone",
+                       providers: [.apt(["libcapstone-dev"])]),
+        .systemLibrary(name: "CLibelf", pkgConfig: "libelf",
+                       providers: [.apt(["libelf-dev"])]),
+        .target(name: "CSpliceShims", dependencies: ["CUnicorn"]),
+
+        .target(name: "SpliceELF", dependencies: ["CLibelf"]),
+        .target(name: "SpliceDisassembly", dependencies: ["CCapstone"]),
+        .target(name: "SpliceMachine",
+                dependencies: ["CUnicorn", "CSpliceShims", "SpliceELF", "SpliceDisassembly"]),
+
+        .target(name: "SpliceX86_64", dependencies: ["SpliceMachine"], path: "arch/x86_64",
+                exclude: ["README.md"]),
+        .target(name: "SplicePPC64LE", dependencies: ["SpliceMachine"], path: "arch/ppc64le",
+                exclude: ["README.md"]),
+
+        .target(name: "Splice",
+                dependencies: ["SpliceMachine", "SpliceELF", "SpliceDisassembly",
+                               "SpliceX86_64", "SplicePPC64LE"]),
+        .executableTarget(name: "splice", dependencies: [
+            "Splice", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        // The bare-Unicorn reference that `splice bench emu` compares against: the same
+        // guest loop driven by plain C calls into libunicorn, no Splice in between.
+        .executableTarget(name: "unicorn-bare-bench", dependencies: ["CUnicorn", "CLibelf"]),
+
+        .testTarget(name: "SpliceTests", dependencies: ["Splice"],
+                    resources: []),
+    ],
+    swiftLanguageModes: [.v5]
+)

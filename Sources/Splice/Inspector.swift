@@ -1,0 +1,72 @@
+/// What `splice inspect` shows about one function.
+public struct FunctionReport: Codable, Sendable {
+    public var name: String
+    public var address: UInt64
+    public var size: UInt64
+    public var globalEntry: UInt64
+    /// ppc64le: the local entry when it differs from the global one.
+    public var localEntry: UInt64?
+    public var sites: [PrologueSite]
+    public var prologue: [InstructionReport]
+}
+
+public struct InstructionReport: Codable, Sendable {
+    public var address: UInt64
+    public var bytes: String
+    public var text: String
+}
+
+public struct ImageReport: Codable, Sendable {
+    public var file: String
+    public var architecture: String
+    public var entry: UInt64
+    public var buildID: String?
+    public var segments: [SegmentReport]
+    public var functions: [FunctionReport]
+}
+
+public struct SegmentReport: Codable, Sendable {
+    public var address: UInt64
+    public var memorySize: UInt64
+    public var fileSize: UInt64
+    public var permissions: String
+}
+
+/// Reads an image's functions, entries, patch landmarks and prologue disassembly.
+public enum Inspector {
+    public static func report(_ elf: ELFFile, prologueInstructions: Int = 6) throws -> ImageReport {
+        let arch = try Architectures.forELF(elf)
+        let disassembler = try Disassembler(mode: arch.disassemblyMode)
+        let functions = try elf.functions.map { symbol -> FunctionReport in
+            let code = try bytes(of: symbol, in: elf)
+            let entries = arch.entries(of: symbol, in: elf)
+            let prologue = disassembler.decode(code, address: symbol.value, count: prologueInstructions)
+            return FunctionReport(
+                name: symbol.name, address: symbol.value, size: symbol.size, globalEntry: symbol.value,
+                localEntry: entries.first { $0.kind == .local }?.address,
+                sites: arch.prologueSites(of: symbol, code: code, in: elf),
+                prologue: prologue.map { InstructionReport(address: $0.address, bytes: $0.bytesHex, text: $0.text) })
+        }
+        let segments = elf.segments.filter(\.isLoad).map { s in
+            SegmentReport(address: s.virtualAddress, memorySize: s.memorySize, fileSize: s.fileSize,
+                          permissions: (s.flags & 4 != 0 ? "r" : "-") + (s.flags & 2 != 0 ? "w" : "-")
+                              + (s.flags & 1 != 0 ? "x" : "-"))
+        }
+        return ImageReport(file: elf.name, architecture: arch.name, entry: elf.header.entry, buildID: elf.buildIDHex,
+                           segments: segments, functions: functions)
+    }
+
+    /// A function's bytes from the section that holds it.
+    public static func bytes(of symbol: ELFSymbol, in elf: ELFFile) throws -> [UInt8] {
+        let index = Int(symbol.sectionIndex)
+        guard elf.sections.indices.contains(index) else { return [] }
+        let section = elf.sections[index]
+        guard symbol.value >= section.address, symbol.value + symbol.size <= section.address + section.size,
+              section.type != ELFSection.typeNoBits else {
+            throw ELFError.badSymbol(table: ".symtab", index: symbol.index,
+                                     reason: "\(symbol.name) at 0x\(String(symbol.value, radix: 16)) size \(symbol.size) lies outside its section \(section.name)")
+        }
+        let start = Int(symbol.value - section.address)
+        return Array(section.data[start..<start + Int(symbol.size)])
+    }
+}

@@ -1,0 +1,44 @@
+import Foundation
+
+/// Finds the bundled sample images (samples/build) from the working directory, the
+/// `SPLICE_SAMPLES` environment variable, or the executable's location in a checkout.
+public enum Samples {
+    public static let x86_64 = "kernel-x86_64.elf"
+    public static let x86_64Fentry = "kernel-x86_64-fentry.elf"
+    public static let ppc64le = "kernel-ppc64le.elf"
+
+    public struct NotFound: Error, CustomStringConvertible {
+        public let searched: [String]
+        public var description: String {
+            "cannot find the bundled samples (samples/build); looked in: " + searched.joined(separator: ", ")
+                + ". Run from the Splice checkout or set SPLICE_SAMPLES."
+        }
+    }
+
+    public static func directory() throws -> String {
+        var candidates: [String] = []
+        if let env = ProcessInfo.processInfo.environment["SPLICE_SAMPLES"] { candidates.append(env) }
+        var dir = URL(fileURLWithPath: FileManager.default.currentDirectoryPath)
+        for _ in 0..<4 {
+            candidates.append(dir.appendingPathComponent("samples/build").path)
+            dir.deleteLastPathComponent()
+        }
+        if let exe = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") {
+            var d = URL(fileURLWithPath: exe).deletingLastPathComponent()
+            for _ in 0..<6 {
+                candidates.append(d.appendingPathComponent("samples/build").path)
+                d.deleteLastPathComponent()
+            }
+        }
+        for c in candidates where FileManager.default.fileExists(atPath: c + "/" + x86_64) { return c }
+        throw NotFound(searched: candidates)
+    }
+
+    public static func path(_ name: String) throws -> String { try directory() + "/" + name }
+
+    /// The directory holding the running executable (where SwiftPM puts its siblings).
+    public static func executableDirectory() -> String? {
+        (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
+            .map { URL(fileURLWithPath: $0).deletingLastPathComponent().path }
+    }
+}

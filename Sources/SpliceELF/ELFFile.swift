@@ -1,0 +1,385 @@
+import CLibelf
+import Foundation
+
+/// A 64-bit little-endian ELF file read with libelf: header, sections, segments, symbols,
+/// relocations and notes, all copied into Swift values and checked for consistency when
+/// the file is opened, so that a malformed file fails there with an `ELFError` naming
+/// what is wrong and where, and every later access is a plain lookup.
+public struct ELFFile: Sendable {
+    public let name: String
+    public let size: Int
+    public let header: ELFHeader
+    public let sections: [ELFSection]
+    public let segments: [ELFSegment]
+    /// The static symbol table (.symtab), or the dynamic one if there is no .symtab.
+    public let symbols: [ELFSymbol]
+    public let relocationSections: [ELFRelocationSection]
+    public let notes: [ELFNote]
+
+    /// The GNU build id (NT_GNU_BUILD_ID), if the file has one.
+    public var buildID: [UInt8]? {
+        notes.first { $0.owner == "GNU" && $0.type == ELFNote.gnuBuildID }?.descriptor
+    }
+
+    public var buildIDHex: String? {
+        buildID.map { $0.map { String(format: "%02x", $0) }.joined() }
+    }
+
+    public func section(named name: String) -> ELFSection? { sections.first { $0.name == name } }
+
+    /// The defined symbol with this name, preferring global over local bindings.
+    public func symbol(named name: String) -> ELFSymbol? {
+        let matches = symbols.filter { $0.name == name && $0.isDefined }
+        return matches.first { $0.binding != .local } ?? matches.first
+    }
+
+    /// Defined function symbols with a size, sorted by address.
+    public var functions: [ELFSymbol] {
+        symbols.filter { $0.isFunction && $0.isDefined && $0.size > 0 }
+            .sorted { ($0.value, $0.name) < ($1.value, $1.name) }
+    }
+
+    /// Reads the file at `path`.
+    public init(contentsOf path: String, expectedMachine: UInt16? = nil) throws {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw ELFError.io(path: path, message: "no such file or not readable")
+        }
+        try self.init(bytes: [UInt8](data), name: path, expectedMachine: expectedMachine)
+    }
+
+    /// Parses `bytes`. `name` is only used in messages.
+    public init(bytes: [UInt8], name: String = "<memory>", expectedMachine: UInt16? = nil) throws {
+        let raw = try RawHeader(bytes)
+        if let expected = expectedMachine, raw.machine != expected {
+            throw ELFError.wrongMachine(expected: expected, found: raw.machine)
+        }
+        let parsed = try LibelfReader.parse(bytes, name: name, raw: raw)
+        self.name = name
+        self.size = bytes.count
+        self.header = parsed.header
+        self.sections = parsed.sections
+        self.segments = parsed.segments
+        self.symbols = parsed.symbols
+        self.relocationSections = parsed.relocations
+        self.notes = parsed.notes
+    }
+}
+
+/// The fixed part of the ELF64 header, read before libelf sees the file so that a file
+/// whose tables point outside it is refused with the exact field at fault. libelf would
+/// otherwise either refuse it with a generic message or read what it can.
+struct RawHeader {
+    static let size = 64
+    let machine: UInt16
+    let phoff: UInt64, phentsize: Int, phnum: Int
+    let shoff: UInt64, shentsize: Int, shnum: Int
+
+    init(_ b: [UInt8]) throws {
+        if b.count >= 4, b[0..<4] != [0x7f, 0x45, 0x4c, 0x46] { throw ELFError.notELF }
+        guard b.count >= Self.size else { throw ELFError.truncatedHeader(fileSize: b.count, needed: Self.size) }
+        guard b[4] == 2 else { throw ELFError.unsupportedClass("EI_CLASS \(b[4]) is not ELFCLASS64") }
+        guard b[5] == 1 else { throw ELFError.unsupportedClass("EI_DATA \(b[5]) is not little-endian") }
+        func u16(_ o: Int) -> Int { Int(b[o]) | Int(b[o + 1]) << 8 }
+        func u64(_ o: Int) -> UInt64 { (0..<8).reduce(0) { $0 | UInt64(b[o + $1]) << (8 * UInt64($1)) } }
+        machine = UInt16(u16(18))
+        phoff = u64(32); shoff = u64(40)
+        phentsize = u16(54); phnum = u16(56)
+        shentsize = u16(58); shnum = u16(60)
+        let fileSize = UInt64(b.count)
+        if shnum > 0 || shoff != 0 {
+            // shnum 0 with a nonzero offset is extended numbering: one header must exist.
+            let count = max(shnum, 1)
+            let end = shoff.addingReportingOverflow(UInt64(count * shentsize))
+            if shentsize != 64 || end.overflow || end.partialValue > fileSize {
+                throw ELFError.sectionHeaderTableOutOfBounds(
+                    offset: shoff, count: count, entrySize: shentsize, fileSize: b.count)
+            }
+        }
+        if phnum > 0 {
+            let end = phoff.addingReportingOverflow(UInt64(phnum * phentsize))
+            if phentsize != 56 || end.overflow || end.partialValue > fileSize {
+                throw ELFError.programHeaderTableOutOfBounds(
+                    offset: phoff, count: phnum, entrySize: phentsize, fileSize: b.count)
+            }
+        }
+    }
+}
+
+/// Everything libelf is asked, in one place, on a private copy of the bytes that lives
+/// exactly as long as the libelf handle.
+enum LibelfReader {
+    struct Parsed {
+        var header: ELFHeader
+        var sections: [ELFSection] = []
+        var segments: [ELFSegment] = []
+        var symbols: [ELFSymbol] = []
+        var relocations: [ELFRelocationSection] = []
+        var notes: [ELFNote] = []
+    }
+
+    static let versionInitialised: Bool = elf_version(UInt32(EV_CURRENT)) != UInt32(EV_NONE)
+
+    static func lastError(_ operation: String) -> ELFError {
+        let message = elf_errmsg(-1).map { String(cString: $0) } ?? "unknown error"
+        return .libelf(operation: operation, message: message)
+    }
+
+    static func parse(_ bytes: [UInt8], name: String, raw: RawHeader) throws -> Parsed {
+        guard versionInitialised else { throw lastError("elf_version") }
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(bytes.count, 1), alignment: 16)
+        defer { buffer.deallocate() }
+        buffer.copyBytes(from: bytes)
+        let base = buffer.baseAddress!.assumingMemoryBound(to: CChar.self)
+        guard let elf = elf_memory(base, bytes.count) else { throw lastError("elf_memory") }
+        defer { elf_end(elf) }
+        guard elf_kind(elf) == ELF_K_ELF else { throw ELFError.notELF }
+
+        var ehdr = GElf_Ehdr()
+        guard gelf_getehdr(elf, &ehdr) != nil else { throw lastError("gelf_getehdr") }
+        var parsed = Parsed(header: ELFHeader(type: ELFFileType(ehdr.e_type), machine: ehdr.e_machine,
+                                              entry: ehdr.e_entry, flags: ehdr.e_flags))
+        parsed.sections = try readSections(elf, fileSize: bytes.count)
+        parsed.segments = try readSegments(elf, bytes: bytes)
+        let isPPC64 = ehdr.e_machine == ELFMachine.ppc64
+        parsed.symbols = try readSymbols(elf, parsed.sections, isPPC64: isPPC64)
+        parsed.relocations = try readRelocations(elf, parsed.sections)
+        parsed.notes = try readNotes(elf, parsed.sections)
+        return parsed
+    }
+
+    static func readSections(_ elf: OpaquePointer, fileSize: Int) throws -> [ELFSection] {
+        var count = 0
+        guard elf_getshdrnum(elf, &count) == 0 else { throw lastError("elf_getshdrnum") }
+        if count == 0 { return [] }
+        var stringIndex = 0
+        guard elf_getshdrstrndx(elf, &stringIndex) == 0 else { throw lastError("elf_getshdrstrndx") }
+
+        var headers: [GElf_Shdr] = []
+        for i in 0..<count {
+            var shdr = GElf_Shdr()
+            guard let scn = elf_getscn(elf, i), gelf_getshdr(scn, &shdr) != nil else {
+                throw lastError("gelf_getshdr(\(i))")
+            }
+            headers.append(shdr)
+        }
+        guard stringIndex > 0, stringIndex < count, headers[stringIndex].sh_type == ELFSection.typeStrTab else {
+            throw ELFError.badStringTableIndex(index: stringIndex, sectionCount: count)
+        }
+
+        var sections: [ELFSection] = []
+        for (i, shdr) in headers.enumerated() {
+            var data: [UInt8] = []
+            if shdr.sh_type != ELFSection.typeNoBits && shdr.sh_size > 0 {
+                let end = shdr.sh_offset.addingReportingOverflow(shdr.sh_size)
+                if end.overflow || end.partialValue > UInt64(fileSize) {
+                    throw ELFError.sectionOutOfBounds(index: i, name: "#\(i)", offset: shdr.sh_offset,
+                                                      size: shdr.sh_size, fileSize: fileSize)
+                }
+                guard let scn = elf_getscn(elf, i), let d = elf_rawdata(scn, nil) else {
+                    throw lastError("elf_rawdata(section \(i))")
+                }
+                if let p = d.pointee.d_buf {
+                    data = [UInt8](UnsafeRawBufferPointer(start: p, count: d.pointee.d_size))
+                }
+            }
+            sections.append(ELFSection(
+                index: i, name: "", type: shdr.sh_type, flags: shdr.sh_flags, address: shdr.sh_addr,
+                offset: shdr.sh_offset, size: shdr.sh_size, link: shdr.sh_link, info: shdr.sh_info,
+                alignment: shdr.sh_addralign, entrySize: shdr.sh_entsize, data: data))
+        }
+        let names = sections[stringIndex].data
+        for i in sections.indices {
+            sections[i].name = try string(in: names, at: headers[i].sh_name, table: ".shstrtab")
+        }
+        return sections
+    }
+
+    static func readSegments(_ elf: OpaquePointer, bytes: [UInt8]) throws -> [ELFSegment] {
+        var count = 0
+        guard elf_getphdrnum(elf, &count) == 0 else { throw lastError("elf_getphdrnum") }
+        var segments: [ELFSegment] = []
+        for i in 0..<count {
+            var phdr = GElf_Phdr()
+            guard gelf_getphdr(elf, Int32(i), &phdr) != nil else { throw lastError("gelf_getphdr(\(i))") }
+            let end = phdr.p_offset.addingReportingOverflow(phdr.p_filesz)
+            if end.overflow || end.partialValue > UInt64(bytes.count) {
+                throw ELFError.segmentOutOfBounds(index: i, offset: phdr.p_offset, fileSize: phdr.p_filesz,
+                                                  imageSize: bytes.count)
+            }
+            if phdr.p_type == ELFSegment.typeLoad && phdr.p_memsz < phdr.p_filesz {
+                throw ELFError.segmentMemorySmallerThanFile(index: i, fileSize: phdr.p_filesz, memorySize: phdr.p_memsz)
+            }
+            let data = phdr.p_type == ELFSegment.typeLoad
+                ? Array(bytes[Int(phdr.p_offset)..<Int(end.partialValue)]) : []
+            segments.append(ELFSegment(
+                index: i, type: phdr.p_type, flags: phdr.p_flags, offset: phdr.p_offset,
+                virtualAddress: phdr.p_vaddr, fileSize: phdr.p_filesz, memorySize: phdr.p_memsz,
+                alignment: phdr.p_align, data: data))
+        }
+        return segments
+    }
+
+    static func string(in table: [UInt8], at offset: UInt32, table name: String) throws -> String {
+        let start = Int(offset)
+        guard start < table.count else {
+            throw ELFError.badNameOffset(table: name, offset: offset, tableSize: table.count)
+        }
+        guard let end = table[start...].firstIndex(of: 0) else {
+            throw ELFError.badNameOffset(table: name, offset: offset, tableSize: table.count)
+        }
+        return String(decoding: table[start..<end], as: UTF8.self)
+    }
+
+    /// Decodes the ppc64 ELFv2 local-entry field of st_other (bits 5..7).
+    static func ppc64LocalEntryOffset(_ other: UInt8) -> UInt64 {
+        let field = (other >> 5) & 7
+        return field < 2 ? 0 : UInt64(1) << UInt64(field)
+    }
+
+    /// The symbol table used for names: .symtab, else .dynsym.
+    static func symbolTable(_ sections: [ELFSection]) -> ELFSection? {
+        sections.first { $0.type == ELFSection.typeSymTab } ?? sections.first { $0.type == ELFSection.typeDynSym }
+    }
+
+    static func linkedStringTable(of section: ELFSection, in sections: [ELFSection]) throws -> [UInt8] {
+        let link = Int(section.link)
+        guard link > 0, link < sections.count else {
+            throw ELFError.badLink(section: section.name, link: section.link, reason: "names no section")
+        }
+        guard sections[link].type == ELFSection.typeStrTab else {
+            throw ELFError.badLink(section: section.name, link: section.link, reason: "is not a string table")
+        }
+        return sections[link].data
+    }
+
+    static func typedData(_ elf: OpaquePointer, _ section: ELFSection) throws -> UnsafeMutablePointer<Elf_Data>? {
+        guard let scn = elf_getscn(elf, section.index) else { throw lastError("elf_getscn(\(section.index))") }
+        if section.size == 0 { return nil }
+        guard let data = elf_getdata(scn, nil) else { throw lastError("elf_getdata(\(section.name))") }
+        return data
+    }
+
+    static func readSymbols(_ elf: OpaquePointer, _ sections: [ELFSection], isPPC64: Bool) throws -> [ELFSymbol] {
+        guard let table = symbolTable(sections) else { return [] }
+        let entrySize = 24
+        if table.entrySize != UInt64(entrySize) {
+            throw ELFError.badEntrySize(section: table.name, entrySize: table.entrySize, expected: entrySize)
+        }
+        let names = try linkedStringTable(of: table, in: sections)
+        guard let data = try typedData(elf, table) else { return [] }
+        let count = Int(table.size) / entrySize
+        var symbols: [ELFSymbol] = []
+        symbols.reserveCapacity(count)
+        for i in 0..<count {
+            var sym = GElf_Sym()
+            guard gelf_getsym(data, Int32(i), &sym) != nil else { throw lastError("gelf_getsym(\(table.name), \(i))") }
+            let name: String
+            do { name = try string(in: names, at: sym.st_name, table: "string table of \(table.name)") } catch {
+                throw ELFError.badSymbol(table: table.name, index: i, reason: "\(error)")
+            }
+            let shndx = sym.st_shndx
+            if shndx != ELFSymbol.undefinedSection && shndx < 0xff00 && Int(shndx) >= sections.count {
+                throw ELFError.badSymbol(table: table.name, index: i,
+                                         reason: "\(name): section index \(shndx) beyond \(sections.count) sections")
+            }
+            let info = sym.st_info
+            let kind: ELFSymbol.Kind
+            switch info & 0xf {
+            case 0: kind = .none
+            case 1: kind = .object
+            case 2: kind = .function
+            case 3: kind = .section
+            case 4: kind = .file
+            case 6: kind = .tls
+            default: kind = .other(info & 0xf)
+            }
+            let binding: ELFSymbol.Binding
+            switch info >> 4 {
+            case 0: binding = .local
+            case 1: binding = .global
+            case 2: binding = .weak
+            default: binding = .other(info >> 4)
+            }
+            symbols.append(ELFSymbol(
+                index: i, name: name, value: sym.st_value, size: sym.st_size, kind: kind, binding: binding,
+                other: sym.st_other, sectionIndex: shndx,
+                localEntryOffset: isPPC64 && kind == .function ? ppc64LocalEntryOffset(sym.st_other) : 0))
+        }
+        return symbols
+    }
+
+    static func readRelocations(_ elf: OpaquePointer, _ sections: [ELFSection]) throws -> [ELFRelocationSection] {
+        var result: [ELFRelocationSection] = []
+        for section in sections where section.type == ELFSection.typeRel || section.type == ELFSection.typeRela {
+            let rela = section.type == ELFSection.typeRela
+            let entrySize = rela ? 24 : 16
+            if section.entrySize != UInt64(entrySize) {
+                throw ELFError.badEntrySize(section: section.name, entrySize: section.entrySize, expected: entrySize)
+            }
+            let link = Int(section.link)
+            guard link > 0, link < sections.count,
+                  sections[link].type == ELFSection.typeSymTab || sections[link].type == ELFSection.typeDynSym else {
+                throw ELFError.badLink(section: section.name, link: section.link, reason: "is not a symbol table")
+            }
+            let symbolCount = Int(sections[link].size) / 24
+            let target = Int(section.info)
+            // sh_info 0 is allowed (dynamic relocations apply to the whole image).
+            guard target < sections.count else {
+                throw ELFError.badLink(section: section.name, link: section.info,
+                                       reason: "(sh_info) names no section to relocate")
+            }
+            var entries: [ELFRelocation] = []
+            if let data = try typedData(elf, section) {
+                for i in 0..<(Int(section.size) / entrySize) {
+                    let entry: ELFRelocation
+                    if rela {
+                        var r = GElf_Rela()
+                        guard gelf_getrela(data, Int32(i), &r) != nil else { throw lastError("gelf_getrela(\(section.name), \(i))") }
+                        entry = ELFRelocation(offset: r.r_offset, type: UInt32(truncatingIfNeeded: r.r_info),
+                                              symbolIndex: UInt32(r.r_info >> 32), addend: r.r_addend)
+                    } else {
+                        var r = GElf_Rel()
+                        guard gelf_getrel(data, Int32(i), &r) != nil else { throw lastError("gelf_getrel(\(section.name), \(i))") }
+                        entry = ELFRelocation(offset: r.r_offset, type: UInt32(truncatingIfNeeded: r.r_info),
+                                              symbolIndex: UInt32(r.r_info >> 32), addend: nil)
+                    }
+                    if Int(entry.symbolIndex) >= symbolCount {
+                        throw ELFError.badRelocation(section: section.name, index: i,
+                                                     reason: "symbol index \(entry.symbolIndex) beyond \(symbolCount) symbols")
+                    }
+                    entries.append(entry)
+                }
+            }
+            result.append(ELFRelocationSection(sectionIndex: section.index, name: section.name,
+                                               targetSectionIndex: target, symbolTableIndex: link,
+                                               hasAddends: rela, entries: entries))
+        }
+        return result
+    }
+
+    static func readNotes(_ elf: OpaquePointer, _ sections: [ELFSection]) throws -> [ELFNote] {
+        var notes: [ELFNote] = []
+        for section in sections where section.type == ELFSection.typeNote {
+            guard let data = try typedData(elf, section), let buf = data.pointee.d_buf else { continue }
+            let bytes = UnsafeRawBufferPointer(start: buf, count: data.pointee.d_size)
+            var offset = 0
+            while offset < bytes.count {
+                var note = GElf_Nhdr()
+                var nameOffset = 0, descOffset = 0
+                let next = gelf_getnote(data, offset, &note, &nameOffset, &descOffset)
+                guard next > offset else {
+                    throw ELFError.badNote(section: section.name,
+                                           reason: "the note at offset \(offset) runs past the section's \(bytes.count) bytes")
+                }
+                var owner = Array(bytes[nameOffset..<nameOffset + Int(note.n_namesz)])
+                if owner.last == 0 { owner.removeLast() }
+                notes.append(ELFNote(sectionName: section.name, owner: String(decoding: owner, as: UTF8.self),
+                                     type: note.n_type,
+                                     descriptor: Array(bytes[descOffset..<descOffset + Int(note.n_descsz)])))
+                offset = next
+            }
+        }
+        return notes
+    }
+}
+

@@ -1,0 +1,108 @@
+import SpliceDisassembly
+import SpliceELF
+
+/// Which entry point of a function a call uses. On ppc64le ELFv2 a function that uses
+/// the TOC has a global entry (computes r2 from r12; used through pointers and from
+/// other modules) and a local entry a few instructions later (the caller's r2 is
+/// already right). Functions with one entry, and every x86-64 function, have `.global`
+/// only.
+public enum EntryKind: String, Sendable, CaseIterable, Codable {
+    case global, local
+}
+
+/// A concrete place to enter a function, with what the ABI requires there.
+public struct CallEntry: Equatable, Sendable {
+    public var kind: EntryKind
+    public var address: UInt64
+    /// The TOC pointer the caller must hold in r2 at a local entry (ppc64le only).
+    public var tocPointer: UInt64?
+
+    public init(kind: EntryKind, address: UInt64, tocPointer: UInt64? = nil) {
+        self.kind = kind
+        self.address = address
+        self.tocPointer = tocPointer
+    }
+}
+
+/// Something in a function's first instructions that live patching cares about: an
+/// mcount / fentry call site, the TOC setup an odd-TOC mark goes into, an ENDBR.
+public struct PrologueSite: Equatable, Sendable, Codable {
+    public enum Kind: String, Sendable, Codable {
+        /// x86-64 `call __fentry__` (from -pg -mfentry).
+        case fentryCall = "fentry-call"
+        /// x86-64 5-byte NOP left by -fpatchable-function-entry or ftrace.
+        case patchableNop = "patchable-nop"
+        /// x86-64 `endbr64`: indirect calls must still land on it after patching.
+        case endbr = "endbr64"
+        /// ppc64le `bl _mcount` after `mflr r0` (-mprofile-kernel).
+        case mcountCall = "mcount-call"
+        /// ppc64le `addi r2,r2,imm` of the global entry: where the odd-TOC mark goes.
+        case tocSetup = "toc-addi"
+    }
+
+    public var kind: Kind
+    public var address: UInt64
+    /// Offset of `address` from the function's start (global entry).
+    public var offset: UInt64
+    public var note: String
+
+    public init(kind: Kind, address: UInt64, offset: UInt64, note: String) {
+        self.kind = kind
+        self.address = address
+        self.offset = offset
+        self.note = note
+    }
+}
+
+/// Where the runtime puts its own memory in a guest that has none of it yet.
+public struct GuestLayout: Sendable {
+    /// A page holding trap instructions whose first address is the return sentinel.
+    public var sentinelBase: UInt64
+    /// vCPU `i` gets the stack [stacksBase + i*stackSize, + stackSize).
+    public var stacksBase: UInt64
+    public var stackSize: UInt64
+
+    public init(sentinelBase: UInt64, stacksBase: UInt64, stackSize: UInt64) {
+        self.sentinelBase = sentinelBase
+        self.stacksBase = stacksBase
+        self.stackSize = stackSize
+    }
+}
+
+/// What the machine needs to know about one ISA: how to bring up a vCPU in Unicorn, the
+/// calling convention, and how to read its prologues. One implementation per folder
+/// under `arch/`; the machine never asks which ISA it runs.
+public protocol CPUArchitecture: Sendable {
+    /// "x86_64", "ppc64le".
+    var name: String { get }
+    var elfMachine: UInt16 { get }
+    var disassemblyMode: DisassemblyMode { get }
+    var engineConfiguration: EngineConfiguration { get }
+    var programCounter: CPURegister { get }
+    var stackPointer: CPURegister { get }
+    var returnValueRegister: CPURegister { get }
+    /// Bytes that stop the guest if executed (filled into the sentinel page).
+    var trapInstruction: [UInt8] { get }
+    var layout: GuestLayout { get }
+
+    /// Makes a fresh engine able to run this ISA's code (once per vCPU).
+    func bringUp(_ engine: UnicornEngine) throws
+
+    /// Sets registers and stack for a call to `entry` with integer `arguments`, returning
+    /// to `returnAddress`, with the stack growing down from `stackTop`.
+    func prepareCall(_ engine: UnicornEngine, memory: GuestMemory, entry: CallEntry, arguments: [UInt64],
+                     stackTop: UInt64, returnAddress: UInt64) throws
+
+    /// The entry points of a function symbol (global first).
+    func entries(of symbol: ELFSymbol, in image: ELFFile) -> [CallEntry]
+
+    /// Names an interrupt / exception number as the engine reports it.
+    func describeInterrupt(_ number: UInt32) -> String
+
+    /// The address of the instruction that raised interrupt `number`, given the PC the
+    /// hook saw (ppc64le reports the next instruction).
+    func faultingInstruction(interrupt number: UInt32, reportedPC: UInt64) -> UInt64
+
+    /// The live-patching landmarks in a function's first bytes.
+    func prologueSites(of symbol: ELFSymbol, code: [UInt8], in image: ELFFile) -> [PrologueSite]
+}

@@ -1,0 +1,126 @@
+import Foundation
+
+/// Why a guest memory operation was refused.
+public enum GuestMemoryError: Error, Equatable, CustomStringConvertible {
+    case unaligned(name: String, address: UInt64, size: UInt64, pageSize: UInt64)
+    case overlaps(name: String, address: UInt64, size: UInt64, existing: String)
+    case unmapped(address: UInt64, length: Int)
+    case outOfHostMemory(name: String, size: UInt64)
+
+    public var description: String {
+        switch self {
+        case let .unaligned(name, address, size, page):
+            return "region \(name) at 0x\(hex(address)) size 0x\(hex(size)) is not aligned to the 0x\(hex(page))-byte page"
+        case let .overlaps(name, address, size, existing):
+            return "region \(name) at 0x\(hex(address)) size 0x\(hex(size)) overlaps region \(existing)"
+        case let .unmapped(address, length):
+            return "guest range 0x\(hex(address))..<0x\(hex(address &+ UInt64(length))) is not inside one mapped region"
+        case let .outOfHostMemory(name, size):
+            return "cannot allocate 0x\(hex(size)) host bytes for region \(name)"
+        }
+    }
+}
+
+func hex<T: BinaryInteger>(_ v: T) -> String { String(v, radix: 16) }
+
+/// A contiguous range of guest physical memory backed by one host buffer. Every vCPU
+/// engine maps the same buffer (`uc_mem_map_ptr`), so a host write is seen by all of
+/// them at once — but not by their translated-code caches, which is why code writes go
+/// through the patching layer, never straight here.
+public final class GuestRegion: @unchecked Sendable, CustomStringConvertible {
+    public let name: String
+    public let base: UInt64
+    public let size: UInt64
+    public let permissions: MemoryPermissions
+    let host: UnsafeMutableRawPointer
+
+    init(name: String, base: UInt64, size: UInt64, permissions: MemoryPermissions) throws {
+        var p: UnsafeMutableRawPointer?
+        guard posix_memalign(&p, 65536, Int(size)) == 0, let host = p else {
+            throw GuestMemoryError.outOfHostMemory(name: name, size: size)
+        }
+        memset(host, 0, Int(size))
+        self.name = name
+        self.base = base
+        self.size = size
+        self.permissions = permissions
+        self.host = host
+    }
+
+    deinit { free(host) }
+
+    public var end: UInt64 { base + size }
+    public func contains(_ address: UInt64, length: Int = 1) -> Bool {
+        address >= base && length >= 0 && address &+ UInt64(length) <= end && address &+ UInt64(length) >= address
+    }
+    public var description: String { "\(name) [0x\(hex(base))..0x\(hex(end))) \(permissions)" }
+}
+
+/// The guest's memory: named regions, read and written from the host side.
+public final class GuestMemory: @unchecked Sendable {
+    public let pageSize: UInt64
+    public private(set) var regions: [GuestRegion] = []
+    private let lock = NSLock()
+
+    init(pageSize: UInt64) { self.pageSize = pageSize }
+
+    func add(_ region: GuestRegion) throws {
+        guard region.base % pageSize == 0, region.size % pageSize == 0, region.size > 0 else {
+            throw GuestMemoryError.unaligned(name: region.name, address: region.base, size: region.size, pageSize: pageSize)
+        }
+        lock.lock(); defer { lock.unlock() }
+        if let other = regions.first(where: { $0.base < region.end && region.base < $0.end }) {
+            throw GuestMemoryError.overlaps(name: region.name, address: region.base, size: region.size,
+                                            existing: other.description)
+        }
+        regions.append(region)
+        regions.sort { $0.base < $1.base }
+    }
+
+    func remove(_ region: GuestRegion) {
+        lock.lock(); defer { lock.unlock() }
+        regions.removeAll { $0 === region }
+    }
+
+    /// The region holding all of [address, address + length).
+    public func region(containing address: UInt64, length: Int = 1) -> GuestRegion? {
+        lock.lock(); defer { lock.unlock() }
+        return regions.first { $0.contains(address, length: length) }
+    }
+
+    /// Whether any part of [address, address + length) is mapped.
+    public func overlapsMapped(_ address: UInt64, length: UInt64) -> GuestRegion? {
+        lock.lock(); defer { lock.unlock() }
+        return regions.first { $0.base < address + length && address < $0.end }
+    }
+
+    public func read(_ address: UInt64, count: Int) throws -> [UInt8] {
+        guard let r = region(containing: address, length: count) else {
+            throw GuestMemoryError.unmapped(address: address, length: count)
+        }
+        let start = r.host + Int(address - r.base)
+        return [UInt8](UnsafeRawBufferPointer(start: start, count: count))
+    }
+
+    public func write(_ address: UInt64, _ bytes: [UInt8]) throws {
+        guard let r = region(containing: address, length: bytes.count) else {
+            throw GuestMemoryError.unmapped(address: address, length: bytes.count)
+        }
+        bytes.withUnsafeBytes { src in
+            guard let s = src.baseAddress else { return }
+            (r.host + Int(address - r.base)).copyMemory(from: s, byteCount: bytes.count)
+        }
+    }
+
+    public func readUInt64(_ address: UInt64) throws -> UInt64 {
+        try read(address, count: 8).enumerated().reduce(0) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) }
+    }
+
+    public func writeUInt64(_ address: UInt64, _ value: UInt64) throws {
+        try write(address, (0..<8).map { UInt8(truncatingIfNeeded: value >> (8 * UInt64($0))) })
+    }
+
+    public func readUInt32(_ address: UInt64) throws -> UInt32 {
+        try read(address, count: 4).enumerated().reduce(0) { $0 | UInt32($1.element) << (8 * UInt32($1.offset)) }
+    }
+}

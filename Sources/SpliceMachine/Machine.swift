@@ -1,0 +1,198 @@
+import SpliceELF
+
+/// Why an image could not be loaded or a function not called.
+public enum MachineError: Error, Equatable, CustomStringConvertible {
+    case wrongArchitecture(image: String, machine: UInt16, architecture: String)
+    case notExecutable(image: String, type: String)
+    case noLoadableSegments(image: String)
+    case noSuchFunction(name: String, image: String)
+    case noSuchEntry(function: String, kind: EntryKind, available: [EntryKind])
+    case tooManyArguments(count: Int, maximum: Int)
+    case noSuchVCPU(index: Int, count: Int)
+
+    public var description: String {
+        switch self {
+        case let .wrongArchitecture(image, machine, arch):
+            return "\(image): e_machine \(machine) (\(ELFMachine.name(machine))) is not \(arch)"
+        case let .notExecutable(image, type):
+            return "\(image): is \(type), not an executable (ET_EXEC)"
+        case let .noLoadableSegments(image):
+            return "\(image): has no PT_LOAD segments"
+        case let .noSuchFunction(name, image):
+            return "no function named \(name) in \(image)"
+        case let .noSuchEntry(function, kind, available):
+            return "\(function) has no \(kind.rawValue) entry (it has: \(available.map(\.rawValue).joined(separator: ", ")))"
+        case let .tooManyArguments(count, maximum):
+            return "\(count) arguments given; at most \(maximum) are supported"
+        case let .noSuchVCPU(index, count):
+            return "no vCPU \(index): the machine has \(count)"
+        }
+    }
+}
+
+/// An emulated machine: guest memory and vCPUs of one ISA. Every vCPU maps every
+/// region, so all of them see one memory.
+public final class Machine {
+    public let architecture: any CPUArchitecture
+    public let memory: GuestMemory
+    public private(set) var vcpus: [VCPU] = []
+    private var sentinelRegion: GuestRegion?
+
+    public init(architecture: any CPUArchitecture, vcpuCount: Int = 1) throws {
+        self.architecture = architecture
+        // The largest page any engine of this ISA uses: regions must be aligned to it.
+        let probe = try UnicornEngine(architecture.engineConfiguration)
+        memory = GuestMemory(pageSize: UInt64(max(try probe.pageSize(), 4096)))
+        let sentinel = try map(name: "sentinel", at: architecture.layout.sentinelBase, size: memory.pageSize,
+                               permissions: [.read, .execute])
+        let trap = architecture.trapInstruction
+        try memory.write(sentinel.base, Array((0..<Int(memory.pageSize) / trap.count).map { _ in trap }.joined()))
+        sentinelRegion = sentinel
+        for _ in 0..<vcpuCount { try addVCPU() }
+    }
+
+    /// Adds a vCPU with its own stack, mapping every existing region into it.
+    @discardableResult
+    public func addVCPU() throws -> VCPU {
+        let index = vcpus.count
+        let layout = architecture.layout
+        let stack = try map(name: "stack\(index)", at: layout.stacksBase + UInt64(index) * layout.stackSize,
+                            size: layout.stackSize, permissions: [.read, .write])
+        let cpu = try VCPU(index: index, architecture: architecture, stackTop: stack.end - 256,
+                           returnSentinel: sentinelRegion!.base)
+        for region in memory.regions { try cpu.map(region) }
+        vcpus.append(cpu)
+        return cpu
+    }
+
+    /// Maps a new zeroed region into every vCPU. On failure nothing stays mapped.
+    @discardableResult
+    public func map(name: String, at base: UInt64, size: UInt64, permissions: MemoryPermissions) throws -> GuestRegion {
+        let region = try GuestRegion(name: name, base: base, size: size, permissions: permissions)
+        try memory.add(region)
+        var mapped: [VCPU] = []
+        do {
+            for cpu in vcpus {
+                try cpu.map(region)
+                mapped.append(cpu)
+            }
+        } catch {
+            for cpu in mapped { try? cpu.unmap(region) }
+            memory.remove(region)
+            throw error
+        }
+        return region
+    }
+
+    public func vcpu(_ index: Int) throws -> VCPU {
+        guard vcpus.indices.contains(index) else { throw MachineError.noSuchVCPU(index: index, count: vcpus.count) }
+        return vcpus[index]
+    }
+
+    /// Loads an executable's PT_LOAD segments (file bytes, then zeros up to p_memsz),
+    /// one region per run of overlapping pages, with the union of their permissions.
+    /// Nothing is mapped if any step fails.
+    @discardableResult
+    public func load(_ elf: ELFFile) throws -> LoadedImage {
+        guard elf.header.machine == architecture.elfMachine else {
+            throw MachineError.wrongArchitecture(image: elf.name, machine: elf.header.machine,
+                                                 architecture: architecture.name)
+        }
+        guard elf.header.type == .executable else {
+            throw MachineError.notExecutable(image: elf.name, type: "\(elf.header.type)")
+        }
+        let loads = elf.segments.filter { $0.isLoad && $0.memorySize > 0 }
+        guard !loads.isEmpty else { throw MachineError.noLoadableSegments(image: elf.name) }
+
+        let page = memory.pageSize
+        var spans: [(base: UInt64, end: UInt64, permissions: MemoryPermissions)] = []
+        for s in loads.sorted(by: { $0.virtualAddress < $1.virtualAddress }) {
+            let base = s.virtualAddress / page * page
+            let end = (s.virtualAddress + s.memorySize + page - 1) / page * page
+            var perms: MemoryPermissions = []
+            if s.flags & ELFSegment.flagRead != 0 { perms.insert(.read) }
+            if s.flags & ELFSegment.flagWrite != 0 { perms.insert(.write) }
+            if s.flags & ELFSegment.flagExecute != 0 { perms.insert(.execute) }
+            if let last = spans.last, base < last.end {
+                spans[spans.count - 1] = (last.base, max(last.end, end), last.permissions.union(perms))
+            } else {
+                spans.append((base, end, perms))
+            }
+        }
+        var regions: [GuestRegion] = []
+        do {
+            for (i, span) in spans.enumerated() {
+                regions.append(try map(name: "\(elf.name.split(separator: "/").last ?? "image")#\(i)",
+                                       at: span.base, size: span.end - span.base, permissions: span.permissions))
+            }
+            for s in loads where !s.data.isEmpty { try memory.write(s.virtualAddress, s.data) }
+        } catch {
+            for r in regions { unmap(r) }
+            throw error
+        }
+        return LoadedImage(elf: elf, regions: regions, machine: self)
+    }
+
+    func unmap(_ region: GuestRegion) {
+        for cpu in vcpus { try? cpu.unmap(region) }
+        memory.remove(region)
+    }
+}
+
+/// The result of calling a guest function.
+public struct CallResult: Sendable, Equatable {
+    /// The raw return register.
+    public var value: UInt64
+    public var signedValue: Int64 { Int64(bitPattern: value) }
+    /// Guest instructions executed from entry to return (nil if counting was off).
+    public var instructions: UInt64?
+    public var entry: CallEntry
+}
+
+/// An executable loaded into a machine.
+public final class LoadedImage {
+    public let elf: ELFFile
+    public let regions: [GuestRegion]
+    /// The image keeps its machine alive (the machine does not point back).
+    public let machine: Machine
+
+    init(elf: ELFFile, regions: [GuestRegion], machine: Machine) {
+        self.elf = elf
+        self.regions = regions
+        self.machine = machine
+    }
+
+    public func function(named name: String) throws -> ELFSymbol {
+        guard let symbol = elf.symbol(named: name), symbol.isFunction else {
+            throw MachineError.noSuchFunction(name: name, image: elf.name)
+        }
+        return symbol
+    }
+
+    public func entries(of name: String) throws -> [CallEntry] {
+        machine.architecture.entries(of: try function(named: name), in: elf)
+    }
+
+    /// Calls `name` with integer arguments under the ISA's ABI and returns its result.
+    public func call(_ name: String, _ arguments: [Int64] = [], entry kind: EntryKind = .global,
+                     vcpu index: Int = 0, countInstructions: Bool = true,
+                     limits: VCPU.Limits = VCPU.Limits()) throws -> CallResult {
+        let all = try entries(of: name)
+        guard let entry = all.first(where: { $0.kind == kind }) else {
+            throw MachineError.noSuchEntry(function: name, kind: kind, available: all.map(\.kind))
+        }
+        return try call(entry, arguments, vcpu: index, countInstructions: countInstructions, limits: limits)
+    }
+
+    public func call(_ entry: CallEntry, _ arguments: [Int64], vcpu index: Int = 0, countInstructions: Bool = true,
+                     limits: VCPU.Limits = VCPU.Limits()) throws -> CallResult {
+        let cpu = try machine.vcpu(index)
+        try cpu.setInstructionCounting(countInstructions)
+        try machine.architecture.prepareCall(cpu.engine, memory: machine.memory, entry: entry,
+                                             arguments: arguments.map { UInt64(bitPattern: $0) },
+                                             stackTop: cpu.stackTop, returnAddress: cpu.returnSentinel)
+        let run = try cpu.run(from: entry.address, until: cpu.returnSentinel, limits: limits)
+        let value = try cpu.read(machine.architecture.returnValueRegister)
+        return CallResult(value: value, instructions: run.instructions, entry: entry)
+    }
+}

@@ -1,0 +1,176 @@
+import CSpliceShims
+import CUnicorn
+import Foundation
+
+/// Why the guest stopped somewhere other than where it was asked to.
+public struct GuestFault: Error, Equatable, CustomStringConvertible {
+    public enum Kind: Equatable, Sendable {
+        /// A read / write / fetch of unmapped memory, or against the region's permissions.
+        case memory(access: String, address: UInt64, size: Int)
+        /// An interrupt or exception the guest raised (trap, sc, illegal instruction …).
+        case interrupt(number: UInt32, name: String)
+        case invalidInstruction
+        /// The run hit its time or instruction bound before returning.
+        case limitReached(String)
+        /// Unicorn stopped with an error no hook explained.
+        case engine(UnicornError)
+    }
+
+    public var kind: Kind
+    /// The instruction at fault, as far as the engine can tell.
+    public var pc: UInt64
+    public var architecture: String
+
+    public var description: String {
+        let at = "at pc 0x\(hex(pc)) (\(architecture))"
+        switch kind {
+        case let .memory(access, address, size):
+            return "guest fault: \(access) of \(size) bytes at 0x\(hex(address)) \(at)"
+        case let .interrupt(number, name):
+            return "guest fault: interrupt \(number) (\(name)) \(at)"
+        case .invalidInstruction:
+            return "guest fault: invalid instruction \(at)"
+        case let .limitReached(what):
+            return "guest stopped: \(what) \(at)"
+        case let .engine(error):
+            return "guest stopped: \(error) \(at)"
+        }
+    }
+}
+
+/// One emulated CPU: one Unicorn engine, brought up for its ISA, with all guest regions
+/// mapped. Drive it from one thread at a time.
+public final class VCPU {
+    public let index: Int
+    public let architecture: any CPUArchitecture
+    package let engine: UnicornEngine
+    /// The return sentinel and stack this vCPU uses for calls.
+    public let stackTop: UInt64
+    public let returnSentinel: UInt64
+
+    private let stopRecord: UnsafeMutablePointer<splice_stop_record>
+    private let counter: UnsafeMutablePointer<UInt64>
+    private var countHook: uc_hook?
+
+    init(index: Int, architecture: any CPUArchitecture, stackTop: UInt64, returnSentinel: UInt64) throws {
+        self.index = index
+        self.architecture = architecture
+        self.stackTop = stackTop
+        self.returnSentinel = returnSentinel
+        engine = try UnicornEngine(architecture.engineConfiguration)
+        stopRecord = .allocate(capacity: 1)
+        stopRecord.initialize(to: splice_stop_record())
+        stopRecord.pointee.pc_register = architecture.programCounter.id
+        counter = .allocate(capacity: 1)
+        counter.initialize(to: 0)
+        try architecture.bringUp(engine)
+        var hooks: (uc_hook, uc_hook, uc_hook) = (0, 0, 0)
+        try withUnsafeMutableBytes(of: &hooks) { raw in
+            try check(splice_hook_faults(engine.handle, raw.baseAddress!.assumingMemoryBound(to: uc_hook.self),
+                                         stopRecord), "uc_hook_add(fault hooks)")
+        }
+    }
+
+    deinit {
+        stopRecord.deallocate()
+        counter.deallocate()
+    }
+
+    func map(_ region: GuestRegion) throws {
+        try engine.mapHostMemory(region.host, at: region.base, size: Int(region.size), permissions: region.permissions)
+    }
+
+    func unmap(_ region: GuestRegion) throws { try engine.unmap(region.base, size: Int(region.size)) }
+
+    public func read(_ register: CPURegister) throws -> UInt64 { try engine.read(register) }
+    public func write(_ register: CPURegister, _ value: UInt64) throws { try engine.write(register, value) }
+
+    /// Turns per-instruction counting on or off. Unicorn only instruments code it
+    /// translates after the hook exists, so every change flushes the translation cache.
+    public func setInstructionCounting(_ on: Bool) throws {
+        if on == (countHook != nil) { return }
+        if on {
+            var hook: uc_hook = 0
+            try check(splice_hook_count_instructions(engine.handle, &hook, counter), "uc_hook_add(count)")
+            countHook = hook
+        } else if let hook = countHook {
+            engine.deleteHook(hook)
+            countHook = nil
+        }
+        try engine.flushTranslations()
+    }
+
+    public var countsInstructions: Bool { countHook != nil }
+
+    /// Limits for one run.
+    public struct Limits: Sendable {
+        /// Wall-clock bound; 0 means none.
+        public var timeoutMicroseconds: UInt64
+        /// Instruction bound; 0 means none.
+        public var instructions: Int
+        public init(timeoutMicroseconds: UInt64 = 10_000_000, instructions: Int = 0) {
+            self.timeoutMicroseconds = timeoutMicroseconds
+            self.instructions = instructions
+        }
+    }
+
+    /// The outcome of a run that reached its end address.
+    public struct RunResult: Sendable {
+        /// Executed guest instructions (nil when counting was off).
+        public var instructions: UInt64?
+        public var hostNanoseconds: UInt64
+    }
+
+    /// Runs from `begin` until the PC reaches `until`. Anything else — a fault, a
+    /// trap, a limit — is thrown as a `GuestFault` with the PC it happened at.
+    public func run(from begin: UInt64, until: UInt64, limits: Limits = Limits()) throws -> RunResult {
+        stopRecord.pointee.kind = SPLICE_STOP_NONE
+        counter.pointee = 0
+        let start = DispatchTime.now().uptimeNanoseconds
+        let err = engine.start(begin: begin, until: until, timeoutMicroseconds: limits.timeoutMicroseconds,
+                               count: limits.instructions)
+        let elapsed = DispatchTime.now().uptimeNanoseconds - start
+        let pc = (try? engine.read(architecture.programCounter)) ?? 0
+        let record = stopRecord.pointee
+        func fault(_ kind: GuestFault.Kind, _ at: UInt64) -> GuestFault {
+            GuestFault(kind: kind, pc: at, architecture: architecture.name)
+        }
+        switch record.kind {
+        case SPLICE_STOP_INTERRUPT:
+            throw fault(.interrupt(number: record.intno, name: architecture.describeInterrupt(record.intno)),
+                        architecture.faultingInstruction(interrupt: record.intno, reportedPC: record.pc))
+        case SPLICE_STOP_MEMORY:
+            throw fault(.memory(access: Self.describe(uc_mem_type(rawValue: UInt32(record.mem_type))),
+                                address: record.address, size: Int(record.size)), record.pc)
+        case SPLICE_STOP_INVALID_INSN:
+            throw fault(.invalidInstruction, record.pc)
+        default:
+            break
+        }
+        if err != UC_ERR_OK { throw fault(.engine(UnicornError("uc_emu_start", err)), pc) }
+        guard pc == until else {
+            let reason: String
+            if limits.instructions > 0, countsInstructions, counter.pointee >= UInt64(limits.instructions) {
+                reason = "instruction limit of \(limits.instructions) reached"
+            } else if limits.timeoutMicroseconds > 0, elapsed / 1000 >= limits.timeoutMicroseconds {
+                reason = "time limit of \(limits.timeoutMicroseconds) µs reached"
+            } else {
+                reason = "stopped before reaching 0x\(hex(until))"
+            }
+            throw fault(.limitReached(reason), pc)
+        }
+        return RunResult(instructions: countsInstructions ? counter.pointee : nil, hostNanoseconds: elapsed)
+    }
+
+    static func describe(_ type: uc_mem_type) -> String {
+        switch type {
+        case UC_MEM_READ_UNMAPPED: return "read of unmapped memory"
+        case UC_MEM_WRITE_UNMAPPED: return "write to unmapped memory"
+        case UC_MEM_FETCH_UNMAPPED: return "fetch from unmapped memory"
+        case UC_MEM_READ_PROT: return "read of read-protected memory"
+        case UC_MEM_WRITE_PROT: return "write to write-protected memory"
+        case UC_MEM_FETCH_PROT: return "fetch from non-executable memory"
+        default: return "memory access (type \(type.rawValue))"
+        }
+    }
+}

@@ -1,0 +1,224 @@
+import ArgumentParser
+import Foundation
+import Splice
+
+@main
+struct SpliceCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "splice",
+        abstract: "Live patching for x86-64 and ppc64le, verified by running real code in Unicorn.",
+        subcommands: [Demo.self, Inspect.self, Call.self, Disasm.self, Bench.self])
+}
+
+/// Formats numbers the way porting engineers read them.
+func hex(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }
+
+func printJSON<T: Encodable>(_ value: T) throws {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+    print(String(decoding: try encoder.encode(value), as: UTF8.self))
+}
+
+/// Errors reach the user as one line naming what and where, and exit code 1.
+struct Failure: Error, CustomStringConvertible {
+    let description: String
+}
+
+func reportingErrors<T>(_ body: () throws -> T) throws -> T {
+    do { return try body() } catch let e as ExitCode { throw e } catch {
+        FileHandle.standardError.write(Data("splice: error: \(error)\n".utf8))
+        throw ExitCode(1)
+    }
+}
+
+struct Inspect: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "List an ELF image's functions: entries, live-patching sites, prologue disassembly.")
+
+    @Argument(help: "An ELF executable (x86-64 or ppc64le).") var image: String
+    @Option(name: .shortAndLong, help: "Only these functions (repeatable).") var function: [String] = []
+    @Option(help: "Prologue instructions to disassemble per function.") var instructions = 6
+    @Flag(help: "Print JSON.") var json = false
+
+    func run() throws {
+        let report = try reportingErrors {
+            var r = try Inspector.report(try ELFFile(contentsOf: image), prologueInstructions: instructions)
+            if !function.isEmpty {
+                let missing = function.filter { name in !r.functions.contains { $0.name == name } }
+                if !missing.isEmpty { throw Failure(description: "no function named \(missing.joined(separator: ", ")) in \(image)") }
+                r.functions = r.functions.filter { function.contains($0.name) }
+            }
+            return r
+        }
+        if json { try printJSON(report); return }
+        print("\(report.file): \(report.architecture), entry \(hex(report.entry)), build id \(report.buildID ?? "none")")
+        for s in report.segments {
+            print("  LOAD \(hex(s.address)) memsz \(hex(s.memorySize)) filesz \(hex(s.fileSize)) \(s.permissions)")
+        }
+        print("\(report.functions.count) functions:")
+        for f in report.functions {
+            var entries = "global \(hex(f.globalEntry))"
+            if let local = f.localEntry { entries += ", local \(hex(local)) (+\(local - f.globalEntry))" }
+            print("\n\(f.name)  \(hex(f.address))  size \(f.size)  entries: \(entries)")
+            for s in f.sites {
+                print("  site \(s.kind.rawValue.padding(toLength: 12, withPad: " ", startingAt: 0)) \(hex(s.address)) (+\(s.offset))  \(s.note)")
+            }
+            for i in f.prologue {
+                print("    \(hex(i.address)):  \(i.bytes.padding(toLength: 24, withPad: " ", startingAt: 0)) \(i.text)")
+            }
+        }
+    }
+}
+
+/// Parses a signed integer in decimal or 0x-hex.
+func parseInteger(_ text: String) throws -> Int64 {
+    let negative = text.hasPrefix("-")
+    let body = negative ? String(text.dropFirst()) : text
+    let magnitude: UInt64?
+    if body.lowercased().hasPrefix("0x") { magnitude = UInt64(body.dropFirst(2), radix: 16) } else { magnitude = UInt64(body) }
+    guard let m = magnitude else { throw Failure(description: "not an integer: \(text)") }
+    return negative ? -Int64(bitPattern: m) : Int64(bitPattern: m)
+}
+
+struct Call: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Call a function of an ELF executable inside the emulated machine.",
+        discussion: "Loads the image's PT_LOAD segments, follows the ISA's ABI (SysV x86-64, ELFv2 ppc64le), and prints the return value and the number of guest instructions executed. No entry point is run.")
+
+    @Argument(help: "A static ELF executable (x86-64 or ppc64le).") var image: String
+    @Argument(help: "The function's symbol name.") var function: String
+    @Argument(parsing: .allUnrecognized, help: "Integer arguments (decimal or 0x hex; negatives allowed).")
+    var arguments: [String] = []
+    @Option(help: "Which entry to use: global or local (ppc64le functions that use the TOC have both).")
+    var entry: EntryKind = .global
+    @Option(help: "Wall-clock limit in milliseconds.") var timeoutMs: UInt64 = 10_000
+    @Option(help: "Instruction limit (0: none).") var maxInstructions = 0
+    @Flag(help: "Print JSON.") var json = false
+
+    struct Output: Codable {
+        var image: String, architecture: String, function: String, entry: String, entryAddress: UInt64
+        var arguments: [Int64]
+        var result: Int64, resultHex: String, instructions: UInt64?
+    }
+
+    func run() throws {
+        let args = try reportingErrors { try arguments.map(parseInteger) }
+        let (result, arch) = try reportingErrors { () -> (CallResult, String) in
+            let loaded = try loadImage(path: image)
+            let r = try loaded.call(function, args, entry: entry, limits: .init(
+                timeoutMicroseconds: timeoutMs * 1000, instructions: maxInstructions))
+            return (r, loaded.machine.architecture.name)
+        }
+        let out = Output(image: image, architecture: arch, function: function, entry: result.entry.kind.rawValue,
+                         entryAddress: result.entry.address, arguments: args, result: result.signedValue,
+                         resultHex: hex(result.value), instructions: result.instructions)
+        if json { try printJSON(out); return }
+        let call = "\(function)(\(args.map(String.init).joined(separator: ", ")))"
+        print("\(call) = \(out.result)  [\(out.resultHex)]")
+        print("  \(arch), \(out.entry) entry \(hex(out.entryAddress)), \(out.instructions.map(String.init) ?? "?") guest instructions")
+    }
+}
+
+extension EntryKind: ExpressibleByArgument {}
+
+struct Disasm: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Disassemble a function (or N instructions at an address).")
+    @Argument(help: "An ELF file.") var image: String
+    @Argument(help: "A function name or a 0x address.") var location: String
+    @Option(name: .shortAndLong, help: "Instructions (default: the whole function).") var count: Int?
+
+    func run() throws {
+        try reportingErrors {
+            let elf = try ELFFile(contentsOf: image)
+            let arch = try Architectures.forELF(elf)
+            let disassembler = try Disassembler(mode: arch.disassemblyMode)
+            let (address, bytes): (UInt64, [UInt8])
+            if location.hasPrefix("0x") {
+                let a = UInt64(try parseInteger(location))
+                guard let section = elf.sections.first(where: { $0.contains(address: a) && $0.type != ELFSection.typeNoBits }) else {
+                    throw Failure(description: "\(location) is in no section with contents")
+                }
+                address = a
+                bytes = Array(section.data[Int(a - section.address)...])
+            } else {
+                guard let symbol = elf.symbol(named: location) else { throw Failure(description: "no symbol \(location) in \(image)") }
+                address = symbol.value
+                bytes = try Inspector.bytes(of: symbol, in: elf)
+            }
+            for i in disassembler.decode(bytes, address: address, count: count ?? (location.hasPrefix("0x") ? 16 : nil)) {
+                print("  \(hex(i.address)):  \(i.bytesHex.padding(toLength: 24, withPad: " ", startingAt: 0)) \(i.text)")
+            }
+        }
+    }
+}
+
+struct Demo: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the bundled samples on both ISAs: prologues, sites, and calls checked against the oracles.")
+
+    func run() throws {
+        try reportingErrors {
+            let dir = try Samples.directory()
+            for (image, oracle) in [(Samples.x86_64, "oracle-x86_64.txt"), (Samples.ppc64le, "oracle-ppc64le.txt")] {
+                let path = dir + "/" + image
+                let elf = try ELFFile(contentsOf: path)
+                let report = try Inspector.report(elf, prologueInstructions: 4)
+                print("== \(image): \(report.architecture), build id \(report.buildID ?? "none")")
+                for name in ["scaled", "add"] {
+                    guard let f = report.functions.first(where: { $0.name == name }) else { continue }
+                    print("  \(name) at \(hex(f.address))" + (f.localEntry.map { ", local entry \(hex($0))" } ?? ""))
+                    for s in f.sites { print("    site \(s.kind.rawValue) \(hex(s.address)): \(s.note)") }
+                    for i in f.prologue { print("      \(hex(i.address)):  \(i.text)") }
+                }
+                let loaded = try loadImage(path: path)
+                let cases = try OracleCase.parse(file: dir + "/" + oracle)
+                var agreed = 0
+                for c in cases {
+                    let r = try loaded.call(c.function, c.arguments)
+                    let mark = r.signedValue == c.expected ? "ok  " : "DIFF"
+                    if r.signedValue == c.expected { agreed += 1 }
+                    print("  \(mark) \(c.function)(\(c.arguments.map(String.init).joined(separator: ", "))) = \(r.signedValue)"
+                          + "  oracle \(c.expected)  \(r.instructions ?? 0) insns")
+                }
+                print("  \(agreed)/\(cases.count) calls agree with the \(oracle.dropLast(4)) oracle\n")
+                if agreed != cases.count { throw Failure(description: "\(image): \(cases.count - agreed) calls disagree with the oracle") }
+            }
+        }
+    }
+}
+
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Benchmarks that print what they measure on this machine.",
+                                                    subcommands: [Emu.self])
+
+    struct Emu: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Guest instructions per second through Splice's machine vs. a bare C program on Unicorn.")
+        @Option(help: "Loop iterations of mix_loop per call.") var iterations: Int64 = 1_000_000
+        @Option(help: "Calls per round.") var runs = 20
+        @Option(help: "Rounds (the best of each side is reported).") var rounds = 3
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() throws {
+            let rows = try reportingErrors { () -> [EmulatorBenchmark.Row] in
+                guard let dir = Samples.executableDirectory() else { throw Failure(description: "cannot find my own executable") }
+                var bench = EmulatorBenchmark(bareExecutable: dir + "/unicorn-bare-bench")
+                bench.argument = iterations
+                bench.runs = runs
+                bench.rounds = rounds
+                return try [Samples.x86_64, Samples.ppc64le].map { try bench.measure(imagePath: Samples.path($0)) }
+            }
+            if json { try printJSON(rows); return }
+            print("splice bench emu: \(rows.first?.function ?? "")(\(iterations)) x \(runs) calls, best of \(rounds) rounds")
+            print("isa       insns/call    splice Minsn/s   bare Minsn/s   ratio (target >= 0.90)")
+            for r in rows {
+                let line = [r.architecture.padding(toLength: 9, withPad: " ", startingAt: 0),
+                            String(r.splice.instructionsPerCall).padding(toLength: 13, withPad: " ", startingAt: 0),
+                            String(format: "%14.1f", r.splice.instructionsPerSecond / 1e6),
+                            String(format: "%14.1f", r.bare.instructionsPerSecond / 1e6),
+                            String(format: "%9.3f", r.ratio)]
+                print(line.joined(separator: " "))
+            }
+        }
+    }
+}

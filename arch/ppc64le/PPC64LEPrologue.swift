@@ -1,0 +1,85 @@
+import SpliceELF
+import SpliceMachine
+
+/// Power ISA instruction words Splice reads or writes, and their fields.
+public enum PPC64LEInstruction {
+    public static let nop: UInt32 = 0x6000_0000          // ori r0,r0,0
+    public static let trap: UInt32 = 0x7fe0_0008         // tw 31,r0,r0
+    public static let mflrR0: UInt32 = 0x7c08_02a6       // mflr r0
+    public static let stdR0_16R1: UInt32 = 0xf801_0010   // std r0,16(r1)
+
+    public static func bytes(_ word: UInt32) -> [UInt8] { (0..<4).map { UInt8(truncatingIfNeeded: word >> (8 * $0)) } }
+    public static func word(_ bytes: [UInt8], at offset: Int) -> UInt32 {
+        (0..<4).reduce(0) { $0 | UInt32(bytes[offset + $1]) << (8 * UInt32($1)) }
+    }
+
+    static func primaryOpcode(_ w: UInt32) -> UInt32 { w >> 26 }
+    static func rt(_ w: UInt32) -> UInt32 { (w >> 21) & 31 }
+    static func ra(_ w: UInt32) -> UInt32 { (w >> 16) & 31 }
+    /// The signed 16-bit immediate of a D-form instruction (Capstone 4 prints it unsigned).
+    public static func signedImmediate(_ w: UInt32) -> Int16 { Int16(bitPattern: UInt16(w & 0xffff)) }
+
+    /// `bl target` (I-form, AA=0, LK=1) at `address`: the branch target, if it is one.
+    public static func branchAndLinkTarget(_ w: UInt32, at address: UInt64) -> UInt64? {
+        guard primaryOpcode(w) == 18, w & 3 == 1 else { return nil }
+        // LI is 24 bits shifted left by 2: sign-extend the 26-bit field.
+        let li = Int64(Int32(bitPattern: (w & 0x03ff_fffc) << 6) >> 6)
+        return UInt64(bitPattern: Int64(bitPattern: address) &+ li)
+    }
+
+    /// `addis r2,r12,hi` (position-independent global entry) or `lis r2,hi` (the form ld
+    /// relaxes it to in a non-PIC executable).
+    static func isTOCHigh(_ w: UInt32) -> Bool {
+        primaryOpcode(w) == 15 && rt(w) == 2 && (ra(w) == 12 || ra(w) == 0)
+    }
+
+    /// `addi r2,r2,lo`: the instruction whose immediate the odd-TOC mark changes.
+    static func isTOCLow(_ w: UInt32) -> Bool { primaryOpcode(w) == 14 && rt(w) == 2 && ra(w) == 2 }
+}
+
+/// Reads a -mprofile-kernel function's prologue:
+///
+///     f:     addis r2,r12,hi  (or lis r2,hi)   global entry, only if f uses the TOC
+///            addi  r2,r2,lo                   <- odd-TOC mark goes in this immediate
+///     f+8:   mflr  r0                          local entry
+///           [std   r0,16(r1)]                  older gcc only
+///            bl    _mcount                     <- the mcount site
+enum PPC64LEPrologue {
+    static func sites(of symbol: ELFSymbol, code: [UInt8], in image: ELFFile) -> [PrologueSite] {
+        var sites: [PrologueSite] = []
+        let words = (0..<(min(code.count, 32) / 4)).map { PPC64LEInstruction.word(code, at: 4 * $0) }
+        let mcount = image.symbol(named: "_mcount")?.value
+        var tocLowOffset: UInt64?
+        if words.count >= 2, PPC64LEInstruction.isTOCHigh(words[0]), PPC64LEInstruction.isTOCLow(words[1]) {
+            tocLowOffset = 4
+        }
+        let start = Int(symbol.localEntryOffset / 4)
+        for i in start..<min(start + 4, words.count) where words[i] == PPC64LEInstruction.mflrR0 {
+            var j = i + 1
+            if j < words.count && words[j] == PPC64LEInstruction.stdR0_16R1 { j += 1 }
+            guard j < words.count else { break }
+            let address = symbol.value + UInt64(4 * j)
+            if let target = PPC64LEInstruction.branchAndLinkTarget(words[j], at: address), target == mcount {
+                let form = j == i + 1 ? "mflr r0; bl _mcount" : "mflr r0; std r0,16(r1); bl _mcount (older gcc)"
+                sites.append(PrologueSite(kind: .mcountCall, address: address, offset: UInt64(4 * j),
+                                          note: form))
+                if let low = tocLowOffset {
+                    let distance = UInt64(4 * j) - low
+                    let imm = PPC64LEInstruction.signedImmediate(words[1])
+                    sites.append(PrologueSite(
+                        kind: .tocSetup, address: symbol.value + low, offset: low,
+                        note: "addi r2,r2,\(imm) at site-\(distance): the odd-TOC mark sets bit 0 of this immediate"))
+                }
+            } else if words[j] == PPC64LEInstruction.nop {
+                sites.append(PrologueSite(kind: .mcountCall, address: address, offset: UInt64(4 * j),
+                                          note: "mcount site already nop"))
+            }
+            break
+        }
+        if sites.isEmpty == false, tocLowOffset == nil {
+            sites.append(PrologueSite(kind: .tocSetup, address: symbol.value, offset: 0,
+                                      note: "none: single entry, no TOC use, needs no odd-TOC mark"))
+        }
+        return sites.sorted { $0.offset < $1.offset }
+    }
+}

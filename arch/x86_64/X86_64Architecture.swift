@@ -1,0 +1,108 @@
+import CUnicorn
+import SpliceDisassembly
+import SpliceELF
+import SpliceMachine
+
+/// x86-64: SysV calling convention, no bring-up quirks in Unicorn.
+public struct X86_64Architecture: CPUArchitecture {
+    public init() {}
+
+    public let name = "x86_64"
+    public let elfMachine = ELFMachine.x86_64
+    public let disassemblyMode = DisassemblyMode.x86_64
+    public let engineConfiguration = EngineConfiguration(arch: UC_ARCH_X86, mode: UC_MODE_64)
+    public let programCounter = CPURegister(UC_X86_REG_RIP.rawValue, "rip")
+    public let stackPointer = CPURegister(UC_X86_REG_RSP.rawValue, "rsp")
+    public let returnValueRegister = CPURegister(UC_X86_REG_RAX.rawValue, "rax")
+    /// `int3`.
+    public let trapInstruction: [UInt8] = [0xcc]
+    public let layout = GuestLayout(sentinelBase: 0x6fff_0000, stacksBase: 0x7000_0000, stackSize: 0x10_0000)
+
+    /// SysV: the first six integer arguments in registers, the rest on the stack.
+    static let argumentRegisters: [CPURegister] = [
+        CPURegister(UC_X86_REG_RDI.rawValue, "rdi"), CPURegister(UC_X86_REG_RSI.rawValue, "rsi"),
+        CPURegister(UC_X86_REG_RDX.rawValue, "rdx"), CPURegister(UC_X86_REG_RCX.rawValue, "rcx"),
+        CPURegister(UC_X86_REG_R8.rawValue, "r8"), CPURegister(UC_X86_REG_R9.rawValue, "r9"),
+    ]
+    static let maximumArguments = 16
+
+    public func bringUp(_ engine: UnicornEngine) throws {}
+
+    public func prepareCall(_ engine: UnicornEngine, memory: GuestMemory, entry: CallEntry, arguments: [UInt64],
+                            stackTop: UInt64, returnAddress: UInt64) throws {
+        guard arguments.count <= Self.maximumArguments else {
+            throw MachineError.tooManyArguments(count: arguments.count, maximum: Self.maximumArguments)
+        }
+        for (register, value) in zip(Self.argumentRegisters, arguments) { try engine.write(register, value) }
+        let stackArguments = Array(arguments.dropFirst(Self.argumentRegisters.count))
+        // At the call instruction rsp is 16-byte aligned; the call pushes the return
+        // address, so the callee starts with rsp % 16 == 8.
+        var sp = stackTop & ~0xf
+        if stackArguments.count % 2 == 1 { sp -= 8 }
+        for value in stackArguments.reversed() {
+            sp -= 8
+            try memory.writeUInt64(sp, value)
+        }
+        sp -= 8
+        try memory.writeUInt64(sp, returnAddress)
+        try engine.write(stackPointer, sp)
+        try engine.write(CPURegister(UC_X86_REG_RBP.rawValue, "rbp"), 0)
+        try engine.write(returnValueRegister, 0)
+    }
+
+    public func entries(of symbol: ELFSymbol, in image: ELFFile) -> [CallEntry] {
+        [CallEntry(kind: .global, address: symbol.value)]
+    }
+
+    public func describeInterrupt(_ number: UInt32) -> String {
+        switch number {
+        case 0: return "#DE divide error"
+        case 1: return "#DB debug"
+        case 3: return "#BP breakpoint (int3)"
+        case 4: return "#OF overflow"
+        case 6: return "#UD invalid opcode"
+        case 13: return "#GP general protection"
+        case 14: return "#PF page fault"
+        default: return "vector \(number)"
+        }
+    }
+
+    /// `int3` is a trap: the reported rip is the next byte.
+    public func faultingInstruction(interrupt number: UInt32, reportedPC: UInt64) -> UInt64 {
+        number == 3 ? reportedPC &- 1 : reportedPC
+    }
+
+    public func prologueSites(of symbol: ELFSymbol, code: [UInt8], in image: ELFFile) -> [PrologueSite] {
+        X86_64Prologue.sites(of: symbol, code: code, in: image)
+    }
+}
+
+/// What an x86-64 function's first bytes say about how it can be patched.
+enum X86_64Prologue {
+    static let endbr64: [UInt8] = [0xf3, 0x0f, 0x1e, 0xfa]
+    static let nop5: [UInt8] = [0x0f, 0x1f, 0x44, 0x00, 0x00]
+
+    static func sites(of symbol: ELFSymbol, code: [UInt8], in image: ELFFile) -> [PrologueSite] {
+        var sites: [PrologueSite] = []
+        var offset = 0
+        if code.starts(with: endbr64) {
+            sites.append(PrologueSite(kind: .endbr, address: symbol.value, offset: 0,
+                                      note: "indirect-branch landing pad; a patch goes after it"))
+            offset = 4
+        }
+        let rest = Array(code.dropFirst(offset))
+        let address = symbol.value + UInt64(offset)
+        if rest.count >= 5 && rest[0] == 0xe8 {
+            let rel = Int32(bitPattern: UInt32(rest[1]) | UInt32(rest[2]) << 8 | UInt32(rest[3]) << 16 | UInt32(rest[4]) << 24)
+            let target = UInt64(bitPattern: Int64(bitPattern: address + 5) &+ Int64(rel))
+            if let fentry = image.symbol(named: "__fentry__"), fentry.value == target {
+                sites.append(PrologueSite(kind: .fentryCall, address: address, offset: UInt64(offset),
+                                          note: "call __fentry__ (0x\(String(target, radix: 16))): 5 bytes a redirect can replace"))
+            }
+        } else if rest.starts(with: nop5) {
+            sites.append(PrologueSite(kind: .patchableNop, address: address, offset: UInt64(offset),
+                                      note: "5-byte nop: room for a jmp rel32"))
+        }
+        return sites
+    }
+}

@@ -1,0 +1,89 @@
+/* The sample kernel. Every function is noinline so that calls stay calls and each
+ * function keeps its own patchable entry. */
+#include "kernel.h"
+
+#define KFUNC __attribute__((noinline, used))
+
+long tick_count = 0;
+long scale_factor = 3;
+
+static const char *const greetings[] = {
+    "hello, world",
+    "live patching is patching while it runs",
+    "ppc64le global and local entries",
+};
+
+KFUNC long add(long a, long b) { return a + b; }
+
+KFUNC long identity(long x) { return x; }
+
+KFUNC long fib(long n) { return n < 2 ? n : fib(n - 1) + fib(n - 2); }
+
+KFUNC long counter_add(long by) {
+    tick_count += by;
+    return tick_count;
+}
+
+KFUNC long counter_get(long unused) {
+    (void)unused;
+    return tick_count;
+}
+
+KFUNC long scaled(long x) { return x * scale_factor + 1; }
+
+KFUNC long scaled_twice(long x) { return scaled(scaled(x)); }
+
+static long op_add(long a, long b) { return a + b; }
+static long op_sub(long a, long b) { return a - b; }
+static long op_mul(long a, long b) { return a * b; }
+static long op_scaled(long a, long b) { return scaled(a) + b; }
+
+typedef long (*binary_op)(long, long);
+/* volatile: the compiler must really load the pointer and call through it */
+static binary_op volatile op_table[] = {op_add, op_sub, op_mul, op_scaled, add};
+
+KFUNC long apply_op(long op, long a, long b) {
+    if (op < 0 || op >= (long)(sizeof op_table / sizeof op_table[0]))
+        return -1;
+    return op_table[op](a, b);
+}
+
+KFUNC long greeting_sum(long which) {
+    if (which < 0 || which >= (long)(sizeof greetings / sizeof greetings[0]))
+        return -1;
+    long sum = 0;
+    for (const char *p = greetings[which]; *p; p++)
+        sum += (unsigned char)*p;
+    return sum;
+}
+
+KFUNC long greeting_len(long which) {
+    if (which < 0 || which >= (long)(sizeof greetings / sizeof greetings[0]))
+        return -1;
+    long n = 0;
+    while (greetings[which][n])
+        n++;
+    return n;
+}
+
+KFUNC long mix_loop(long n) {
+    unsigned long x = 0x9e3779b97f4a7c15ul;
+    for (long i = 0; i < n; i++) {
+        x = x * 6364136223846793005ul + 1442695040888963407ul;
+        x ^= x >> 29;
+    }
+    return (long)(x >> 1);
+}
+
+KFUNC long gcd(long a, long b) { return b == 0 ? a : gcd(b, a % b); }
+
+KFUNC long kernel_main(void) {
+    long r = 0;
+    r += add(1, 2);
+    r += fib(10);
+    r += scaled_twice(2);
+    r += apply_op(3, 4, 5);
+    r += greeting_len(0);
+    r += counter_add(1);
+    return r;
+}

@@ -1,0 +1,25 @@
+/* The sample "kernel" every Splice issue runs: small functions with the shapes live
+ * patching has to cope with (leaf, TOC user with local and global callers, calls through
+ * a function pointer, recursion, rodata, a .data counter, a body shorter than a jmp). */
+#ifndef SPLICE_SAMPLE_KERNEL_H
+#define SPLICE_SAMPLE_KERNEL_H
+
+long add(long a, long b);
+long identity(long x);                 /* x86-64: 4 bytes, shorter than jmp rel32 */
+long fib(long n);                      /* recursion */
+long counter_add(long by);             /* bumps tick_count in .data, returns it */
+long counter_get(long unused);
+long scaled(long x);                   /* reads scale_factor: a TOC user on ppc64le */
+long scaled_twice(long x);             /* calls scaled() directly: local entry */
+long apply_op(long op, long a, long b);/* calls through a function-pointer table: global entry */
+long greeting_sum(long which);         /* sums the bytes of a rodata string */
+long greeting_len(long which);
+long mix_loop(long n);                 /* loop-heavy, no closed form: benchmarks */
+long checked_double(long x);           /* x86-64: starts with endbr64 */
+long gcd(long a, long b);
+long kernel_main(void);
+
+extern long tick_count;
+extern long scale_factor;
+
+#endif
