@@ -51,6 +51,11 @@ rm -f "$out"/checked-x86_64*.o
 ppc=(powerpc64le-linux-gnu-gcc "${common[@]}" -mcpu=power8 -pg -mprofile-kernel)
 "${ppc[@]}" "$rt/ppc64le/start.S" "$src/kernel.c" "$src/checked.c" -o "$out/kernel-ppc64le.elf"
 
+# Relocatable objects of the same source (RELA relocations for the ELF reader's tests,
+# and what a payload is made of).
+"${x86[@]}" -c "$src/kernel.c" -o "$out/kernel-x86_64.o"
+"${ppc[@]}" -c "$src/kernel.c" -o "$out/kernel-ppc64le.o"
+
 # Oracles: the same C as ordinary programs.
 gcc -O2 -ffile-prefix-map="$here"=. -I"$src" "$src/oracle.c" "$src/kernel.c" "$src/checked.c" \
     -o "$out/oracle-x86_64"
@@ -61,7 +66,7 @@ qemu-ppc64le "$out/oracle-ppc64le" > "$out/oracle-ppc64le.txt"
 
 if [ $check -eq 1 ]; then
     status=0
-    for f in kernel-x86_64.elf kernel-x86_64-fentry.elf kernel-ppc64le.elf oracle-x86_64.txt oracle-ppc64le.txt; do
+    for f in kernel-x86_64.elf kernel-x86_64-fentry.elf kernel-ppc64le.elf kernel-x86_64.o kernel-ppc64le.o oracle-x86_64.txt oracle-ppc64le.txt; do
         if cmp -s "$out/$f" "$here/build/$f"; then echo "same: $f"; else echo "DIFFERENT: $f"; status=1; fi
     done
     rm -rf "$out"

@@ -126,6 +126,13 @@ public struct ELFRelocation: Equatable, Sendable {
     public var type: UInt32
     public var symbolIndex: UInt32
     public var addend: Int64?
+
+    public init(offset: UInt64, type: UInt32, symbolIndex: UInt32, addend: Int64?) {
+        self.offset = offset
+        self.type = type
+        self.symbolIndex = symbolIndex
+        self.addend = addend
+    }
 }
 
 public struct ELFRelocationSection: Equatable, Sendable {

@@ -1,3 +1,4 @@
+import SpliceDisassembly
 import SpliceELF
 
 /// Why an image could not be loaded or a function not called.
@@ -58,7 +59,7 @@ public final class Machine {
         let layout = architecture.layout
         let stack = try map(name: "stack\(index)", at: layout.stacksBase + UInt64(index) * layout.stackSize,
                             size: layout.stackSize, permissions: [.read, .write])
-        let cpu = try VCPU(index: index, architecture: architecture, stackTop: stack.end - 256,
+        let cpu = try VCPU(index: index, architecture: architecture, memory: memory, stackTop: stack.end - 256,
                            returnSentinel: sentinelRegion!.base)
         for region in memory.regions { try cpu.map(region) }
         vcpus.append(cpu)
@@ -194,5 +195,18 @@ public final class LoadedImage {
         let run = try cpu.run(from: entry.address, until: cpu.returnSentinel, limits: limits)
         let value = try cpu.read(machine.architecture.returnValueRegister)
         return CallResult(value: value, instructions: run.instructions, entry: entry)
+    }
+}
+
+extension Machine {
+    /// Decodes up to `count` instructions from guest memory at `address` (as the vCPUs
+    /// would fetch them now), stopping at the end of the region.
+    public func disassemble(at address: UInt64, count: Int) throws -> [DecodedInstruction] {
+        guard let region = memory.region(containing: address) else {
+            throw GuestMemoryError.unmapped(address: address, length: 1)
+        }
+        let length = Int(min(region.end - address, UInt64(16 * count)))
+        let disassembler = try Disassembler(mode: architecture.disassemblyMode)
+        return disassembler.decode(try memory.read(address, count: length), address: address, count: count)
     }
 }

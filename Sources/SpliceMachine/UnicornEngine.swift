@@ -103,7 +103,8 @@ public final class UnicornEngine {
         try check(splice_ctl_remove_cache(handle, begin, end), "uc_ctl(UC_CTL_TB_REMOVE_CACHE)")
     }
 
-    /// Drops every translated block (needed after adding or removing hooks).
+    /// Drops every translated block. Slow in 2.0.1 (0.14-1.9 s measured here): prefer
+    /// removeTranslations over the code ranges.
     package func flushTranslations() throws {
         try check(splice_ctl_flush_tb(handle), "uc_ctl(UC_CTL_TB_FLUSH)")
     }

@@ -77,6 +77,13 @@ KFUNC long mix_loop(long n) {
 
 KFUNC long gcd(long a, long b) { return b == 0 ? a : gcd(b, a % b); }
 
+KFUNC long peek(long address) { return *(volatile long *)address; }
+
+KFUNC long poke(long address, long value) {
+    *(volatile long *)address = value;
+    return value;
+}
+
 KFUNC long kernel_main(void) {
     long r = 0;
     r += add(1, 2);

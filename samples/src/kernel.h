@@ -17,6 +17,8 @@ long greeting_len(long which);
 long mix_loop(long n);                 /* loop-heavy, no closed form: benchmarks */
 long checked_double(long x);           /* x86-64: starts with endbr64 */
 long gcd(long a, long b);
+long peek(long address);              /* loads 8 bytes from any address: fault tests */
+long poke(long address, long value);  /* stores 8 bytes to any address: fault tests */
 long kernel_main(void);
 
 extern long tick_count;

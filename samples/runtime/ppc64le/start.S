@@ -5,6 +5,7 @@
  * back into the function and r0 holds the function's own return address, so the stub
  * jumps back through CTR and puts the function's LR back. r12 is free at that point. */
     .abiversion 2
+    .file "start.S"
     .section .text._start, "ax", @progbits
     .globl _start
     .type _start, @function

@@ -1,6 +1,7 @@
 /* Minimal freestanding runtime for the x86-64 sample kernel.
  * _start: own stack, call kernel_main, stop with int3 (the "exit by trap"
  * a host sees as interrupt 3). __fentry__ is what -pg -mfentry calls: a plain return. */
+    .file "start.S"
     .section .text._start, "ax", @progbits
     .globl _start
     .type _start, @function
