@@ -28,6 +28,9 @@ public struct EmulatorBenchmark {
     public var argument: Int64 = 1_000_000
     public var runs = 20
     public var rounds = 3
+    /// The wall-clock bound Splice passes to each call (0: none, as the bare program).
+    /// Unicorn enforces a timeout with a timer thread per uc_emu_start, so it has a cost.
+    public var timeoutMicroseconds: UInt64 = 0
     public var bareExecutable: String
 
     public init(bareExecutable: String) { self.bareExecutable = bareExecutable }
@@ -43,10 +46,11 @@ public struct EmulatorBenchmark {
             guard bare.instructionsPerCall == perCall else {
                 throw Failure(description: "bare Unicorn counted \(bare.instructionsPerCall) instructions per call, Splice \(perCall): not the same work")
             }
-            _ = try image.call(function, [argument], countInstructions: false) // warm, uninstrumented
+            let limits = VCPU.Limits(timeoutMicroseconds: timeoutMicroseconds)
+            _ = try image.call(function, [argument], countInstructions: false, limits: limits) // warm, uninstrumented
             let start = DispatchTime.now().uptimeNanoseconds
             for _ in 0..<runs {
-                let r = try image.call(function, [argument], countInstructions: false)
+                let r = try image.call(function, [argument], countInstructions: false, limits: limits)
                 guard r.value == counted.value else { throw Failure(description: "result changed between runs") }
             }
             let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9

@@ -37,6 +37,7 @@ public enum Inspector {
     public static func report(_ elf: ELFFile, prologueInstructions: Int = 6) throws -> ImageReport {
         let arch = try Architectures.forELF(elf)
         let disassembler = try Disassembler(mode: arch.disassemblyMode)
+        let names = symbolNames(elf)
         let functions = try elf.functions.map { symbol -> FunctionReport in
             let code = try bytes(of: symbol, in: elf)
             let entries = arch.entries(of: symbol, in: elf)
@@ -45,7 +46,8 @@ public enum Inspector {
                 name: symbol.name, address: symbol.value, size: symbol.size, globalEntry: symbol.value,
                 localEntry: entries.first { $0.kind == .local }?.address,
                 sites: arch.prologueSites(of: symbol, code: code, in: elf),
-                prologue: prologue.map { InstructionReport(address: $0.address, bytes: $0.bytesHex, text: $0.text) })
+                prologue: prologue.map { InstructionReport(address: $0.address, bytes: $0.bytesHex,
+                                                           text: annotate($0.text, names)) })
         }
         let segments = elf.segments.filter(\.isLoad).map { s in
             SegmentReport(address: s.virtualAddress, memorySize: s.memorySize, fileSize: s.fileSize,
@@ -54,6 +56,25 @@ public enum Inspector {
         }
         return ImageReport(file: elf.name, architecture: arch.name, entry: elf.header.entry, buildID: elf.buildIDHex,
                            segments: segments, functions: functions)
+    }
+
+    /// Function addresses to names, for labelling branch targets.
+    public static func symbolNames(_ elf: ELFFile) -> [UInt64: String] {
+        var names: [UInt64: String] = [:]
+        for s in elf.symbols where s.isFunction && s.isDefined {
+            if names[s.value] == nil { names[s.value] = s.name }
+            // ppc64le local calls branch to the local entry.
+            if s.localEntryOffset > 0 { names[s.value + s.localEntryOffset] = "\(s.name)+\(s.localEntryOffset)" }
+        }
+        return names
+    }
+
+    /// Appends `<symbol>` to an instruction whose last operand is a known function
+    /// address: `bl 0x100001ac` becomes `bl 0x100001ac <_mcount>`.
+    public static func annotate(_ text: String, _ names: [UInt64: String]) -> String {
+        guard let last = text.split(whereSeparator: { $0 == " " || $0 == "," }).last, last.hasPrefix("0x"),
+              let address = UInt64(last.dropFirst(2), radix: 16), let name = names[address] else { return text }
+        return "\(text) <\(name)>"
     }
 
     /// A function's bytes from the section that holds it.
