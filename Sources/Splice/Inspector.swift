@@ -51,8 +51,7 @@ public enum Inspector {
         }
         let segments = elf.segments.filter(\.isLoad).map { s in
             SegmentReport(address: s.virtualAddress, memorySize: s.memorySize, fileSize: s.fileSize,
-                          permissions: (s.flags & 4 != 0 ? "r" : "-") + (s.flags & 2 != 0 ? "w" : "-")
-                              + (s.flags & 1 != 0 ? "x" : "-"))
+                          permissions: MemoryPermissions(segment: s).description)
         }
         return ImageReport(file: elf.name, architecture: arch.name, entry: elf.header.entry, buildID: elf.buildIDHex,
                            segments: segments, functions: functions)

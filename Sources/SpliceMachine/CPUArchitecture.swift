@@ -38,6 +38,9 @@ public struct PrologueSite: Equatable, Sendable, Codable {
         case mcountCall = "mcount-call"
         /// ppc64le `addi r2,r2,imm` of the global entry: where the odd-TOC mark goes.
         case tocSetup = "toc-addi"
+        /// ppc64le function without a global-entry pair: it does not use the TOC, so a
+        /// redirect needs no odd-TOC mark (the address is its one entry).
+        case singleEntry = "single-entry"
     }
 
     public var kind: Kind

@@ -110,10 +110,7 @@ public final class Machine {
         for s in loads.sorted(by: { $0.virtualAddress < $1.virtualAddress }) {
             let base = s.virtualAddress / page * page
             let end = (s.virtualAddress + s.memorySize + page - 1) / page * page
-            var perms: MemoryPermissions = []
-            if s.flags & ELFSegment.flagRead != 0 { perms.insert(.read) }
-            if s.flags & ELFSegment.flagWrite != 0 { perms.insert(.write) }
-            if s.flags & ELFSegment.flagExecute != 0 { perms.insert(.execute) }
+            let perms = MemoryPermissions(segment: s)
             if let last = spans.last, base < last.end {
                 spans[spans.count - 1] = (last.base, max(last.end, end), last.permissions.union(perms))
             } else {

@@ -1,5 +1,6 @@
 import CSpliceShims
 import CUnicorn
+import SpliceELF
 
 /// A Unicorn call that failed, with Unicorn's own message.
 public struct UnicornError: Error, Equatable, CustomStringConvertible {
@@ -43,6 +44,15 @@ public struct MemoryPermissions: OptionSet, Hashable, Sendable, CustomStringConv
     public static let write = MemoryPermissions(rawValue: UC_PROT_WRITE.rawValue)
     public static let execute = MemoryPermissions(rawValue: UC_PROT_EXEC.rawValue)
     public static let all: MemoryPermissions = [.read, .write, .execute]
+
+    /// The permissions an ELF segment's p_flags ask for.
+    public init(segment: ELFSegment) {
+        var p: MemoryPermissions = []
+        if segment.flags & ELFSegment.flagRead != 0 { p.insert(.read) }
+        if segment.flags & ELFSegment.flagWrite != 0 { p.insert(.write) }
+        if segment.flags & ELFSegment.flagExecute != 0 { p.insert(.execute) }
+        self = p
+    }
     public var description: String {
         (contains(.read) ? "r" : "-") + (contains(.write) ? "w" : "-") + (contains(.execute) ? "x" : "-")
     }

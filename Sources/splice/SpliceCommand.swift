@@ -155,34 +155,60 @@ struct Disasm: ParsableCommand {
 
 struct Demo: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Run the bundled samples on both ISAs: prologues, sites, and calls checked against the oracles.")
+        abstract: "Run the bundled samples on both ISAs: prologues, patch sites, entries, faults, and calls checked against the oracles.")
+
+    func printFunction(_ report: ImageReport, _ name: String) {
+        guard let f = report.functions.first(where: { $0.name == name }) else { return }
+        print("  \(name) at \(hex(f.address)), \(f.size) bytes" + (f.localEntry.map { ", local entry \(hex($0))" } ?? ""))
+        for s in f.sites { print("    site \(s.kind.rawValue) \(hex(s.address)): \(s.note)") }
+        for i in f.prologue { print("      \(hex(i.address)):  \(i.bytes.padding(toLength: 15, withPad: " ", startingAt: 0)) \(i.text)") }
+    }
 
     func run() throws {
         try reportingErrors {
             let dir = try Samples.directory()
-            for (image, oracle) in [(Samples.x86_64, "oracle-x86_64.txt"), (Samples.ppc64le, "oracle-ppc64le.txt")] {
-                let path = dir + "/" + image
-                let elf = try ELFFile(contentsOf: path)
-                let report = try Inspector.report(elf, prologueInstructions: 4)
-                print("== \(image): \(report.architecture), build id \(report.buildID ?? "none")")
-                for name in ["scaled", "add"] {
-                    guard let f = report.functions.first(where: { $0.name == name }) else { continue }
-                    print("  \(name) at \(hex(f.address))" + (f.localEntry.map { ", local entry \(hex($0))" } ?? ""))
-                    for s in f.sites { print("    site \(s.kind.rawValue) \(hex(s.address)): \(s.note)") }
-                    for i in f.prologue { print("      \(hex(i.address)):  \(i.text)") }
+            let plans: [(image: String, oracle: String, show: [(String, String)])] = [
+                (Samples.x86_64, "oracle-x86_64.txt", [(Samples.x86_64, "identity"), (Samples.x86_64, "checked_double"),
+                                                        (Samples.x86_64Fentry, "checked_double")]),
+                (Samples.ppc64le, "oracle-ppc64le.txt", [(Samples.ppc64le, "scaled"), (Samples.ppc64le, "add")]),
+            ]
+            for plan in plans {
+                let path = dir + "/" + plan.image
+                let report = try Inspector.report(try ELFFile(contentsOf: path), prologueInstructions: 4)
+                print("== \(plan.image): \(report.architecture), build id \(report.buildID ?? "none")")
+                for (image, name) in plan.show {
+                    let r = image == plan.image ? report : try Inspector.report(try ELFFile(contentsOf: dir + "/" + image), prologueInstructions: 3)
+                    if image != plan.image { print("  (\(image))") }
+                    printFunction(r, name)
                 }
                 let loaded = try loadImage(path: path)
-                let cases = try OracleCase.parse(file: dir + "/" + oracle)
+                let entries = try loaded.entries(of: "scaled")
+                if entries.count > 1 {
+                    print("  scaled(10) through each entry:")
+                    for e in entries {
+                        let r = try loaded.call(e, [10])
+                        let r2 = e.kind == .local ? "r2 = TOC \(hex(e.tocPointer ?? 0))" : "r2 poisoned, r12 = \(hex(e.address))"
+                        print("    \(e.kind.rawValue) \(hex(e.address)) (\(r2)): \(r.signedValue) in \(r.instructions ?? 0) instructions")
+                    }
+                }
+                do {
+                    _ = try loaded.call("peek", [0xdead_0000])
+                } catch {
+                    print("  peek(0xdead0000): \(error)")
+                }
+                let cases = try OracleCase.parse(file: dir + "/" + plan.oracle)
                 var agreed = 0
                 for c in cases {
                     let r = try loaded.call(c.function, c.arguments)
-                    let mark = r.signedValue == c.expected ? "ok  " : "DIFF"
-                    if r.signedValue == c.expected { agreed += 1 }
-                    print("  \(mark) \(c.function)(\(c.arguments.map(String.init).joined(separator: ", "))) = \(r.signedValue)"
+                    let same = r.signedValue == c.expected
+                    if same { agreed += 1 }
+                    print("  \(same ? "ok  " : "DIFF") \(c.function)(\(c.arguments.map(String.init).joined(separator: ", "))) = \(r.signedValue)"
                           + "  oracle \(c.expected)  \(r.instructions ?? 0) insns")
                 }
-                print("  \(agreed)/\(cases.count) calls agree with the \(oracle.dropLast(4)) oracle\n")
-                if agreed != cases.count { throw Failure(description: "\(image): \(cases.count - agreed) calls disagree with the oracle") }
+                print("  \(agreed)/\(cases.count) calls agree with the \(plan.oracle.dropLast(4)) oracle\n")
+                if agreed != cases.count {
+                    throw Failure(description: "\(plan.image): \(cases.count - agreed) calls disagree with the oracle")
+                }
             }
         }
     }

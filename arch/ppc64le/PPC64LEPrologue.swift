@@ -77,8 +77,8 @@ enum PPC64LEPrologue {
             break
         }
         if sites.isEmpty == false, tocLowOffset == nil {
-            sites.append(PrologueSite(kind: .tocSetup, address: symbol.value, offset: 0,
-                                      note: "none: single entry, no TOC use, needs no odd-TOC mark"))
+            sites.append(PrologueSite(kind: .singleEntry, address: symbol.value, offset: 0,
+                                      note: "no global-entry pair: no TOC use, needs no odd-TOC mark"))
         }
         return sites.sorted { $0.offset < $1.offset }
     }
