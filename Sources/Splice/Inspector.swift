@@ -81,8 +81,11 @@ public enum Inspector {
         let index = Int(symbol.sectionIndex)
         guard elf.sections.indices.contains(index) else { return [] }
         let section = elf.sections[index]
-        guard symbol.value >= section.address, symbol.value + symbol.size <= section.address + section.size,
-              section.type != ELFSection.typeNoBits else {
+        let symbolEnd = symbol.value.addingReportingOverflow(symbol.size)
+        let sectionEnd = section.address.addingReportingOverflow(section.size)
+        guard symbol.value >= section.address, !symbolEnd.overflow, !sectionEnd.overflow,
+              symbolEnd.partialValue <= sectionEnd.partialValue, section.type != ELFSection.typeNoBits,
+              Int(symbol.value - section.address) + Int(symbol.size) <= section.data.count else {
             throw ELFError.badSymbol(table: ".symtab", index: symbol.index,
                                      reason: "\(symbol.name) at 0x\(String(symbol.value, radix: 16)) size \(symbol.size) lies outside its section \(section.name)")
         }

@@ -166,30 +166,30 @@ enum LibelfReader {
             throw ELFError.badStringTableIndex(index: stringIndex, sectionCount: count)
         }
 
+        // Names first (the section name table is bounds-checked like any other), so that
+        // every later error can say which section is at fault.
+        func contents(_ i: Int, name: String) throws -> [UInt8] {
+            let shdr = headers[i]
+            guard shdr.sh_type != ELFSection.typeNoBits, shdr.sh_size > 0 else { return [] }
+            let end = shdr.sh_offset.addingReportingOverflow(shdr.sh_size)
+            if end.overflow || end.partialValue > UInt64(fileSize) {
+                throw ELFError.sectionOutOfBounds(index: i, name: name, offset: shdr.sh_offset,
+                                                  size: shdr.sh_size, fileSize: fileSize)
+            }
+            guard let scn = elf_getscn(elf, i), let d = elf_rawdata(scn, nil) else {
+                throw lastError("elf_rawdata(section [\(i)] \(name))")
+            }
+            guard let p = d.pointee.d_buf else { return [] }
+            return [UInt8](UnsafeRawBufferPointer(start: p, count: d.pointee.d_size))
+        }
+        let names = try contents(stringIndex, name: "(section name table)")
         var sections: [ELFSection] = []
         for (i, shdr) in headers.enumerated() {
-            var data: [UInt8] = []
-            if shdr.sh_type != ELFSection.typeNoBits && shdr.sh_size > 0 {
-                let end = shdr.sh_offset.addingReportingOverflow(shdr.sh_size)
-                if end.overflow || end.partialValue > UInt64(fileSize) {
-                    throw ELFError.sectionOutOfBounds(index: i, name: "#\(i)", offset: shdr.sh_offset,
-                                                      size: shdr.sh_size, fileSize: fileSize)
-                }
-                guard let scn = elf_getscn(elf, i), let d = elf_rawdata(scn, nil) else {
-                    throw lastError("elf_rawdata(section \(i))")
-                }
-                if let p = d.pointee.d_buf {
-                    data = [UInt8](UnsafeRawBufferPointer(start: p, count: d.pointee.d_size))
-                }
-            }
+            let name = try string(in: names, at: shdr.sh_name, table: ".shstrtab")
             sections.append(ELFSection(
-                index: i, name: "", type: shdr.sh_type, flags: shdr.sh_flags, address: shdr.sh_addr,
+                index: i, name: name, type: shdr.sh_type, flags: shdr.sh_flags, address: shdr.sh_addr,
                 offset: shdr.sh_offset, size: shdr.sh_size, link: shdr.sh_link, info: shdr.sh_info,
-                alignment: shdr.sh_addralign, entrySize: shdr.sh_entsize, data: data))
-        }
-        let names = sections[stringIndex].data
-        for i in sections.indices {
-            sections[i].name = try string(in: names, at: headers[i].sh_name, table: ".shstrtab")
+                alignment: shdr.sh_addralign, entrySize: shdr.sh_entsize, data: try contents(i, name: name)))
         }
         return sections
     }

@@ -6,6 +6,7 @@ public enum GuestMemoryError: Error, Equatable, CustomStringConvertible {
     case overlaps(name: String, address: UInt64, size: UInt64, existing: String)
     case unmapped(address: UInt64, length: Int)
     case outOfHostMemory(name: String, size: UInt64)
+    case outOfAddressSpace(name: String, address: UInt64, size: UInt64)
 
     public var description: String {
         switch self {
@@ -15,6 +16,8 @@ public enum GuestMemoryError: Error, Equatable, CustomStringConvertible {
             return "region \(name) at 0x\(hex(address)) size 0x\(hex(size)) overlaps region \(existing)"
         case let .unmapped(address, length):
             return "guest range 0x\(hex(address))..<0x\(hex(address &+ UInt64(length))) is not inside one mapped region"
+        case let .outOfAddressSpace(name, address, size):
+            return "region \(name) at 0x\(hex(address)) size 0x\(hex(size)) runs past the end of the address space"
         case let .outOfHostMemory(name, size):
             return "cannot allocate 0x\(hex(size)) host bytes for region \(name)"
         }
@@ -35,8 +38,11 @@ public final class GuestRegion: @unchecked Sendable, CustomStringConvertible {
     let host: UnsafeMutableRawPointer
 
     init(name: String, base: UInt64, size: UInt64, permissions: MemoryPermissions) throws {
+        guard !base.addingReportingOverflow(size).overflow else {
+            throw GuestMemoryError.outOfAddressSpace(name: name, address: base, size: size)
+        }
         var p: UnsafeMutableRawPointer?
-        guard posix_memalign(&p, 65536, Int(size)) == 0, let host = p else {
+        guard size <= 1 << 40, posix_memalign(&p, 65536, Int(size)) == 0, let host = p else {
             throw GuestMemoryError.outOfHostMemory(name: name, size: size)
         }
         memset(host, 0, Int(size))

@@ -10,6 +10,8 @@ public enum MachineError: Error, Equatable, CustomStringConvertible {
     case noSuchEntry(function: String, kind: EntryKind, available: [EntryKind])
     case tooManyArguments(count: Int, maximum: Int)
     case noSuchVCPU(index: Int, count: Int)
+    case segmentOutOfRange(image: String, index: Int, address: UInt64, memorySize: UInt64)
+    case imageTooLarge(image: String, bytes: UInt64, limit: UInt64)
 
     public var description: String {
         switch self {
@@ -27,6 +29,10 @@ public enum MachineError: Error, Equatable, CustomStringConvertible {
             return "\(count) arguments given; at most \(maximum) are supported"
         case let .noSuchVCPU(index, count):
             return "no vCPU \(index): the machine has \(count)"
+        case let .segmentOutOfRange(image, index, address, size):
+            return "\(image): segment [\(index)] at 0x\(hex(address)) with p_memsz 0x\(hex(size)) runs past the end of the address space"
+        case let .imageTooLarge(image, bytes, limit):
+            return "\(image): PT_LOAD segments span 0x\(hex(bytes)) bytes, more than the 0x\(hex(limit)) a Splice machine loads"
         }
     }
 }
@@ -34,6 +40,9 @@ public enum MachineError: Error, Equatable, CustomStringConvertible {
 /// An emulated machine: guest memory and vCPUs of one ISA. Every vCPU maps every
 /// region, so all of them see one memory.
 public final class Machine {
+    /// The most guest memory one image may ask for (a bound on malformed p_memsz).
+    public static let maximumImageBytes: UInt64 = 1 << 30
+
     public let architecture: any CPUArchitecture
     public let memory: GuestMemory
     public private(set) var vcpus: [VCPU] = []
@@ -107,9 +116,22 @@ public final class Machine {
 
         let page = memory.pageSize
         var spans: [(base: UInt64, end: UInt64, permissions: MemoryPermissions)] = []
+        var total: UInt64 = 0
         for s in loads.sorted(by: { $0.virtualAddress < $1.virtualAddress }) {
+            guard s.memorySize <= Self.maximumImageBytes else {
+                throw MachineError.imageTooLarge(image: elf.name, bytes: s.memorySize, limit: Self.maximumImageBytes)
+            }
+            let last = s.virtualAddress.addingReportingOverflow(s.memorySize + page - 1)
+            guard !last.overflow else {
+                throw MachineError.segmentOutOfRange(image: elf.name, index: s.index, address: s.virtualAddress,
+                                                     memorySize: s.memorySize)
+            }
             let base = s.virtualAddress / page * page
-            let end = (s.virtualAddress + s.memorySize + page - 1) / page * page
+            let end = last.partialValue / page * page
+            total += end - base
+            guard total <= Self.maximumImageBytes else {
+                throw MachineError.imageTooLarge(image: elf.name, bytes: total, limit: Self.maximumImageBytes)
+            }
             let perms = MemoryPermissions(segment: s)
             if let last = spans.last, base < last.end {
                 spans[spans.count - 1] = (last.base, max(last.end, end), last.permissions.union(perms))

@@ -144,6 +144,24 @@ final class MachineCallTests: XCTestCase {
         }
     }
 
+    func testBadRegionsAreRefused() throws {
+        let machine = try Machine(architecture: X86_64Architecture())
+        let page = machine.memory.pageSize
+        assertThrows(GuestMemoryError.outOfAddressSpace(name: "top", address: UInt64.max - page + 1, size: 2 * page)) {
+            try machine.map(name: "top", at: UInt64.max - page + 1, size: 2 * page, permissions: .read)
+        }
+        assertThrows(GuestMemoryError.unaligned(name: "odd", address: 0x1001, size: page, pageSize: page)) {
+            try machine.map(name: "odd", at: 0x1001, size: page, permissions: .read)
+        }
+        let a = try machine.map(name: "a", at: 0x10_0000, size: page, permissions: .read)
+        XCTAssertThrowsError(try machine.map(name: "b", at: 0x10_0000, size: page, permissions: .read)) { error in
+            XCTAssertEqual(error as? GuestMemoryError, .overlaps(name: "b", address: 0x10_0000, size: page, existing: a.description))
+        }
+        assertThrows(GuestMemoryError.unmapped(address: 0x10_0000 + page - 4, length: 8)) {
+            _ = try machine.memory.read(0x10_0000 + page - 4, count: 8)
+        }
+    }
+
     func testStackArgumentsFollowTheABI() throws {
         // gcd(a, b) with extra arguments the callee ignores: register and stack slots are
         // written without disturbing the two that matter.

@@ -28,9 +28,45 @@ final class MalformedELFTests: XCTestCase {
         let text = try XCTUnwrap(elf.section(named: ".text"))
         let header = Int(bytes.get64(40)) + 64 * text.index
         bytes.put64(header + 24, UInt64(bytes.count - 16)) // sh_offset near the end, sh_size unchanged
-        assertThrows(ELFError.sectionOutOfBounds(index: text.index, name: "#\(text.index)",
+        assertThrows(ELFError.sectionOutOfBounds(index: text.index, name: ".text",
                                                  offset: UInt64(bytes.count - 16), size: text.size, fileSize: bytes.count)) {
             _ = try ELFFile(bytes: bytes)
+        }
+    }
+
+    func testHugeSegmentIsRefusedByTheLoader() throws {
+        // p_memsz that asks for too much memory; a segment that would wrap the address space.
+        for (vaddr, memsz, expectWrap) in [(nil, UInt64(8) << 30, false), (UInt64.max - 0x1000, UInt64(0x10000), true)] {
+            var bytes = try sampleBytes(Samples.x86_64)
+            let phoff = Int(bytes.get64(32))
+            let elf0 = try ELFFile(bytes: bytes)
+            let data = try XCTUnwrap(elf0.segments.last { $0.isLoad })
+            bytes.put64(phoff + 56 * data.index + 40, memsz)
+            if let v = vaddr { bytes.put64(phoff + 56 * data.index + 16, v) }
+            let elf = try ELFFile(bytes: bytes, name: "huge.elf")
+            let machine = try Machine(architecture: X86_64Architecture())
+            let before = machine.memory.regions.map(\.name)
+            XCTAssertThrowsError(try machine.load(elf)) { error in
+                guard let e = error as? MachineError else { return XCTFail("\(error)") }
+                if expectWrap {
+                    XCTAssertEqual(e, .segmentOutOfRange(image: "huge.elf", index: data.index, address: vaddr!, memorySize: memsz))
+                } else {
+                    XCTAssertEqual(e, .imageTooLarge(image: "huge.elf", bytes: memsz, limit: Machine.maximumImageBytes))
+                }
+            }
+            XCTAssertEqual(machine.memory.regions.map(\.name), before, "nothing stays mapped")
+        }
+    }
+
+    func testSymbolOutsideItsSectionIsRefusedByTheInspector() throws {
+        var bytes = try sampleBytes(Samples.x86_64)
+        let elf0 = try ELFFile(bytes: bytes)
+        let symtab = try XCTUnwrap(elf0.section(named: ".symtab"))
+        let add = try XCTUnwrap(elf0.symbol(named: "add"))
+        bytes.put64(Int(symtab.offset) + 24 * add.index + 16, UInt64.max) // st_size
+        let elf = try ELFFile(bytes: bytes)
+        XCTAssertThrowsError(try Inspector.report(elf)) { error in
+            XCTAssertTrue("\(error)".contains("add at 0x401010 size 18446744073709551615 lies outside its section .text"), "\(error)")
         }
     }
 
@@ -137,8 +173,13 @@ final class MalformedELFTests: XCTestCase {
                 }
                 if trial % 50 == 0 { bytes = Array(bytes.prefix(Int(rng.next() % UInt64(bytes.count)))) }
                 do {
-                    _ = try ELFFile(bytes: bytes)
+                    let elf = try ELFFile(bytes: bytes)
                     accepted += 1
+                    // What reads an accepted file must also refuse cleanly, never trap.
+                    _ = try? Inspector.report(elf)
+                    if let arch = try? Architectures.forELF(elf), let machine = try? Machine(architecture: arch) {
+                        if let image = try? machine.load(elf) { _ = try? image.call("add", [1, 2], limits: .init(instructions: 10_000)) }
+                    }
                 } catch is ELFError {
                     refused += 1
                 }
