@@ -4,7 +4,7 @@ import XCTest
 /// `splice inspect`'s data: entries, live-patching landmarks, prologue listings.
 final class InspectTests: XCTestCase {
     let kernelFunctions = ["add", "identity", "fib", "counter_add", "counter_get", "scaled", "scaled_twice",
-                           "apply_op", "greeting_sum", "greeting_len", "mix_loop", "gcd", "peek", "poke",
+                           "apply_op", "apply_unary", "greeting_sum", "greeting_len", "mix_loop", "gcd", "peek", "poke",
                            "kernel_main", "checked_double"]
 
     func testPPC64LEMcountSitesAndTOCSetup() throws {

@@ -48,6 +48,15 @@ KFUNC long apply_op(long op, long a, long b) {
     return op_table[op](a, b);
 }
 
+typedef long (*unary_op)(long);
+static unary_op volatile unary_table[] = {scaled, identity, fib, checked_double};
+
+KFUNC long apply_unary(long which, long x) {
+    if (which < 0 || which >= (long)(sizeof unary_table / sizeof unary_table[0]))
+        return -1;
+    return unary_table[which](x);
+}
+
 KFUNC long greeting_sum(long which) {
     if (which < 0 || which >= (long)(sizeof greetings / sizeof greetings[0]))
         return -1;

@@ -12,6 +12,7 @@ long counter_get(long unused);
 long scaled(long x);                   /* reads scale_factor: a TOC user on ppc64le */
 long scaled_twice(long x);             /* calls scaled() directly: local entry */
 long apply_op(long op, long a, long b);/* calls through a function-pointer table: global entry */
+long apply_unary(long which, long x); /* calls scaled/identity/fib through pointers: their global entries */
 long greeting_sum(long which);         /* sums the bytes of a rodata string */
 long greeting_len(long which);
 long mix_loop(long n);                 /* loop-heavy, no closed form: benchmarks */
