@@ -17,8 +17,18 @@ public enum ELFMachine {
 }
 
 /// e_type.
-public enum ELFFileType: Equatable, Sendable {
+public enum ELFFileType: Equatable, Sendable, CustomStringConvertible {
     case relocatable, executable, sharedObject, core, other(UInt16)
+
+    public var description: String {
+        switch self {
+        case .relocatable: return "ET_REL (relocatable object)"
+        case .executable: return "ET_EXEC (executable)"
+        case .sharedObject: return "ET_DYN (shared object or position-independent executable)"
+        case .core: return "ET_CORE (core dump)"
+        case let .other(v): return "e_type \(v)"
+        }
+    }
 
     init(_ raw: UInt16) {
         switch raw {

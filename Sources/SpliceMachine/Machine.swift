@@ -18,7 +18,7 @@ public enum MachineError: Error, Equatable, CustomStringConvertible {
         case let .wrongArchitecture(image, machine, arch):
             return "\(image): e_machine \(machine) (\(ELFMachine.name(machine))) is not \(arch)"
         case let .notExecutable(image, type):
-            return "\(image): is \(type), not an executable (ET_EXEC)"
+            return "\(image): is \(type); Splice loads static executables (ET_EXEC)"
         case let .noLoadableSegments(image):
             return "\(image): has no PT_LOAD segments"
         case let .noSuchFunction(name, image):

@@ -17,7 +17,9 @@ public struct GuestFault: Error, Equatable, CustomStringConvertible {
     }
 
     public var kind: Kind
-    /// The instruction at fault, as far as the engine can tell.
+    /// The instruction at fault. Exact while instruction counting is on (a code hook
+    /// covers every instruction); otherwise Unicorn reports memory faults at the start
+    /// of the translated block that contains the faulting instruction.
     public var pc: UInt64
     public var architecture: String
 

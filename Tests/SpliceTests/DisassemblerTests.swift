@@ -43,3 +43,51 @@ final class DisassemblerTests: XCTestCase {
         XCTAssertEqual(insns.map(\.size).reduce(0, +), 4, "identity is shorter than a 5-byte jmp")
     }
 }
+
+/// The instruction words Splice writes or matches by hand, refereed by Capstone.
+final class InstructionConstantTests: XCTestCase {
+    func testPPC64LEConstantsDecodeAsNamed() throws {
+        let d = try Disassembler(mode: .ppc64le)
+        let expected: [(UInt32, String)] = [
+            (PPC64LEInstruction.nop, "nop"), (PPC64LEInstruction.trap, "trap"),
+            (PPC64LEInstruction.mflrR0, "mflr r0"), (PPC64LEInstruction.stdR0_16R1, "std r0, 0x10(r1)"),
+        ]
+        for (word, text) in expected {
+            XCTAssertEqual(d.decodeOne(PPC64LEInstruction.bytes(word), address: 0)?.text, text)
+        }
+    }
+
+    /// Splice's own `bl` target decoding agrees with Capstone on every `bl` in the sample,
+    /// including backward branches (negative displacements).
+    func testBranchTargetsAgreeWithCapstone() throws {
+        let elf = try ELFFile(contentsOf: samplePath(Samples.ppc64le))
+        let text = try XCTUnwrap(elf.section(named: ".text"))
+        let d = try Disassembler(mode: .ppc64le)
+        var checked = 0, backward = 0
+        for offset in stride(from: 0, to: text.data.count - 3, by: 4) {
+            let address = text.address + UInt64(offset)
+            let word = PPC64LEInstruction.word(text.data, at: offset)
+            guard let target = PPC64LEInstruction.branchAndLinkTarget(word, at: address) else { continue }
+            let insn = try XCTUnwrap(d.decodeOne(Array(text.data[offset..<offset + 4]), address: address))
+            XCTAssertEqual(insn.text, "bl 0x\(String(target, radix: 16))")
+            checked += 1
+            if target < address { backward += 1 }
+        }
+        XCTAssertGreaterThan(checked, 20)
+        XCTAssertGreaterThan(backward, 10, "the bl _mcount calls go backwards")
+    }
+
+    func testX86_64PrologueConstants() throws {
+        let d = try Disassembler(mode: .x86_64)
+        XCTAssertEqual(d.decodeOne([0xf3, 0x0f, 0x1e, 0xfa], address: 0)?.text, "endbr64")
+        let nop = try XCTUnwrap(d.decodeOne([0x0f, 0x1f, 0x44, 0x00, 0x00], address: 0))
+        XCTAssertEqual(nop.mnemonic, "nop")
+        XCTAssertEqual(nop.size, 5)
+    }
+
+    func testSignedImmediateOfTheTOCAddi() {
+        // addi r2,r2,-32000 and +32512: Capstone 4 prints SI unsigned, Splice sign-extends.
+        XCTAssertEqual(PPC64LEInstruction.signedImmediate(0x3842_8300), -32000)
+        XCTAssertEqual(PPC64LEInstruction.signedImmediate(0x3842_7f00), 32512)
+    }
+}
