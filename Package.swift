@@ -29,13 +29,15 @@ let package = Package(
         .target(name: "SpliceMachine",
                 dependencies: ["CUnicorn", "CSpliceShims", "SpliceELF", "SpliceDisassembly"]),
 
-        .target(name: "SpliceX86_64", dependencies: ["SpliceMachine"], path: "arch/x86_64",
+        .target(name: "SplicePatching", dependencies: ["SpliceMachine", "SpliceELF"]),
+
+        .target(name: "SpliceX86_64", dependencies: ["SpliceMachine", "SplicePatching"], path: "arch/x86_64",
                 exclude: ["README.md"]),
-        .target(name: "SplicePPC64LE", dependencies: ["SpliceMachine"], path: "arch/ppc64le",
+        .target(name: "SplicePPC64LE", dependencies: ["SpliceMachine", "SplicePatching"], path: "arch/ppc64le",
                 exclude: ["README.md"]),
 
         .target(name: "Splice",
-                dependencies: ["SpliceMachine", "SpliceELF", "SpliceDisassembly",
+                dependencies: ["SpliceMachine", "SpliceELF", "SpliceDisassembly", "SplicePatching",
                                "SpliceX86_64", "SplicePPC64LE"]),
         .executableTarget(name: "splice", dependencies: [
             "Splice", .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -44,6 +44,12 @@ x86=(gcc "${common[@]}" -no-pie -fno-pic -fcf-protection=none -mno-red-zone)
     -o "$out/checked-x86_64-fentry.o"
 "${x86[@]}" -pg -mfentry -mrecord-mcount "$rt/x86_64/start.S" "$src/kernel.c" \
     "$out/checked-x86_64-fentry.o" -o "$out/kernel-x86_64-fentry.elf"
+# x86-64 with -fpatchable-function-entry=5: five one-byte NOPs at every entry (after the
+# endbr64 of checked_double), listed in __patchable_function_entries.
+"${x86[@]}" -c "$src/checked.c" -fcf-protection=branch -mmanual-endbr -fpatchable-function-entry=5 \
+    -o "$out/checked-x86_64-pfe.o"
+"${x86[@]}" -fpatchable-function-entry=5 "$rt/x86_64/start.S" "$src/kernel.c" "$out/checked-x86_64-pfe.o" \
+    -o "$out/kernel-x86_64-pfe.elf"
 rm -f "$out"/checked-x86_64*.o
 
 # ppc64le (ELFv2), -mprofile-kernel: every function has `mflr r0; bl _mcount` right after
@@ -66,7 +72,7 @@ qemu-ppc64le "$out/oracle-ppc64le" > "$out/oracle-ppc64le.txt"
 
 if [ $check -eq 1 ]; then
     status=0
-    for f in kernel-x86_64.elf kernel-x86_64-fentry.elf kernel-ppc64le.elf kernel-x86_64.o kernel-ppc64le.o oracle-x86_64.txt oracle-ppc64le.txt; do
+    for f in kernel-x86_64.elf kernel-x86_64-fentry.elf kernel-x86_64-pfe.elf kernel-ppc64le.elf kernel-x86_64.o kernel-ppc64le.o oracle-x86_64.txt oracle-ppc64le.txt; do
         if cmp -s "$out/$f" "$here/build/$f"; then echo "same: $f"; else echo "DIFFERENT: $f"; status=1; fi
     done
     rm -rf "$out"

@@ -1,6 +1,7 @@
 @_exported import SpliceDisassembly
 @_exported import SpliceELF
 @_exported import SpliceMachine
+@_exported import SplicePatching
 @_exported import SplicePPC64LE
 @_exported import SpliceX86_64
 
@@ -10,6 +11,21 @@ public enum Architectures {
 
     public static func named(_ name: String) -> (any CPUArchitecture)? {
         all.first { $0.name == name }
+    }
+
+    /// The patch backends, one per ISA that has one.
+    public static let backends: [any PatchBackend] = [X86_64PatchBackend()]
+
+    /// The backend named `name` ("x86_64", "ppc64le").
+    public static func backend(named name: String) throws -> any PatchBackend {
+        if let b = backends.first(where: { $0.architecture.name == name }) { return b }
+        if self.named(name) != nil { throw PatchError.noBackend("\(name): it runs, but cannot be patched yet") }
+        throw PatchError.noBackend("\(name): Splice knows " + all.map(\.name).joined(separator: ", "))
+    }
+
+    /// The backend for an ELF file's e_machine.
+    public static func backend(for elf: ELFFile) throws -> any PatchBackend {
+        try backend(named: try forELF(elf).name)
     }
 
     public static func forELF(_ elf: ELFFile) throws -> any CPUArchitecture {

@@ -39,7 +39,7 @@ public enum Inspector {
         let disassembler = try Disassembler(mode: arch.disassemblyMode)
         let names = symbolNames(elf)
         let functions = try elf.functions.map { symbol -> FunctionReport in
-            let code = try bytes(of: symbol, in: elf)
+            let code = try elf.bytes(of: symbol)
             let entries = arch.entries(of: symbol, in: elf)
             let prologue = disassembler.decode(code, address: symbol.value, count: prologueInstructions)
             return FunctionReport(
@@ -74,22 +74,5 @@ public enum Inspector {
         guard let last = text.split(whereSeparator: { $0 == " " || $0 == "," }).last, last.hasPrefix("0x"),
               let address = UInt64(last.dropFirst(2), radix: 16), let name = names[address] else { return text }
         return "\(text) <\(name)>"
-    }
-
-    /// A function's bytes from the section that holds it.
-    public static func bytes(of symbol: ELFSymbol, in elf: ELFFile) throws -> [UInt8] {
-        let index = Int(symbol.sectionIndex)
-        guard elf.sections.indices.contains(index) else { return [] }
-        let section = elf.sections[index]
-        let symbolEnd = symbol.value.addingReportingOverflow(symbol.size)
-        let sectionEnd = section.address.addingReportingOverflow(section.size)
-        guard symbol.value >= section.address, !symbolEnd.overflow, !sectionEnd.overflow,
-              symbolEnd.partialValue <= sectionEnd.partialValue, section.type != ELFSection.typeNoBits,
-              Int(symbol.value - section.address) + Int(symbol.size) <= section.data.count else {
-            throw ELFError.badSymbol(table: ".symtab", index: symbol.index,
-                                     reason: "\(symbol.name) at 0x\(String(symbol.value, radix: 16)) size \(symbol.size) lies outside its section \(section.name)")
-        }
-        let start = Int(symbol.value - section.address)
-        return Array(section.data[start..<start + Int(symbol.size)])
     }
 }

@@ -39,6 +39,35 @@ public struct ELFFile: Sendable {
             .sorted { ($0.value, $0.name) < ($1.value, $1.name) }
     }
 
+    /// A symbol's bytes from the section that holds it (a function's code). Throws when
+    /// the symbol does not lie inside a section with contents.
+    public func bytes(of symbol: ELFSymbol) throws -> [UInt8] {
+        let index = Int(symbol.sectionIndex)
+        guard sections.indices.contains(index) else {
+            throw ELFError.badSymbol(table: ".symtab", index: symbol.index, reason: "\(symbol.name) is in no section")
+        }
+        let section = sections[index]
+        let symbolEnd = symbol.value.addingReportingOverflow(symbol.size)
+        let sectionEnd = section.address.addingReportingOverflow(section.size)
+        guard symbol.value >= section.address, !symbolEnd.overflow, !sectionEnd.overflow,
+              symbolEnd.partialValue <= sectionEnd.partialValue, section.type != ELFSection.typeNoBits,
+              Int(symbol.value - section.address) + Int(symbol.size) <= section.data.count else {
+            throw ELFError.badSymbol(table: ".symtab", index: symbol.index,
+                                     reason: "\(symbol.name) at 0x\(hex(symbol.value)) size \(symbol.size) lies outside its section \(section.name)")
+        }
+        let start = Int(symbol.value - section.address)
+        return Array(section.data[start..<start + Int(symbol.size)])
+    }
+
+    /// The bytes the file puts at guest address [address, address + count), if one
+    /// allocated section with contents holds them all.
+    public func bytes(at address: UInt64, count: Int) -> [UInt8]? {
+        guard let s = sections.first(where: { $0.contains(address: address) && $0.type != ELFSection.typeNoBits }),
+              address + UInt64(count) <= s.address + UInt64(s.data.count) else { return nil }
+        let start = Int(address - s.address)
+        return Array(s.data[start..<start + count])
+    }
+
     /// Reads the file at `path`.
     public init(contentsOf path: String, expectedMachine: UInt16? = nil) throws {
         guard let data = FileManager.default.contents(atPath: path) else {

@@ -64,11 +64,14 @@ public struct GuestLayout: Sendable {
     /// vCPU `i` gets the stack [stacksBase + i*stackSize, + stackSize).
     public var stacksBase: UInt64
     public var stackSize: UInt64
+    /// Where code the patcher adds goes when no place is asked for.
+    public var codeBase: UInt64
 
-    public init(sentinelBase: UInt64, stacksBase: UInt64, stackSize: UInt64) {
+    public init(sentinelBase: UInt64, stacksBase: UInt64, stackSize: UInt64, codeBase: UInt64) {
         self.sentinelBase = sentinelBase
         self.stacksBase = stacksBase
         self.stackSize = stackSize
+        self.codeBase = codeBase
     }
 }
 

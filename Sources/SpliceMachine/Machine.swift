@@ -153,8 +153,19 @@ public final class Machine {
         return LoadedImage(elf: elf, regions: regions, machine: self)
     }
 
-    func unmap(_ region: GuestRegion) {
-        for cpu in vcpus { try? cpu.unmap(region) }
+    /// Tells every vCPU that guest code in [address, address + length) changed: each
+    /// engine drops its translated blocks for the range, the emulator's analogue of the
+    /// icache sync after patching. Only while no vCPU runs (the rendezvous guarantees it).
+    public func codeChanged(at address: UInt64, length: Int) throws {
+        for cpu in vcpus { try cpu.engine.removeTranslations(from: address, to: address + UInt64(length)) }
+    }
+
+    /// Unmaps a region from every vCPU and forgets it.
+    public func unmap(_ region: GuestRegion) {
+        for cpu in vcpus {
+            try? cpu.engine.removeTranslations(from: region.base, to: region.end)
+            try? cpu.unmap(region)
+        }
         memory.remove(region)
     }
 }

@@ -143,7 +143,7 @@ struct Disasm: ParsableCommand {
             } else {
                 guard let symbol = elf.symbol(named: location) else { throw Failure(description: "no symbol \(location) in \(image)") }
                 address = symbol.value
-                bytes = try Inspector.bytes(of: symbol, in: elf)
+                bytes = try elf.bytes(of: symbol)
             }
             let names = Inspector.symbolNames(elf)
             for i in disassembler.decode(bytes, address: address, count: count ?? (location.hasPrefix("0x") ? 16 : nil)) {

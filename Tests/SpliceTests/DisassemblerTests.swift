@@ -19,7 +19,7 @@ final class DisassemblerTests: XCTestCase {
         let elf = try ELFFile(contentsOf: samplePath(Samples.ppc64le))
         let add = try XCTUnwrap(elf.symbol(named: "add"))
         let mcount = try XCTUnwrap(elf.symbol(named: "_mcount"))
-        let insns = d.decode(try Inspector.bytes(of: add, in: elf), address: add.value, count: 4)
+        let insns = d.decode(try elf.bytes(of: add), address: add.value, count: 4)
         XCTAssertEqual(insns.map(\.text), ["mflr r0", "bl 0x\(String(mcount.value, radix: 16))", "add r3, r3, r4", "blr"])
         XCTAssertEqual(insns[0].bytes, [0xa6, 0x02, 0x08, 0x7c])
     }

@@ -19,7 +19,8 @@ public struct PPC64LEArchitecture: CPUArchitecture {
     public let returnValueRegister = PPC64LERegisters.r3
     /// `trap` (tw 31,0,0), little-endian.
     public let trapInstruction: [UInt8] = PPC64LEInstruction.bytes(PPC64LEInstruction.trap)
-    public let layout = GuestLayout(sentinelBase: 0x6fff_0000, stacksBase: 0x7000_0000, stackSize: 0x10_0000)
+    public let layout = GuestLayout(sentinelBase: 0x6fff_0000, stacksBase: 0x7000_0000, stackSize: 0x10_0000,
+                                    codeBase: 0x6000_0000)
 
     /// A value no real TOC has (odd, unmapped): r2 holds it when a function is entered at
     /// its global entry, which must compute r2 itself from r12. A function that wrongly

@@ -16,7 +16,8 @@ public struct X86_64Architecture: CPUArchitecture {
     public let returnValueRegister = CPURegister(UC_X86_REG_RAX.rawValue, "rax")
     /// `int3`.
     public let trapInstruction: [UInt8] = [0xcc]
-    public let layout = GuestLayout(sentinelBase: 0x6fff_0000, stacksBase: 0x7000_0000, stackSize: 0x10_0000)
+    public let layout = GuestLayout(sentinelBase: 0x6fff_0000, stacksBase: 0x7000_0000, stackSize: 0x10_0000,
+                                    codeBase: 0x6000_0000)
 
     /// SysV: the first six integer arguments in registers, the rest on the stack.
     static let argumentRegisters: [CPURegister] = [
@@ -77,31 +78,45 @@ public struct X86_64Architecture: CPUArchitecture {
     }
 }
 
-/// What an x86-64 function's first bytes say about how it can be patched.
+/// What an x86-64 function's first bytes say about how it can be patched. Shared by
+/// `splice inspect` (prologue landmarks) and the patch backend (where to write).
 enum X86_64Prologue {
     static let endbr64: [UInt8] = [0xf3, 0x0f, 0x1e, 0xfa]
     static let nop5: [UInt8] = [0x0f, 0x1f, 0x44, 0x00, 0x00]
+    static let fiveOneByteNops: [UInt8] = [0x90, 0x90, 0x90, 0x90, 0x90]
+    static let slotSize = 5
+
+    /// Bytes to skip before the patch site: the endbr64 landing pad, if any.
+    static func landingPadLength(_ code: [UInt8]) -> Int { code.starts(with: endbr64) ? 4 : 0 }
+
+    /// A compiler-reserved 5-byte slot at `address` (`code` starts there): its kind and
+    /// description, or nil.
+    static func patchableSlot(_ code: [UInt8], at address: UInt64, in image: ELFFile) -> (PrologueSite.Kind, String)? {
+        guard code.count >= slotSize else { return nil }
+        if code[0] == 0xe8 {
+            let rel = Int32(bitPattern: UInt32(code[1]) | UInt32(code[2]) << 8 | UInt32(code[3]) << 16 | UInt32(code[4]) << 24)
+            let target = UInt64(bitPattern: Int64(bitPattern: address + 5) &+ Int64(rel))
+            if let fentry = image.symbol(named: "__fentry__"), fentry.value == target {
+                return (.fentryCall, "call __fentry__ (0x\(String(target, radix: 16))): 5 bytes a redirect can replace")
+            }
+        } else if code.starts(with: nop5) {
+            return (.patchableNop, "5-byte nop: room for a jmp rel32")
+        } else if code.starts(with: fiveOneByteNops) {
+            return (.patchableNop, "5 one-byte nops (-fpatchable-function-entry=5): room for a jmp rel32")
+        }
+        return nil
+    }
 
     static func sites(of symbol: ELFSymbol, code: [UInt8], in image: ELFFile) -> [PrologueSite] {
         var sites: [PrologueSite] = []
-        var offset = 0
-        if code.starts(with: endbr64) {
+        let offset = landingPadLength(code)
+        if offset > 0 {
             sites.append(PrologueSite(kind: .endbr, address: symbol.value, offset: 0,
                                       note: "indirect-branch landing pad; a patch goes after it"))
-            offset = 4
         }
-        let rest = Array(code.dropFirst(offset))
         let address = symbol.value + UInt64(offset)
-        if rest.count >= 5 && rest[0] == 0xe8 {
-            let rel = Int32(bitPattern: UInt32(rest[1]) | UInt32(rest[2]) << 8 | UInt32(rest[3]) << 16 | UInt32(rest[4]) << 24)
-            let target = UInt64(bitPattern: Int64(bitPattern: address + 5) &+ Int64(rel))
-            if let fentry = image.symbol(named: "__fentry__"), fentry.value == target {
-                sites.append(PrologueSite(kind: .fentryCall, address: address, offset: UInt64(offset),
-                                          note: "call __fentry__ (0x\(String(target, radix: 16))): 5 bytes a redirect can replace"))
-            }
-        } else if rest.starts(with: nop5) {
-            sites.append(PrologueSite(kind: .patchableNop, address: address, offset: UInt64(offset),
-                                      note: "5-byte nop: room for a jmp rel32"))
+        if let (kind, note) = patchableSlot(Array(code.dropFirst(offset)), at: address, in: image) {
+            sites.append(PrologueSite(kind: kind, address: address, offset: UInt64(offset), note: note))
         }
         return sites
     }

@@ -1,0 +1,118 @@
+import SpliceMachine
+
+/// A piece of executable guest memory handed out by a `CodeSpace`.
+public struct CodeAllocation: Equatable, Sendable {
+    public var address: UInt64
+    public var size: Int
+    public var region: String
+}
+
+/// Executable guest memory for code the patcher adds: new function bodies, far-jump
+/// slots, runtime code. Regions are mapped read+execute for the guest (the host writes
+/// through the shared buffer); an allocation can be asked to lie within `reach` bytes of
+/// an address, which is how far-jump slots stay within a rel32 (or bl) of their site.
+public final class CodeSpace {
+    public let machine: Machine
+    /// Where regions go when no address or neighbourhood is asked for.
+    public let defaultBase: UInt64
+    public static let regionSize: UInt64 = 0x1_0000
+
+    private final class Arena {
+        let region: GuestRegion
+        var next: UInt64
+        var free: [(address: UInt64, size: Int)] = []
+        var live = 0
+        init(_ region: GuestRegion) { self.region = region; next = region.base }
+
+        func take(_ address: UInt64, _ size: Int) -> CodeAllocation {
+            live += 1
+            return CodeAllocation(address: address, size: size, region: region.name)
+        }
+    }
+
+    private var arenas: [Arena] = []
+
+    public init(machine: Machine) {
+        self.machine = machine
+        defaultBase = machine.architecture.layout.codeBase
+    }
+
+    /// Allocates `size` bytes (16-byte aligned). With `near`, every byte of the
+    /// allocation lies within `reach` of `near`.
+    public func allocate(size: Int, near: UInt64? = nil, reach: UInt64 = .max) throws -> CodeAllocation {
+        precondition(size > 0 && UInt64(size) <= Self.regionSize)
+        let fits = { (a: UInt64) -> Bool in
+            guard let n = near else { return true }
+            let end = a + UInt64(size)
+            return (a >= n ? a - n : n - a) <= reach && (end >= n ? end - n : n - end) <= reach
+        }
+        for arena in arenas {
+            if let i = arena.free.firstIndex(where: { $0.size >= size && fits($0.address) }) {
+                let block = arena.free.remove(at: i)
+                return arena.take(block.address, block.size)
+            }
+            let a = arena.next
+            if a + UInt64(size) <= arena.region.end && fits(a) {
+                arena.next = (a + UInt64(size) + 15) & ~15
+                return arena.take(a, size)
+            }
+        }
+        let arena = try newArena(near: near ?? defaultBase, reach: near == nil ? .max : reach)
+        let a = arena.next
+        guard fits(a) else { throw PatchError.noCodeSpaceInReach(near: near ?? 0, reach: reach, size: size) }
+        arena.next = (a + UInt64(size) + 15) & ~15
+        return arena.take(a, size)
+    }
+
+    /// Maps a region for code at exactly `address` (page-aligned) and allocates from it.
+    public func allocate(size: Int, at address: UInt64) throws -> CodeAllocation {
+        let arena = Arena(try machine.map(name: "code@\(String(address, radix: 16))", at: address,
+                                          size: Self.regionSize, permissions: [.read, .execute]))
+        arenas.append(arena)
+        arena.next = (address + UInt64(size) + 15) & ~15
+        return arena.take(address, size)
+    }
+
+    /// Returns an allocation. Its bytes are filled with the ISA's trap, so a stray jump
+    /// into released code stops instead of running stale instructions; a region left
+    /// with no allocations is unmapped, so the guest's memory map is as it was before.
+    public func release(_ allocation: CodeAllocation) {
+        guard let index = arenas.firstIndex(where: { $0.region.name == allocation.region }) else { return }
+        let arena = arenas[index]
+        arena.live -= 1
+        if arena.live == 0 {
+            machine.unmap(arena.region)
+            arenas.remove(at: index)
+            return
+        }
+        let trap = machine.architecture.trapInstruction
+        let fill = (0..<(allocation.size / trap.count)).flatMap { _ in trap }
+        try? machine.memory.write(allocation.address, fill + [UInt8](repeating: 0, count: allocation.size - fill.count))
+        try? machine.codeChanged(at: allocation.address, length: allocation.size)
+        arena.free.append((allocation.address, allocation.size))
+    }
+
+    /// The regions this space has mapped.
+    public var regions: [GuestRegion] { arenas.map(\.region) }
+
+    /// Finds a free, page-aligned range near `near` (above it first, then below).
+    private func newArena(near: UInt64, reach: UInt64) throws -> Arena {
+        let size = Self.regionSize
+        let start = (near + size - 1) / size * size
+        let steps = min(reach / size, 1 << 16)
+        for step in 0...steps {
+            for candidate in [start &+ step * size, start &- (step + 1) * size] {
+                let distance = candidate >= near ? candidate + size - near : near - candidate
+                guard distance <= reach, candidate != 0, candidate &+ size > candidate else { continue }
+                if machine.memory.overlapsMapped(candidate, length: size) == nil {
+                    let region = try machine.map(name: "code@\(String(candidate, radix: 16))", at: candidate, size: size,
+                                                 permissions: [.read, .execute])
+                    let arena = Arena(region)
+                    arenas.append(arena)
+                    return arena
+                }
+            }
+        }
+        throw PatchError.noCodeSpaceInReach(near: near, reach: reach, size: Int(size))
+    }
+}

@@ -1,0 +1,204 @@
+import SpliceELF
+import SpliceMachine
+
+/// One redirect (or NOP patch) in force.
+public struct ActiveRedirect: Sendable {
+    public let id: Int
+    public let function: String
+    public let target: RedirectTarget
+    /// The target's name when it has one (a function of the image, or a label).
+    public let targetName: String?
+    public let plan: PatchPlan
+    /// What each write replaced, in write order: the undo buffers.
+    public let undo: [CodeWrite]
+}
+
+/// The common redirect API on a loaded machine: redirect a function to another one or
+/// to new code, NOP-patch it, list what is active, revert. Redirects of one function
+/// stack: A→B then A→C, and reverting C brings back A→B; B cannot be reverted while C
+/// is on top of it.
+///
+/// Every patch is checked before anything is written: the bytes at each place it will
+/// write must be what the patcher expects there (the image's bytes, or what an earlier
+/// patch wrote), and the backend must recognise the site. A refusal writes nothing.
+/// Writes go to the shared guest memory, then every vCPU drops its translated code for
+/// the range. This class does not stop running vCPUs: call it while they are stopped
+/// (the rendezvous does that).
+public final class LivePatcher {
+    public let image: LoadedImage
+    public let backend: any PatchBackend
+    public let space: CodeSpace
+    public private(set) var active: [ActiveRedirect] = []
+    private var nextID = 1
+    /// Bytes this patcher wrote, by guest address: what memory must hold there now.
+    private var written: [UInt64: UInt8] = [:]
+
+    public var machine: Machine { image.machine }
+
+    /// Brings the image into its patchable state (the backend's `prepare`) and installs
+    /// the backend's runtime code.
+    public init(image: LoadedImage, backend: any PatchBackend, space: CodeSpace? = nil) throws {
+        guard backend.architecture.elfMachine == image.elf.header.machine else {
+            throw PatchError.noBackend("\(image.elf.name) (e_machine \(image.elf.header.machine)) with the \(backend.architecture.name) backend")
+        }
+        self.image = image
+        self.backend = backend
+        self.space = space ?? CodeSpace(machine: image.machine)
+        try write(try backend.prepare(image))
+        try backend.installRuntime(in: image.machine, image: image, space: self.space)
+    }
+
+    // MARK: Redirecting
+
+    /// Redirects `function` to another function of the image.
+    @discardableResult
+    public func redirect(_ function: String, to target: String) throws -> ActiveRedirect {
+        let symbol = try self.function(target)
+        return try apply(function, .address(symbol.value), targetName: target)
+    }
+
+    /// Redirects `function` to code at `address` (already in guest memory).
+    @discardableResult
+    public func redirect(_ function: String, toAddress address: UInt64, label: String? = nil) throws -> ActiveRedirect {
+        try apply(function, .address(address), targetName: label)
+    }
+
+    /// Places `code` in new executable guest memory (at `address` if given) and
+    /// redirects `function` to it. If the redirect is refused the code is removed again.
+    @discardableResult
+    public func redirect(_ function: String, toCode code: [UInt8], at address: UInt64? = nil,
+                         label: String? = nil) throws -> ActiveRedirect {
+        let allocation = try address.map { try space.allocate(size: code.count, at: $0) } ?? space.allocate(size: code.count)
+        do {
+            try machine.memory.write(allocation.address, code)
+            try machine.codeChanged(at: allocation.address, length: code.count)
+            return try apply(function, .address(allocation.address), targetName: label ?? "new code at 0x\(String(allocation.address, radix: 16))",
+                             extraAllocations: [allocation])
+        } catch {
+            space.release(allocation)
+            throw error
+        }
+    }
+
+    /// `new_addr == 0` for a whole function: it returns at once, doing nothing.
+    @discardableResult
+    public func makeNoOp(_ function: String) throws -> ActiveRedirect {
+        try apply(function, .returnImmediately, targetName: nil)
+    }
+
+    /// `new_addr == 0` for part of a function: whole instructions in
+    /// [offset, offset + length) become NOPs; the rest of the function still runs.
+    @discardableResult
+    public func nopOut(_ function: String, offset: UInt64, length: Int) throws -> ActiveRedirect {
+        try apply(function, .nopOut(offset: offset, length: length), targetName: nil)
+    }
+
+    /// The patch site of `function` as the backend sees it.
+    public func site(of function: String) throws -> PatchSite {
+        try backend.patchSite(of: try self.function(function), in: image.elf)
+    }
+
+    public func redirects(of function: String) -> [ActiveRedirect] { active.filter { $0.function == function } }
+
+    // MARK: Reverting
+
+    /// Reverts the topmost redirect of `function`.
+    public func revert(_ function: String) throws {
+        guard let top = active.last(where: { $0.function == function }) else { throw PatchError.notRedirected(function) }
+        try revert(id: top.id)
+    }
+
+    /// Reverts redirect `id`; it must be the topmost one of its function.
+    public func revert(id: Int) throws {
+        guard let index = active.firstIndex(where: { $0.id == id }) else { throw PatchError.noSuchRedirect(id) }
+        let entry = active[index]
+        if let top = active.last(where: { $0.function == entry.function }), top.id != id {
+            throw PatchError.notTopmost(function: entry.function, id: id, top: top.id)
+        }
+        // Memory must still hold exactly what this redirect wrote.
+        for w in entry.plan.writes {
+            let found = try machine.memory.read(w.address, count: w.bytes.count)
+            guard found == w.bytes else {
+                throw PatchError.unexpectedBytes(function: entry.function, address: w.address, expected: w.bytes, found: found)
+            }
+        }
+        try write(entry.undo.reversed())
+        for w in entry.undo where isAllocated(w.address, in: entry) { forget(w) }
+        for a in entry.plan.allocations { space.release(a) }
+        active.remove(at: index)
+    }
+
+    /// Reverts every redirect, newest first.
+    public func revertAll() throws {
+        while let last = active.last { try revert(id: last.id) }
+    }
+
+    // MARK: Internals
+
+    private func function(_ name: String) throws -> ELFSymbol {
+        guard let s = image.elf.symbol(named: name), s.isFunction else { throw PatchError.noSuchFunction(name) }
+        return s
+    }
+
+    private func apply(_ name: String, _ target: RedirectTarget, targetName: String?,
+                       extraAllocations: [CodeAllocation] = []) throws -> ActiveRedirect {
+        let symbol = try function(name)
+        let site = try backend.patchSite(of: symbol, in: image.elf)
+        if redirects(of: name).isEmpty {
+            let length = min(site.room, backend.undoBufferSize)
+            try backend.verifyUnpatched(try machine.memory.read(site.address, count: length), at: site, in: image.elf)
+        }
+        var plan = try backend.encode(target, at: site, in: image.elf, space: space)
+        do {
+            // Check every place before writing any.
+            var undo: [CodeWrite] = []
+            for w in plan.writes {
+                let found = try machine.memory.read(w.address, count: w.bytes.count)
+                if let expected = expected(at: w.address, count: w.bytes.count), expected != found,
+                   !plan.allocations.contains(where: { $0.address <= w.address && w.address < $0.address + UInt64($0.size) }) {
+                    throw PatchError.unexpectedBytes(function: name, address: w.address, expected: expected, found: found)
+                }
+                undo.append(CodeWrite(address: w.address, bytes: found, purpose: "undo: \(w.purpose)"))
+            }
+            try write(plan.writes)
+            plan.allocations += extraAllocations
+            let entry = ActiveRedirect(id: nextID, function: name, target: target, targetName: targetName, plan: plan,
+                                       undo: undo)
+            nextID += 1
+            active.append(entry)
+            return entry
+        } catch {
+            for a in plan.allocations { space.release(a) }
+            throw error
+        }
+    }
+
+    /// What memory should hold: bytes this patcher wrote, else the image's own bytes.
+    private func expected(at address: UInt64, count: Int) -> [UInt8]? {
+        guard var bytes = image.elf.bytes(at: address, count: count) else {
+            // Not image code (allocated code): only what we wrote is known.
+            let known = (0..<count).compactMap { written[address + UInt64($0)] }
+            return known.count == count ? known : nil
+        }
+        for i in 0..<count { if let b = written[address + UInt64(i)] { bytes[i] = b } }
+        return bytes
+    }
+
+    /// Writes in order, then drops translated code on every vCPU. The caller has checked
+    /// that each place is mapped; a write cannot fail half-way.
+    private func write<S: Sequence>(_ writes: S) throws where S.Element == CodeWrite {
+        for w in writes {
+            try machine.memory.write(w.address, w.bytes)
+            for (i, b) in w.bytes.enumerated() { written[w.address + UInt64(i)] = b }
+            try machine.codeChanged(at: w.address, length: w.bytes.count)
+        }
+    }
+
+    private func isAllocated(_ address: UInt64, in entry: ActiveRedirect) -> Bool {
+        entry.plan.allocations.contains { $0.address <= address && address < $0.address + UInt64($0.size) }
+    }
+
+    private func forget(_ w: CodeWrite) {
+        for i in 0..<w.bytes.count { written.removeValue(forKey: w.address + UInt64(i)) }
+    }
+}

@@ -1,0 +1,139 @@
+import SpliceELF
+import SpliceMachine
+
+/// Where in a function a redirect is written, as the arch backend decides it.
+public struct PatchSite: Equatable, Sendable, Codable {
+    public enum Kind: String, Sendable, Codable {
+        /// The function's first instruction.
+        case entry
+        /// Right after a landing pad that indirect branches must still hit (x86 endbr64).
+        case afterLandingPad = "after-landing-pad"
+        /// A compiler-reserved patch slot (x86 `call __fentry__` or 5 bytes of NOPs):
+        /// the redirect replaces only the slot, never the body.
+        case patchableEntry = "patchable-entry"
+        /// ppc64le `bl _mcount` / its nop after `mflr r0` (-mprofile-kernel).
+        case mcountCall = "mcount-call"
+    }
+
+    public var function: String
+    public var functionAddress: UInt64
+    public var functionSize: UInt64
+    public var kind: Kind
+    /// The first byte a redirect overwrites.
+    public var address: UInt64
+    /// How many bytes from `address` a redirect may overwrite.
+    public var room: Int
+    public var note: String
+
+    public init(function: String, functionAddress: UInt64, functionSize: UInt64, kind: Kind, address: UInt64,
+                room: Int, note: String) {
+        self.function = function
+        self.functionAddress = functionAddress
+        self.functionSize = functionSize
+        self.kind = kind
+        self.address = address
+        self.room = room
+        self.note = note
+    }
+}
+
+/// One write a patch makes: `bytes` at `address`. The patcher saves what was there
+/// (the undo buffer) and checks it against what it expects before writing.
+public struct CodeWrite: Equatable, Sendable {
+    public var address: UInt64
+    public var bytes: [UInt8]
+    /// What the write is, for people ("jmp rel32 to scaled_v2").
+    public var purpose: String
+
+    public init(address: UInt64, bytes: [UInt8], purpose: String) {
+        self.address = address
+        self.bytes = bytes
+        self.purpose = purpose
+    }
+}
+
+/// Everything one redirect writes, in order. Writes into freshly allocated code (far-jump
+/// slots) come first, the write at the site last, so the site only ever points at
+/// finished code; revert undoes them in reverse.
+public struct PatchPlan: Equatable, Sendable {
+    public var site: PatchSite
+    public var writes: [CodeWrite]
+    /// Code the plan allocated (far-jump slots), released on revert.
+    public var allocations: [CodeAllocation]
+    /// Extra guest instructions one call takes on its way to the target.
+    public var extraInstructions: Int
+    /// How the redirect reaches its target ("jmp rel32", "jmp [rip] absolute", ...).
+    public var method: String
+
+    public init(site: PatchSite, writes: [CodeWrite], allocations: [CodeAllocation] = [], extraInstructions: Int,
+                method: String) {
+        self.site = site
+        self.writes = writes
+        self.allocations = allocations
+        self.extraInstructions = extraInstructions
+        self.method = method
+    }
+}
+
+/// What a redirect is asked to do.
+public enum RedirectTarget: Equatable, Sendable {
+    /// Jump to new code at this address.
+    case address(UInt64)
+    /// `new_addr == 0`: make the function return at once, doing nothing.
+    case returnImmediately
+    /// `new_addr == 0` with a range: turn these whole instructions into NOPs, the rest
+    /// of the function still runs. Offsets are from the function's start.
+    case nopOut(offset: UInt64, length: Int)
+}
+
+/// The per-ISA side of live patching, in the spirit of Xen's `arch_livepatch_*` hooks:
+/// small and data-shaped. The common patcher asks where to patch, what to write and
+/// how big the undo buffer is; it does the writing, checking and bookkeeping itself and
+/// never asks which ISA it runs.
+public protocol PatchBackend: Sendable {
+    /// The CPU side of the same ISA (bring-up, ABI).
+    var architecture: any CPUArchitecture { get }
+    /// The most bytes one patch overwrites at a site (Xen's undo buffer size).
+    var undoBufferSize: Int { get }
+
+    /// Where a redirect of `function` goes, from its bytes in the image.
+    func patchSite(of function: ELFSymbol, in image: ELFFile) throws -> PatchSite
+
+    /// Checks that `current`, read at the site before the first patch, is an unpatched
+    /// form this backend knows (an fentry call, patchable NOPs, a TOC setup ...).
+    func verifyUnpatched(_ current: [UInt8], at site: PatchSite, in image: ELFFile) throws
+
+    /// Encodes what to write for `target`. May allocate code within reach of the site
+    /// from `space` (far-jump slots). `image` gives the function's original bytes.
+    func encode(_ target: RedirectTarget, at site: PatchSite, in image: ELFFile, space: CodeSpace) throws -> PatchPlan
+
+    /// Applies one relocation of a payload: patches `bytes[offset...]`, which will live
+    /// at guest address `place`, for a symbol whose value is `symbol`.
+    func relocate(type: UInt32, addend: Int64, symbol: UInt64, place: UInt64, bytes: inout [UInt8], offset: Int,
+                  context: RelocationContext) throws
+
+    /// Puts the ISA's runtime code into the machine (ppc64le ftrace_caller and friends).
+    func installRuntime(in machine: Machine, image: LoadedImage, space: CodeSpace) throws
+
+    /// Brings a freshly loaded image into its patchable state (ppc64le: `bl _mcount`
+    /// becomes `nop`). Returns the writes it made.
+    func prepare(_ image: LoadedImage) throws -> [CodeWrite]
+}
+
+extension PatchBackend {
+    public func installRuntime(in machine: Machine, image: LoadedImage, space: CodeSpace) throws {}
+    public func prepare(_ image: LoadedImage) throws -> [CodeWrite] { [] }
+}
+
+/// What a relocation may need besides the symbol: names for messages.
+public struct RelocationContext: Sendable {
+    public var section: String
+    public var index: Int
+    public var symbolName: String
+
+    public init(section: String, index: Int, symbolName: String) {
+        self.section = section
+        self.index = index
+        self.symbolName = symbolName
+    }
+}

@@ -1,0 +1,139 @@
+import SpliceDisassembly
+import SpliceELF
+import SpliceMachine
+import SplicePatching
+
+/// x86-64 live patching as in xSplice (seeds 000, 002): the first bytes of the old
+/// function become a jump to the new one; revert puts the saved bytes back.
+public struct X86_64PatchBackend: PatchBackend {
+    public init() {}
+
+    public var architecture: any CPUArchitecture { X86_64Architecture() }
+    /// The longest sequence written at a site: `jmp [rip]` + abs64.
+    public let undoBufferSize = X86_64TrampolineEncoder.absoluteJumpSize
+
+    /// The site is the function's first byte, or the byte after its endbr64 (indirect
+    /// calls must still land on an ENDBR). A compiler-reserved slot there (fentry call,
+    /// patchable NOPs) is the whole room: the body is never touched.
+    public func patchSite(of function: ELFSymbol, in image: ELFFile) throws -> PatchSite {
+        let code = try image.bytes(of: function)
+        let offset = X86_64Prologue.landingPadLength(code)
+        let address = function.value + UInt64(offset)
+        if let (_, note) = X86_64Prologue.patchableSlot(Array(code.dropFirst(offset)), at: address, in: image) {
+            return PatchSite(function: function.name, functionAddress: function.value, functionSize: function.size,
+                             kind: .patchableEntry, address: address, room: X86_64Prologue.slotSize, note: note)
+        }
+        return PatchSite(function: function.name, functionAddress: function.value, functionSize: function.size,
+                         kind: offset > 0 ? .afterLandingPad : .entry, address: address, room: code.count - offset,
+                         note: offset > 0 ? "after endbr64" : "function entry")
+    }
+
+    public func verifyUnpatched(_ current: [UInt8], at site: PatchSite, in image: ELFFile) throws {
+        guard site.kind == .patchableEntry else { return }
+        // The slot must still be one of the forms the compiler leaves.
+        if X86_64Prologue.patchableSlot(current, at: site.address, in: image) == nil {
+            throw PatchError.unrecognisedSite(function: site.function, address: site.address, found: current,
+                                              reason: "the patchable entry holds neither call __fentry__ nor NOPs")
+        }
+    }
+
+    public func encode(_ target: RedirectTarget, at site: PatchSite, in image: ELFFile,
+                       space: CodeSpace) throws -> PatchPlan {
+        typealias E = X86_64TrampolineEncoder
+        switch target {
+        case let .address(to):
+            guard site.room >= E.nearJumpSize else {
+                throw PatchError.functionTooShort(function: site.function, room: site.room, needed: E.nearJumpSize,
+                                                  method: "jmp rel32")
+            }
+            if let jump = E.nearJump(from: site.address, to: to) {
+                return PatchPlan(site: site, writes: [CodeWrite(address: site.address, bytes: jump, purpose: "jmp rel32")],
+                                 extraInstructions: 1, method: "jmp rel32")
+            }
+            if site.room >= E.absoluteJumpSize {
+                return PatchPlan(site: site, writes: [CodeWrite(address: site.address, bytes: E.absoluteJump(to: to),
+                                                                purpose: "jmp [rip] + abs64")],
+                                 extraInstructions: 1, method: "jmp [rip] absolute (target beyond ±2 GB)")
+            }
+            // Too short for the absolute form: a slot within rel32 reach holds it.
+            let reach = UInt64(Int32.max) - UInt64(E.absoluteJumpSize)
+            let slot = try space.allocate(size: E.absoluteJumpSize, near: site.address + UInt64(E.nearJumpSize),
+                                          reach: reach)
+            guard let hop = E.nearJump(from: site.address, to: slot.address) else {
+                space.release(slot)
+                throw PatchError.noCodeSpaceInReach(near: site.address, reach: reach, size: E.absoluteJumpSize)
+            }
+            return PatchPlan(
+                site: site,
+                writes: [CodeWrite(address: slot.address, bytes: E.absoluteJump(to: to), purpose: "far-jump slot: jmp [rip] + abs64"),
+                         CodeWrite(address: site.address, bytes: hop, purpose: "jmp rel32 to the far-jump slot")],
+                allocations: [slot], extraInstructions: 2,
+                method: "jmp rel32 to a slot at 0x\(String(slot.address, radix: 16)), then jmp [rip] absolute")
+        case .returnImmediately:
+            // A patchable slot is filled completely so it still decodes cleanly.
+            let length = site.kind == .patchableEntry ? site.room : 1
+            return PatchPlan(site: site, writes: [CodeWrite(address: site.address, bytes: [E.ret] + E.nopFill(length - 1),
+                                                            purpose: "ret (new_addr 0)")],
+                             extraInstructions: 0, method: "ret: the function returns at once")
+        case let .nopOut(offset, length):
+            try checkNopRange(site: site, offset: offset, length: length, image: image)
+            return PatchPlan(site: site, writes: [CodeWrite(address: site.functionAddress + offset, bytes: E.nopFill(length),
+                                                            purpose: "nop \(length) bytes (new_addr 0)")],
+                             extraInstructions: 0, method: "nop fill")
+        }
+    }
+
+    /// A NOP range must cover whole instructions inside the function, keep the endbr64,
+    /// and remove no return (the function must still return).
+    func checkNopRange(site: PatchSite, offset: UInt64, length: Int, image: ELFFile) throws {
+        func refuse(_ reason: String) -> PatchError {
+            .badNopRange(function: site.function, offset: offset, length: length, reason: reason)
+        }
+        guard length > 0, offset + UInt64(length) <= site.functionSize else { throw refuse("outside the function") }
+        if site.kind == .afterLandingPad && offset < 4 { throw refuse("would remove the endbr64 landing pad") }
+        guard let symbol = image.symbol(named: site.function) else { throw PatchError.noSuchFunction(site.function) }
+        let code = try image.bytes(of: symbol)
+        let insns = try Disassembler(mode: .x86_64).decode(code, address: symbol.value)
+        let starts = Set(insns.map { $0.address - symbol.value }) .union([UInt64(code.count)])
+        guard starts.contains(offset) else { throw refuse("does not start on an instruction boundary") }
+        guard starts.contains(offset + UInt64(length)) else { throw refuse("does not end on an instruction boundary") }
+        let covered = insns.filter { $0.address - symbol.value >= offset && $0.address - symbol.value < offset + UInt64(length) }
+        if let r = covered.first(where: { $0.mnemonic == "ret" }) {
+            throw refuse("would remove the ret at 0x\(String(r.address, radix: 16)); use makeNoOp to make the whole function return")
+        }
+    }
+
+    /// x86-64 psABI relocations a payload uses: S + A (64, 32, 32S), S + A - P (PC32,
+    /// PLT32 with the PLT entry being the symbol itself, PC64).
+    public func relocate(type: UInt32, addend: Int64, symbol: UInt64, place: UInt64, bytes: inout [UInt8], offset: Int,
+                         context: RelocationContext) throws {
+        let s = Int64(bitPattern: symbol), p = Int64(bitPattern: place)
+        func overflow(_ name: String, _ v: Int64) -> PatchError {
+            .relocationOverflow(section: context.section, index: context.index, symbol: context.symbolName, type: name, value: v)
+        }
+        func put(_ v: UInt64, _ n: Int) throws {
+            guard offset >= 0, offset + n <= bytes.count else { throw overflow("field outside its section", Int64(offset)) }
+            for i in 0..<n { bytes[offset + i] = UInt8(truncatingIfNeeded: v >> (8 * UInt64(i))) }
+        }
+        switch type {
+        case 1: // R_X86_64_64
+            try put(UInt64(bitPattern: s &+ addend), 8)
+        case 2, 4: // R_X86_64_PC32, R_X86_64_PLT32
+            let v = s &+ addend &- p
+            guard let v32 = Int32(exactly: v) else { throw overflow(type == 2 ? "R_X86_64_PC32" : "R_X86_64_PLT32", v) }
+            try put(UInt64(UInt32(bitPattern: v32)), 4)
+        case 10: // R_X86_64_32
+            let v = s &+ addend
+            guard v >= 0, v <= Int64(UInt32.max) else { throw overflow("R_X86_64_32", v) }
+            try put(UInt64(v), 4)
+        case 11: // R_X86_64_32S
+            let v = s &+ addend
+            guard let v32 = Int32(exactly: v) else { throw overflow("R_X86_64_32S", v) }
+            try put(UInt64(UInt32(bitPattern: v32)), 4)
+        case 24: // R_X86_64_PC64
+            try put(UInt64(bitPattern: s &+ addend &- p), 8)
+        default:
+            throw PatchError.unsupportedRelocation(section: context.section, index: context.index, type: type)
+        }
+    }
+}
