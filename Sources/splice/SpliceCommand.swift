@@ -33,14 +33,28 @@ func reportingErrors<T>(_ body: () throws -> T) throws -> T {
 
 struct Inspect: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "List an ELF image's functions: entries, live-patching sites, prologue disassembly.")
+        abstract: "List an ELF image's functions: entries, live-patching sites, prologue disassembly.",
+        discussion: """
+        With --redirect FUNCTION=TARGET the redirect is applied in an emulated machine and the function's \
+        bytes and disassembly are shown before and after it, with the patch site, the undo buffer and any \
+        far-jump slot. TARGET is a function of the image, a 0x address, or 0 (make FUNCTION a no-op). \
+        --args runs FUNCTION with those arguments before and after.
+        """)
 
     @Argument(help: "An ELF executable (x86-64 or ppc64le).") var image: String
     @Option(name: .shortAndLong, help: "Only these functions (repeatable).") var function: [String] = []
     @Option(help: "Prologue instructions to disassemble per function.") var instructions = 6
+    @Option(help: "The patch backend to use (x86_64, ppc64le); default: the image's machine.") var arch: String?
+    @Option(help: "Show a redirect before and after: FUNCTION=TARGET.") var redirect: String?
+    @Option(parsing: .upToNextOption, help: "Arguments to call FUNCTION with before and after the redirect.")
+    var args: [String] = []
     @Flag(help: "Print JSON.") var json = false
 
     func run() throws {
+        if let spec = redirect {
+            try showRedirect(spec)
+            return
+        }
         let report = try reportingErrors {
             var r = try Inspector.report(try ELFFile(contentsOf: image), prologueInstructions: instructions)
             if !function.isEmpty {
@@ -66,6 +80,47 @@ struct Inspect: ParsableCommand {
             for i in f.prologue {
                 print("    \(hex(i.address)):  \(i.bytes.padding(toLength: 24, withPad: " ", startingAt: 0)) \(i.text)")
             }
+        }
+    }
+}
+
+extension Inspect {
+    func showRedirect(_ spec: String) throws {
+        let preview = try reportingErrors { () -> RedirectPreview in
+            let (name, target) = try RedirectPreview.parse(spec)
+            let backend = try arch.map { try Architectures.backend(named: $0) }
+                ?? Architectures.backend(for: try ELFFile(contentsOf: image))
+            return try RedirectPreview.make(imagePath: image, backend: backend, function: name, target: target,
+                                            arguments: args.isEmpty ? nil : try args.map(parseInteger),
+                                            instructions: instructions)
+        }
+        if json { try printJSON(preview); return }
+        func show(_ l: RedirectPreview.Listing) {
+            for i in l.instructions {
+                print("    \(hex(i.address)):  \(i.bytes.padding(toLength: 30, withPad: " ", startingAt: 0)) \(i.text)")
+            }
+        }
+        let p = preview
+        print("redirect \(p.function) -> \(p.target)   [\(p.architecture), \(p.image)]")
+        print("  site:   \(p.site.kind.rawValue) at \(hex(p.site.address)) (\(p.function)+\(p.site.address - p.site.functionAddress)), "
+              + "room \(p.site.room) bytes: \(p.site.note)")
+        print("  method: \(p.method); +\(p.extraInstructions) guest instruction(s) per call")
+        print("  undo:   \(p.undoBuffer)")
+        print("  before:")
+        show(p.before)
+        print("  after:")
+        show(p.after)
+        for other in p.otherWrites {
+            print("  also written (\(hex(other.address))):")
+            show(other)
+        }
+        if let c = p.call {
+            let call = "\(p.function)(\(c.arguments.map(String.init).joined(separator: ", ")))"
+            print("  run:    \(call) = \(c.before) in \(c.instructionsBefore) instructions before; "
+                  + "\(c.after) in \(c.instructionsAfter) after")
+        }
+        if p.site.kind != .patchableEntry && p.target != "0 (no-op)" {
+            print("  (the old instructions after the jump are no longer reached from the entry: they decode as whatever the cut leaves)")
         }
     }
 }
@@ -216,7 +271,27 @@ struct Demo: ParsableCommand {
 
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Benchmarks that print what they measure on this machine.",
-                                                    subcommands: [Emu.self])
+                                                    subcommands: [Emu.self, Redirect.self])
+
+    struct Redirect: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Guest instructions one redirected call costs, counted by Unicorn (not timed).",
+            discussion: "Each case calls the redirected function and the target directly with the same arguments; the difference is the redirect's own cost.")
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() throws {
+            let rows = try reportingErrors { try RedirectBenchmark.run(samples: try Samples.directory()) }
+            if json { try printJSON(rows); return }
+            print("splice bench redirect: guest instructions per call, counted by Unicorn")
+            print("case                                    method                                              target  redirected  overhead  goal")
+            for r in rows {
+                print([r.name.padding(toLength: 39, withPad: " ", startingAt: 0),
+                       r.method.prefix(50).padding(toLength: 50, withPad: " ", startingAt: 0),
+                       String(format: "%7d", r.targetInstructions), String(format: "%11d", r.redirectedInstructions),
+                       String(format: "%+9d", r.overhead), r.goal].joined(separator: " "))
+            }
+        }
+    }
 
     struct Emu: ParsableCommand {
         static let configuration = CommandConfiguration(

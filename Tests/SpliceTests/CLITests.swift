@@ -4,27 +4,7 @@ import XCTest
 
 /// The `splice` executable, run as a user would.
 final class CLITests: XCTestCase {
-    var splice: String {
-        get throws {
-            let dir = try XCTUnwrap(Samples.executableDirectory())
-            let path = dir + "/splice"
-            guard FileManager.default.isExecutableFile(atPath: path) else { throw XCTSkip("splice not built at \(path)") }
-            return path
-        }
-    }
-
-    func run(_ arguments: [String]) throws -> (status: Int32, out: String, err: String) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: try splice)
-        p.arguments = arguments
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        try p.run()
-        let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
-    }
+    func run(_ arguments: [String]) throws -> (status: Int32, out: String, err: String) { try runSplice(arguments) }
 
     func testCallJSONOnBothISAs() throws {
         for image in [Samples.x86_64, Samples.ppc64le] {
@@ -60,5 +40,37 @@ final class CLITests: XCTestCase {
         let json = try run(["inspect", samplePath(Samples.x86_64Fentry), "--json"])
         let report = try JSONDecoder().decode(ImageReport.self, from: Data(json.out.utf8))
         XCTAssertEqual(report.architecture, "x86_64")
+    }
+}
+
+/// `splice inspect --redirect`: the porting engineer's before/after view.
+final class RedirectPreviewCLITests: XCTestCase {
+    func testBeforeAndAfterView() throws {
+        let r = try runSplice(["inspect", samplePath(Samples.x86_64), "--arch", "x86_64", "--redirect", "scaled=checked_double",
+                             "--args", "10"])
+        XCTAssertEqual(r.status, 0, r.err)
+        let lines = r.out.split(separator: "\n").map(String.init)
+        let after = try XCTUnwrap(lines.firstIndex { $0.hasPrefix("  after:") })
+        XCTAssertTrue(lines[after + 1].contains("e9 ") && lines[after + 1].contains("jmp ") && lines[after + 1].contains("<checked_double>"),
+                      lines[after + 1])
+        let before = try XCTUnwrap(lines.firstIndex { $0.hasPrefix("  before:") })
+        XCTAssertTrue(lines[before + 1].contains("imul"), lines[before + 1])
+        XCTAssertTrue(r.out.contains("scaled(10) = 31 in 3 instructions before; 20 in 4 after"), r.out)
+        XCTAssertTrue(r.out.contains("method: jmp rel32; +1"), r.out)
+
+        let json = try runSplice(["inspect", samplePath(Samples.x86_64Fentry), "--redirect", "checked_double=0", "--json"])
+        let preview = try JSONDecoder().decode(RedirectPreview.self, from: Data(json.out.utf8))
+        XCTAssertEqual(preview.site.kind, PatchSite.Kind.patchableEntry)
+        XCTAssertEqual(Array(preview.after.instructions.map { $0.text }.prefix(3)), ["endbr64", "ret", "nop dword ptr [rax]"])
+    }
+
+    func testWrongArchitectureAndBadSpecsAreClearErrors() throws {
+        let ppc = try runSplice(["inspect", samplePath(Samples.ppc64le), "--arch", "x86_64", "--redirect", "scaled=add"])
+        XCTAssertEqual(ppc.status, 1)
+        XCTAssertTrue(ppc.err.contains("is PowerPC64, not x86_64"), ppc.err)
+        let short = try runSplice(["inspect", samplePath(Samples.x86_64), "--redirect", "identity=add"])
+        XCTAssertEqual(short.err, "splice: error: identity is too short to patch: 4 bytes at its patch site, jmp rel32 needs 5\n")
+        let bad = try runSplice(["inspect", samplePath(Samples.x86_64), "--redirect", "scaled"])
+        XCTAssertEqual(bad.status, 1)
     }
 }

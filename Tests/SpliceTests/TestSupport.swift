@@ -108,3 +108,20 @@ struct TestELFBuilder {
         return e
     }
 }
+
+/// Runs the built `splice` executable (next to the test bundle) with `arguments`.
+func runSplice(_ arguments: [String]) throws -> (status: Int32, out: String, err: String) {
+    let dir = try XCTUnwrap(Samples.executableDirectory())
+    let path = dir + "/splice"
+    guard FileManager.default.isExecutableFile(atPath: path) else { throw XCTSkip("splice not built at \(path)") }
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: path)
+    p.arguments = arguments
+    let out = Pipe(), err = Pipe()
+    p.standardOutput = out
+    p.standardError = err
+    try p.run()
+    let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+}

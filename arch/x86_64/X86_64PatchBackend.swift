@@ -68,7 +68,7 @@ public struct X86_64PatchBackend: PatchBackend {
                 writes: [CodeWrite(address: slot.address, bytes: E.absoluteJump(to: to), purpose: "far-jump slot: jmp [rip] + abs64"),
                          CodeWrite(address: site.address, bytes: hop, purpose: "jmp rel32 to the far-jump slot")],
                 allocations: [slot], extraInstructions: 2,
-                method: "jmp rel32 to a slot at 0x\(String(slot.address, radix: 16)), then jmp [rip] absolute")
+                method: "jmp rel32 to slot 0x\(String(slot.address, radix: 16)), jmp [rip] absolute")
         case .returnImmediately:
             // A patchable slot is filled completely so it still decodes cleanly.
             let length = site.kind == .patchableEntry ? site.room : 1

@@ -1,0 +1,61 @@
+/// `splice bench redirect`: what one redirected call costs in guest instructions, per
+/// redirect method, measured by running both the redirected function and its target.
+public enum RedirectBenchmark {
+    public struct Row: Codable, Sendable {
+        public var name: String
+        public var method: String
+        public var targetInstructions: UInt64
+        public var redirectedInstructions: UInt64
+        public var overhead: Int { Int(redirectedInstructions) - Int(targetInstructions) }
+        public var goal: String
+    }
+
+    public struct Failure: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    struct Case {
+        var name: String, image: String, function: String, target: String, arguments: [Int64]
+        var farCode: Bool = false
+        var goal: String
+    }
+
+    /// `mov rax, rdi; add rax, rax; ret`: a position-independent double placed far away.
+    static let farDouble: [UInt8] = [0x48, 0x89, 0xf8, 0x48, 0x01, 0xc0, 0xc3]
+
+    public static func run(samples: String) throws -> [Row] {
+        let cases = [
+            Case(name: "x86_64 near: scaled -> checked_double", image: Samples.x86_64, function: "scaled",
+                 target: "checked_double", arguments: [10], goal: "+1"),
+            Case(name: "x86_64 after endbr64", image: Samples.x86_64, function: "checked_double", target: "scaled",
+                 arguments: [10], goal: "+2 (the kept endbr64, then jmp)"),
+            Case(name: "x86_64 fentry slot", image: Samples.x86_64Fentry, function: "scaled", target: "checked_double",
+                 arguments: [10], goal: "+1"),
+            Case(name: "x86_64 patchable nops", image: "kernel-x86_64-pfe.elf", function: "scaled",
+                 target: "checked_double", arguments: [10], goal: "+1"),
+            Case(name: "x86_64 far, absolute jump", image: Samples.x86_64, function: "fib", target: "far",
+                 arguments: [10], farCode: true, goal: "+1"),
+            Case(name: "x86_64 far, via a slot", image: Samples.x86_64, function: "scaled", target: "far",
+                 arguments: [10], farCode: true, goal: "+2"),
+        ]
+        return try cases.map { c in
+            let image = try loadImage(path: samples + "/" + c.image)
+            let patcher = try LivePatcher(image: image, backend: try Architectures.backend(for: image.elf))
+            let active: ActiveRedirect
+            let direct: CallResult
+            if c.farCode {
+                active = try patcher.redirect(c.function, toCode: farDouble, at: 0x2_0000_0000, label: "far double")
+                direct = try image.call(CallEntry(kind: .global, address: 0x2_0000_0000), c.arguments)
+            } else {
+                active = try patcher.redirect(c.function, to: c.target)
+                direct = try image.call(c.target, c.arguments)
+            }
+            let redirected = try image.call(c.function, c.arguments)
+            guard redirected.value == direct.value else {
+                throw Failure(description: "\(c.name): the redirected call returned \(redirected.signedValue), the target \(direct.signedValue)")
+            }
+            return Row(name: c.name, method: active.plan.method, targetInstructions: direct.instructions ?? 0,
+                       redirectedInstructions: redirected.instructions ?? 0, goal: c.goal)
+        }
+    }
+}
