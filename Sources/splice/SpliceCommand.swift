@@ -264,8 +264,50 @@ struct Demo: ParsableCommand {
                 if agreed != cases.count {
                     throw Failure(description: "\(plan.image): \(cases.count - agreed) calls disagree with the oracle")
                 }
+                if let backend = try? Architectures.backend(for: loaded.elf) {
+                    try livePatch(loaded, backend)
+                } else {
+                    print("  (no patch backend for \(report.architecture) yet)\n")
+                }
             }
         }
+    }
+}
+
+extension Demo {
+    /// Redirects scaled to checked_double in the running machine, calls it three ways,
+    /// reverts, and checks the code is byte-identical to before.
+    func livePatch(_ image: LoadedImage, _ backend: any PatchBackend) throws {
+        let patcher = try LivePatcher(image: image, backend: backend)
+        let codeHash = { () throws -> String in
+            var h: UInt64 = 0xcbf2_9ce4_8422_2325 // FNV-1a over every executable byte
+            for r in image.machine.memory.regions where r.permissions.contains(.execute) {
+                for b in try image.machine.memory.read(r.base, count: Int(r.size)) { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+            }
+            return String(h, radix: 16)
+        }
+        func calls() throws -> String {
+            let cases: [(String, [Int64])] = [("scaled", [10]), ("apply_unary", [0, 10]), ("scaled_twice", [10])]
+            var parts: [String] = []
+            for (name, args) in cases {
+                let text = args.map { String($0) }.joined(separator: ", ")
+                parts.append("\(name)(\(text)) = \(try image.call(name, args).signedValue)")
+            }
+            return parts.joined(separator: ", ")
+        }
+        print("  live patch: redirect scaled -> checked_double (\(backend.architecture.name))")
+        let hashBefore = try codeHash()
+        print("    before: \(try calls())   code hash \(hashBefore)")
+        let r = try patcher.redirect("scaled", to: "checked_double")
+        let names = Inspector.symbolNames(image.elf)
+        for i in try image.machine.disassemble(at: r.plan.site.address, count: 1) {
+            print("    site \(hex(i.address)): \(i.bytesHex)  \(Inspector.annotate(i.text, names))   (\(r.plan.method), undo \(r.undo[0].bytes.map { String(format: "%02x", $0) }.joined(separator: " ")))")
+        }
+        print("    after:  \(try calls())")
+        try patcher.revert("scaled")
+        let hashAfter = try codeHash()
+        print("    revert: \(try calls())   code hash \(hashAfter) \(hashAfter == hashBefore ? "(identical)" : "(DIFFERENT)")\n")
+        if hashAfter != hashBefore { throw Failure(description: "code differs after revert") }
     }
 }
 

@@ -252,6 +252,22 @@ final class X86_64PatchingTests: XCTestCase {
         assertThrows(PatchError.noSuchRedirect(99)) { try p.revert(id: 99) }
     }
 
+    func testRevertRefusesWhenTheSiteChangedBehindItsBack() throws {
+        let p = try patcher()
+        let r = try p.redirect("scaled", to: "checked_double")
+        try p.machine.memory.write(r.plan.site.address, [0xcc])
+        let changed = try codeSnapshot(p)
+        XCTAssertThrowsError(try p.revert("scaled")) { error in
+            guard case PatchError.unexpectedBytes(_, let address, let expected, _)? = error as? PatchError else {
+                return XCTFail("\(error)")
+            }
+            XCTAssertEqual(address, r.plan.site.address)
+            XCTAssertEqual(expected, r.plan.writes[0].bytes)
+        }
+        XCTAssertEqual(try codeSnapshot(p), changed, "nothing written")
+        XCTAssertEqual(p.active.count, 1, "still listed as active")
+    }
+
     func testRevertAllAcrossFunctions() throws {
         let p = try patcher()
         let before = try codeSnapshot(p)
