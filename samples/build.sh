@@ -55,7 +55,13 @@ rm -f "$out"/checked-x86_64*.o
 # ppc64le (ELFv2), -mprofile-kernel: every function has `mflr r0; bl _mcount` right after
 # its local entry. POWER8: Unicorn 2.0.1 treats POWER10 prefixed instructions as illegal.
 ppc=(powerpc64le-linux-gnu-gcc "${common[@]}" -mcpu=power8 -pg -mprofile-kernel)
-"${ppc[@]}" "$rt/ppc64le/start.S" "$src/kernel.c" "$src/checked.c" -o "$out/kernel-ppc64le.elf"
+"${ppc[@]}" "$rt/ppc64le/start.S" "$rt/ppc64le/old_prologue.S" "$src/kernel.c" "$src/checked.c" \
+    -o "$out/kernel-ppc64le.elf"
+
+# The ppc64le "patch module" image: its own TOC, linked far from the kernel (0x30000000),
+# no -pg, no sibling calls. No entry point is ever run.
+powerpc64le-linux-gnu-gcc "${common[@]}" -mcpu=power8 -fno-optimize-sibling-calls \
+    -Wl,-Ttext-segment=0x30000000 -Wl,-e,scaled_v2 "$src/patch.c" -o "$out/patch-ppc64le.elf"
 
 # Relocatable objects of the same source (RELA relocations for the ELF reader's tests,
 # and what a payload is made of).
@@ -72,7 +78,7 @@ qemu-ppc64le "$out/oracle-ppc64le" > "$out/oracle-ppc64le.txt"
 
 if [ $check -eq 1 ]; then
     status=0
-    for f in kernel-x86_64.elf kernel-x86_64-fentry.elf kernel-x86_64-pfe.elf kernel-ppc64le.elf kernel-x86_64.o kernel-ppc64le.o oracle-x86_64.txt oracle-ppc64le.txt; do
+    for f in kernel-x86_64.elf kernel-x86_64-fentry.elf kernel-x86_64-pfe.elf kernel-ppc64le.elf patch-ppc64le.elf kernel-x86_64.o kernel-ppc64le.o oracle-x86_64.txt oracle-ppc64le.txt; do
         if cmp -s "$out/$f" "$here/build/$f"; then echo "same: $f"; else echo "DIFFERENT: $f"; status=1; fi
     done
     rm -rf "$out"

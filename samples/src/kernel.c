@@ -93,6 +93,43 @@ KFUNC long poke(long address, long value) {
     return value;
 }
 
+/* A sibling call: compiled as a branch to scaled's local entry, leaving LR pointing at
+ * sibling_scaled's caller. */
+KFUNC long sibling_scaled(long x) { return scaled(x + 1); }
+
+long observed_toc = 0;
+
+/* The TOC register as it is right now (ppc64le r2); 0 elsewhere. */
+static inline long current_toc(void) {
+#if defined(__powerpc64__)
+    long toc;
+    __asm__ volatile("mr %0,2" : "=r"(toc));
+    return toc;
+#else
+    return 0;
+#endif
+}
+
+/* After a local call the caller's r2 must still be its own TOC: record what it is. The
+ * store itself goes through r2, so a wrong TOC also loses the record. */
+KFUNC long toc_after_local_call(long x) {
+    long r = scaled(x);
+    observed_toc = current_toc();
+    return r;
+}
+
+KFUNC long toc_after_pointer_call(long which, long x) {
+    long r = apply_unary(which, x);
+    long s = unary_table[which & 3](x);
+    observed_toc = current_toc();
+    return r + s;
+}
+
+/* First instruction on a 64 KiB boundary: its mcount site is 4 bytes past it. */
+__attribute__((noinline, used, aligned(65536), section(".text.boundary"))) long boundary_leaf(long x) {
+    return x ^ 0x5a;
+}
+
 KFUNC long kernel_main(void) {
     long r = 0;
     r += add(1, 2);

@@ -20,7 +20,13 @@ long checked_double(long x);           /* x86-64: starts with endbr64 */
 long gcd(long a, long b);
 long peek(long address);              /* loads 8 bytes from any address: fault tests */
 long poke(long address, long value);  /* stores 8 bytes to any address: fault tests */
+long sibling_scaled(long x);           /* tail-calls scaled's local entry (a sibling call) */
+long toc_after_local_call(long x);     /* calls scaled locally, then records r2 in observed_toc */
+long toc_after_pointer_call(long which, long x); /* same through unary_table: a global call */
+long boundary_leaf(long x);            /* starts exactly on a 64 KiB boundary (ppc64le seed's guard) */
 long kernel_main(void);
+
+extern long observed_toc;
 
 extern long tick_count;
 extern long scale_factor;
