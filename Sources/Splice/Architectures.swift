@@ -14,7 +14,7 @@ public enum Architectures {
     }
 
     /// The patch backends, one per ISA that has one.
-    public static let backends: [any PatchBackend] = [X86_64PatchBackend()]
+    public static let backends: [any PatchBackend] = [X86_64PatchBackend(), PPC64LEPatchBackend()]
 
     /// The backend named `name` ("x86_64", "ppc64le").
     public static func backend(named name: String) throws -> any PatchBackend {

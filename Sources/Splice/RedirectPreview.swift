@@ -23,7 +23,7 @@ public struct RedirectPreview: Codable, Sendable {
     public var target: String
     public var site: PatchSite
     public var method: String
-    public var extraInstructions: Int
+    public var extraInstructions: Int?
     public var undoBuffer: String
     public var before: Listing
     public var after: Listing

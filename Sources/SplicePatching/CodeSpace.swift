@@ -95,21 +95,29 @@ public final class CodeSpace {
     /// The regions this space has mapped.
     public var regions: [GuestRegion] { arenas.map(\.region) }
 
-    /// Finds a free, page-aligned range near `near` (above it first, then below).
     private func newArena(near: UInt64, reach: UInt64) throws -> Arena {
-        let size = Self.regionSize
-        let start = (near + size - 1) / size * size
-        let steps = min(reach / size, 1 << 16)
+        let region = try mapFree(name: "code", size: Self.regionSize, near: near, reach: reach, permissions: [.read, .execute])
+        let arena = Arena(region)
+        arenas.append(arena)
+        return arena
+    }
+
+    /// Maps a new region of `size` bytes (rounded up to 64 KiB) at a free address as
+    /// close to `near` as possible (above it first, then below), within `reach`. For
+    /// runtime data such as lookup tables and per-vCPU stacks; it is not released.
+    public func mapFree(name: String, size requested: UInt64, near: UInt64, reach: UInt64 = 1 << 40,
+                        permissions: MemoryPermissions) throws -> GuestRegion {
+        let unit = Self.regionSize
+        let size = (requested + unit - 1) / unit * unit
+        let start = (near + unit - 1) / unit * unit
+        let steps = min(reach / unit, 1 << 16)
         for step in 0...steps {
-            for candidate in [start &+ step * size, start &- (step + 1) * size] {
+            for candidate in [start &+ step * unit, start &- (step + 1) * unit] {
                 let distance = candidate >= near ? candidate + size - near : near - candidate
                 guard distance <= reach, candidate != 0, candidate &+ size > candidate else { continue }
                 if machine.memory.overlapsMapped(candidate, length: size) == nil {
-                    let region = try machine.map(name: "code@\(String(candidate, radix: 16))", at: candidate, size: size,
-                                                 permissions: [.read, .execute])
-                    let arena = Arena(region)
-                    arenas.append(arena)
-                    return arena
+                    return try machine.map(name: "\(name)@\(String(candidate, radix: 16))", at: candidate, size: size,
+                                           permissions: permissions)
                 }
             }
         }

@@ -29,6 +29,8 @@ public final class LivePatcher {
     public let backend: any PatchBackend
     public let space: CodeSpace
     public private(set) var active: [ActiveRedirect] = []
+    /// The backend's runtime in this machine (nil when it needs none).
+    public private(set) var runtime: (any PatchRuntime)?
     private var nextID = 1
     /// Bytes this patcher wrote, by guest address: what memory must hold there now.
     private var written: [UInt64: UInt8] = [:]
@@ -45,7 +47,7 @@ public final class LivePatcher {
         self.backend = backend
         self.space = space ?? CodeSpace(machine: image.machine)
         try write(try backend.prepare(image))
-        try backend.installRuntime(in: image.machine, image: image, space: self.space)
+        runtime = try backend.installRuntime(for: image, space: self.space)
     }
 
     // MARK: Redirecting
@@ -148,7 +150,7 @@ public final class LivePatcher {
             let length = min(site.room, backend.undoBufferSize)
             try backend.verifyUnpatched(try machine.memory.read(site.address, count: length), at: site, in: image.elf)
         }
-        var plan = try backend.encode(target, at: site, in: image.elf, space: space)
+        var plan = try backend.encode(target, at: site, in: image.elf, runtime: runtime, space: space)
         do {
             // Check every place before writing any.
             var undo: [CodeWrite] = []

@@ -23,16 +23,20 @@ public struct PatchSite: Equatable, Sendable, Codable {
     public var address: UInt64
     /// How many bytes from `address` a redirect may overwrite.
     public var room: Int
+    /// ppc64le: the `addi r2,r2,imm` of the global entry whose immediate gets bit 0 set
+    /// while the site is redirected (the odd-TOC mark); nil when there is none.
+    public var globalEntryMark: UInt64?
     public var note: String
 
     public init(function: String, functionAddress: UInt64, functionSize: UInt64, kind: Kind, address: UInt64,
-                room: Int, note: String) {
+                room: Int, globalEntryMark: UInt64? = nil, note: String) {
         self.function = function
         self.functionAddress = functionAddress
         self.functionSize = functionSize
         self.kind = kind
         self.address = address
         self.room = room
+        self.globalEntryMark = globalEntryMark
         self.note = note
     }
 }
@@ -60,12 +64,13 @@ public struct PatchPlan: Equatable, Sendable {
     public var writes: [CodeWrite]
     /// Code the plan allocated (far-jump slots), released on revert.
     public var allocations: [CodeAllocation]
-    /// Extra guest instructions one call takes on its way to the target.
-    public var extraInstructions: Int
+    /// Extra guest instructions one call takes on its way to the target, when that is
+    /// one number (on ppc64le it depends on the kind of call: see `splice bench redirect`).
+    public var extraInstructions: Int?
     /// How the redirect reaches its target ("jmp rel32", "jmp [rip] absolute", ...).
     public var method: String
 
-    public init(site: PatchSite, writes: [CodeWrite], allocations: [CodeAllocation] = [], extraInstructions: Int,
+    public init(site: PatchSite, writes: [CodeWrite], allocations: [CodeAllocation] = [], extraInstructions: Int?,
                 method: String) {
         self.site = site
         self.writes = writes
@@ -104,24 +109,34 @@ public protocol PatchBackend: Sendable {
     func verifyUnpatched(_ current: [UInt8], at site: PatchSite, in image: ELFFile) throws
 
     /// Encodes what to write for `target`. May allocate code within reach of the site
-    /// from `space` (far-jump slots). `image` gives the function's original bytes.
-    func encode(_ target: RedirectTarget, at site: PatchSite, in image: ELFFile, space: CodeSpace) throws -> PatchPlan
+    /// from `space` (far-jump slots). `image` gives the function's original bytes;
+    /// `runtime` is what `installRuntime` returned for this machine.
+    func encode(_ target: RedirectTarget, at site: PatchSite, in image: ELFFile, runtime: (any PatchRuntime)?,
+                space: CodeSpace) throws -> PatchPlan
 
     /// Applies one relocation of a payload: patches `bytes[offset...]`, which will live
     /// at guest address `place`, for a symbol whose value is `symbol`.
     func relocate(type: UInt32, addend: Int64, symbol: UInt64, place: UInt64, bytes: inout [UInt8], offset: Int,
                   context: RelocationContext) throws
 
-    /// Puts the ISA's runtime code into the machine (ppc64le ftrace_caller and friends).
-    func installRuntime(in machine: Machine, image: LoadedImage, space: CodeSpace) throws
+    /// Puts the ISA's runtime code into the machine (ppc64le ftrace_caller and friends)
+    /// and returns what `encode` needs to know about it.
+    func installRuntime(for image: LoadedImage, space: CodeSpace) throws -> (any PatchRuntime)?
 
     /// Brings a freshly loaded image into its patchable state (ppc64le: `bl _mcount`
     /// becomes `nop`). Returns the writes it made.
     func prepare(_ image: LoadedImage) throws -> [CodeWrite]
 }
 
+/// Per-machine state of a backend's runtime code (addresses of what it emitted). Only
+/// the backend that made it looks inside.
+public protocol PatchRuntime: AnyObject {
+    /// Lines for people: what was emitted where.
+    var summary: [String] { get }
+}
+
 extension PatchBackend {
-    public func installRuntime(in machine: Machine, image: LoadedImage, space: CodeSpace) throws {}
+    public func installRuntime(for image: LoadedImage, space: CodeSpace) throws -> (any PatchRuntime)? { nil }
     public func prepare(_ image: LoadedImage) throws -> [CodeWrite] { [] }
 }
 

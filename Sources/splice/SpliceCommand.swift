@@ -104,7 +104,7 @@ extension Inspect {
         print("redirect \(p.function) -> \(p.target)   [\(p.architecture), \(p.image)]")
         print("  site:   \(p.site.kind.rawValue) at \(hex(p.site.address)) (\(p.function)+\(p.site.address - p.site.functionAddress)), "
               + "room \(p.site.room) bytes: \(p.site.note)")
-        print("  method: \(p.method); +\(p.extraInstructions) guest instruction(s) per call")
+        print("  method: \(p.method)" + (p.extraInstructions.map { "; +\($0) guest instruction(s) per call" } ?? ""))
         print("  undo:   \(p.undoBuffer)")
         print("  before:")
         show(p.before)

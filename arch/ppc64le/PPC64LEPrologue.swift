@@ -44,41 +44,69 @@ public enum PPC64LEInstruction {
 ///     f+8:   mflr  r0                          local entry
 ///           [std   r0,16(r1)]                  older gcc only
 ///            bl    _mcount                     <- the mcount site
+///
+/// Shared by `splice inspect` and the patch backend.
 enum PPC64LEPrologue {
-    static func sites(of symbol: ELFSymbol, code: [UInt8], in image: ELFFile) -> [PrologueSite] {
-        var sites: [PrologueSite] = []
+    struct McountSite {
+        /// Offset of the `bl _mcount` (or the nop that replaced it) from the function.
+        var offset: Int
+        var olderPrologue: Bool
+        var alreadyNop: Bool
+        /// Offset of the global entry's `addi r2,r2,imm`, if the function has one and the
+        /// seed's rule finds it (at site-8, else site-12, never when the site lies within
+        /// 12 bytes of a 64 KiB boundary).
+        var markOffset: Int?
+        var markSkippedNearBoundary: Bool
+    }
+
+    static func mcountSite(of symbol: ELFSymbol, code: [UInt8], in image: ELFFile) -> McountSite? {
         let words = (0..<(min(code.count, 32) / 4)).map { PPC64LEInstruction.word(code, at: 4 * $0) }
         let mcount = image.symbol(named: "_mcount")?.value
-        var tocLowOffset: UInt64?
-        if words.count >= 2, PPC64LEInstruction.isTOCHigh(words[0]), PPC64LEInstruction.isTOCLow(words[1]) {
-            tocLowOffset = 4
-        }
         let start = Int(symbol.localEntryOffset / 4)
         for i in start..<min(start + 4, words.count) where words[i] == PPC64LEInstruction.mflrR0 {
             var j = i + 1
             if j < words.count && words[j] == PPC64LEInstruction.stdR0_16R1 { j += 1 }
-            guard j < words.count else { break }
+            guard j < words.count else { return nil }
             let address = symbol.value + UInt64(4 * j)
-            if let target = PPC64LEInstruction.branchAndLinkTarget(words[j], at: address), target == mcount {
-                let form = j == i + 1 ? "mflr r0; bl _mcount" : "mflr r0; std r0,16(r1); bl _mcount (older gcc)"
-                sites.append(PrologueSite(kind: .mcountCall, address: address, offset: UInt64(4 * j),
-                                          note: form))
-                if let low = tocLowOffset {
-                    let distance = UInt64(4 * j) - low
-                    let imm = PPC64LEInstruction.signedImmediate(words[1])
-                    sites.append(PrologueSite(
-                        kind: .tocSetup, address: symbol.value + low, offset: low,
-                        note: "addi r2,r2,\(imm) at site-\(distance): the odd-TOC mark sets bit 0 of this immediate"))
+            let isCall = PPC64LEInstruction.branchAndLinkTarget(words[j], at: address).map { $0 == mcount } ?? false
+            guard isCall || words[j] == PPC64LEInstruction.nop else { return nil }
+            var site = McountSite(offset: 4 * j, olderPrologue: j == i + 2, alreadyNop: !isCall, markOffset: nil,
+                                  markSkippedNearBoundary: false)
+            if address & 0xffff < 12 {
+                // The seed's guard: too close to the start of a 64 KiB page to look before
+                // it; such a function has no global entry to mark anyway.
+                site.markSkippedNearBoundary = true
+            } else {
+                for back in [2, 3] where j - back >= 1 {
+                    if PPC64LEInstruction.isTOCLow(words[j - back]) && PPC64LEInstruction.isTOCHigh(words[j - back - 1]) {
+                        site.markOffset = 4 * (j - back)
+                        break
+                    }
                 }
-            } else if words[j] == PPC64LEInstruction.nop {
-                sites.append(PrologueSite(kind: .mcountCall, address: address, offset: UInt64(4 * j),
-                                          note: "mcount site already nop"))
             }
-            break
+            return site
         }
-        if sites.isEmpty == false, tocLowOffset == nil {
-            sites.append(PrologueSite(kind: .singleEntry, address: symbol.value, offset: 0,
-                                      note: "no global-entry pair: no TOC use, needs no odd-TOC mark"))
+        return nil
+    }
+
+    static func sites(of symbol: ELFSymbol, code: [UInt8], in image: ELFFile) -> [PrologueSite] {
+        guard let site = mcountSite(of: symbol, code: code, in: image) else { return [] }
+        let address = symbol.value + UInt64(site.offset)
+        var sites = [PrologueSite(
+            kind: .mcountCall, address: address, offset: UInt64(site.offset),
+            note: site.alreadyNop ? "mcount site already nop"
+                : site.olderPrologue ? "mflr r0; std r0,16(r1); bl _mcount (older gcc)" : "mflr r0; bl _mcount")]
+        if let mark = site.markOffset {
+            let word = PPC64LEInstruction.word(code, at: mark)
+            sites.append(PrologueSite(
+                kind: .tocSetup, address: symbol.value + UInt64(mark), offset: UInt64(mark),
+                note: "addi r2,r2,\(PPC64LEInstruction.signedImmediate(word)) at site-\(site.offset - mark): the odd-TOC mark sets bit 0 of this immediate"))
+        } else {
+            sites.append(PrologueSite(
+                kind: .singleEntry, address: symbol.value, offset: 0,
+                note: site.markSkippedNearBoundary
+                    ? "site within 12 bytes of a 64 KiB boundary: no global-entry pair to mark (the seed's guard)"
+                    : "no global-entry pair: no TOC use, needs no odd-TOC mark"))
         }
         return sites.sorted { $0.offset < $1.offset }
     }

@@ -37,7 +37,7 @@ public struct X86_64PatchBackend: PatchBackend {
         }
     }
 
-    public func encode(_ target: RedirectTarget, at site: PatchSite, in image: ELFFile,
+    public func encode(_ target: RedirectTarget, at site: PatchSite, in image: ELFFile, runtime: (any PatchRuntime)?,
                        space: CodeSpace) throws -> PatchPlan {
         typealias E = X86_64TrampolineEncoder
         switch target {
