@@ -38,24 +38,53 @@ public enum RedirectBenchmark {
             Case(name: "x86_64 far, via a slot", image: Samples.x86_64, function: "scaled", target: "far",
                  arguments: [10], farCode: true, goal: "+2"),
         ]
-        return try cases.map { c in
-            let image = try loadImage(path: samples + "/" + c.image)
-            let patcher = try LivePatcher(image: image, backend: try Architectures.backend(for: image.elf))
-            let active: ActiveRedirect
-            let direct: CallResult
-            if c.farCode {
-                active = try patcher.redirect(c.function, toCode: farDouble, at: 0x2_0000_0000, label: "far double")
-                direct = try image.call(CallEntry(kind: .global, address: 0x2_0000_0000), c.arguments)
-            } else {
-                active = try patcher.redirect(c.function, to: c.target)
-                direct = try image.call(c.target, c.arguments)
+        return try cases.map { c in try measure(c, samples: samples) } + ppc64le(samples: samples)
+    }
+
+    /// ppc64le: scaled redirected to scaled_v2 in the patch image (another TOC), entered
+    /// at its local entry (r2 = TOC: a local call) and at its global entry (r12: a global
+    /// call), against calling scaled_v2 directly.
+    static func ppc64le(samples: String) throws -> [Row] {
+        var rows: [Row] = []
+        for strategy in ReturnStrategy.allCases {
+            for kind in [EntryKind.local, .global] {
+                let machine = try Machine(architecture: PPC64LEArchitecture())
+                let kernel = try machine.load(try ELFFile(contentsOf: samples + "/" + Samples.ppc64le))
+                let patch = try machine.load(try ELFFile(contentsOf: samples + "/patch-ppc64le.elf"))
+                let patcher = try LivePatcher(image: kernel, backend: PPC64LEPatchBackend(strategy: strategy))
+                let active = try patcher.redirect("scaled", toAddress: try patch.function(named: "scaled_v2").value,
+                                                  label: "scaled_v2")
+                let direct = try patch.call("scaled_v2", [10])
+                let redirected = try kernel.call("scaled", [10], entry: kind)
+                guard redirected.value == direct.value else {
+                    throw Failure(description: "ppc64le \(kind) call returned \(redirected.signedValue), scaled_v2 \(direct.signedValue)")
+                }
+                rows.append(Row(name: "ppc64le \(kind.rawValue) call, \(strategy.rawValue)", method: active.plan.method,
+                                targetInstructions: direct.instructions ?? 0,
+                                redirectedInstructions: redirected.instructions ?? 0,
+                                goal: kind == .local && strategy == .frameless ? "<= +40" : "-"))
             }
-            let redirected = try image.call(c.function, c.arguments)
-            guard redirected.value == direct.value else {
-                throw Failure(description: "\(c.name): the redirected call returned \(redirected.signedValue), the target \(direct.signedValue)")
-            }
-            return Row(name: c.name, method: active.plan.method, targetInstructions: direct.instructions ?? 0,
-                       redirectedInstructions: redirected.instructions ?? 0, goal: c.goal)
         }
+        return rows
+    }
+
+    static func measure(_ c: Case, samples: String) throws -> Row {
+        let image = try loadImage(path: samples + "/" + c.image)
+        let patcher = try LivePatcher(image: image, backend: try Architectures.backend(for: image.elf))
+        let active: ActiveRedirect
+        let direct: CallResult
+        if c.farCode {
+            active = try patcher.redirect(c.function, toCode: farDouble, at: 0x2_0000_0000, label: "far double")
+            direct = try image.call(CallEntry(kind: .global, address: 0x2_0000_0000), c.arguments)
+        } else {
+            active = try patcher.redirect(c.function, to: c.target)
+            direct = try image.call(c.target, c.arguments)
+        }
+        let redirected = try image.call(c.function, c.arguments)
+        guard redirected.value == direct.value else {
+            throw Failure(description: "\(c.name): the redirected call returned \(redirected.signedValue), the target \(direct.signedValue)")
+        }
+        return Row(name: c.name, method: active.plan.method, targetInstructions: direct.instructions ?? 0,
+                   redirectedInstructions: redirected.instructions ?? 0, goal: c.goal)
     }
 }

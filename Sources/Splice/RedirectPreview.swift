@@ -7,6 +7,9 @@ public struct RedirectPreview: Codable, Sendable {
     public struct Listing: Codable, Sendable {
         public var address: UInt64
         public var instructions: [InstructionReport]
+        /// For data writes: what was written, and why.
+        public var data: String?
+        public var purpose: String?
     }
 
     public struct Call: Codable, Sendable {
@@ -30,6 +33,8 @@ public struct RedirectPreview: Codable, Sendable {
     /// Writes away from the site (far-jump slots), after the patch.
     public var otherWrites: [Listing]
     public var call: Call?
+    /// The backend's runtime code in this machine (ppc64le: ftrace_caller and friends).
+    public var runtime: [String]
 
     /// What to redirect: `function=target` where target is a function name, a 0x
     /// address, or 0 (make it a no-op).
@@ -41,17 +46,22 @@ public struct RedirectPreview: Codable, Sendable {
         return (parts[0], parts[1])
     }
 
+    /// `extraImages` are loaded into the same machine (a replacement with its own TOC);
+    /// TARGET may name one of their functions.
     public static func make(imagePath: String, backend: any PatchBackend, function: String, target: String,
-                            arguments: [Int64]?, instructions: Int = 6) throws -> RedirectPreview {
+                            arguments: [Int64]?, instructions: Int = 6, extraImages: [String] = []) throws -> RedirectPreview {
         let elf = try ELFFile(contentsOf: imagePath)
         guard elf.header.machine == backend.architecture.elfMachine else {
             throw PatchError.noBackend("\(imagePath) is \(ELFMachine.name(elf.header.machine)), not \(backend.architecture.name)")
         }
         let machine = try Machine(architecture: backend.architecture)
         let image = try machine.load(elf)
+        let extras = try extraImages.map { try machine.load(try ELFFile(contentsOf: $0)) }
         let patcher = try LivePatcher(image: image, backend: backend)
         let symbol = try image.function(named: function)
-        let names = Inspector.symbolNames(elf)
+        var names = Inspector.symbolNames(elf)
+        for extra in extras { names.merge(Inspector.symbolNames(extra.elf)) { a, _ in a } }
+        names.merge(patcher.runtime?.symbols ?? [:]) { a, _ in a }
         func listing(_ address: UInt64, _ count: Int) throws -> Listing {
             Listing(address: address, instructions: try machine.disassemble(at: address, count: count).map {
                 InstructionReport(address: $0.address, bytes: $0.bytesHex, text: Inspector.annotate($0.text, names))
@@ -64,6 +74,9 @@ public struct RedirectPreview: Codable, Sendable {
             active = try patcher.makeNoOp(function)
         } else if target.hasPrefix("0x"), let address = UInt64(target.dropFirst(2), radix: 16) {
             active = try patcher.redirect(function, toAddress: address, label: target)
+        } else if let other = extras.first(where: { $0.elf.symbol(named: target)?.isFunction == true }),
+                  image.elf.symbol(named: target) == nil {
+            active = try patcher.redirect(function, toAddress: try other.function(named: target).value, label: target)
         } else {
             active = try patcher.redirect(function, to: target)
         }
@@ -73,17 +86,27 @@ public struct RedirectPreview: Codable, Sendable {
             call = Call(arguments: args, before: b.signedValue, after: a.signedValue,
                         instructionsBefore: b.instructions ?? 0, instructionsAfter: a.instructions ?? 0)
         }
+        let after = try listing(symbol.value, instructions)
+        let shown = (after.instructions.first?.address ?? 0)..<(after.instructions.last.map { $0.address + UInt64($0.bytes.split(separator: " ").count) } ?? 0)
+        let others = try active.plan.writes.filter { !shown.contains($0.address) }.map { w -> Listing in
+            switch w.kind {
+            case .code:
+                var l = try listing(w.address, 2)
+                l.purpose = w.purpose
+                return l
+            case .data:
+                let value = w.bytes.enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) }
+                return Listing(address: w.address, instructions: [],
+                               data: "0x" + String(value, radix: 16) + (names[value].map { " <\($0)>" } ?? ""), purpose: w.purpose)
+            }
+        }
         let site = active.plan.site
-        let siteEnd = site.address + UInt64(active.plan.writes.last?.bytes.count ?? 0)
         return RedirectPreview(
             image: imagePath, architecture: backend.architecture.name, function: function,
             target: target == "0" ? "0 (no-op)" : target, site: site, method: active.plan.method,
             extraInstructions: active.plan.extraInstructions,
             undoBuffer: active.undo.map { $0.bytes.map { String(format: "%02x", $0) }.joined(separator: " ") }
                 .joined(separator: " | "),
-            before: before, after: try listing(symbol.value, instructions),
-            otherWrites: try active.plan.writes.filter { $0.address < site.address || $0.address >= siteEnd }
-                .map { try listing($0.address, 2) },
-            call: call)
+            before: before, after: after, otherWrites: others, call: call, runtime: patcher.runtime?.summary ?? [])
     }
 }

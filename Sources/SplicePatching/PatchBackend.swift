@@ -44,15 +44,20 @@ public struct PatchSite: Equatable, Sendable, Codable {
 /// One write a patch makes: `bytes` at `address`. The patcher saves what was there
 /// (the undo buffer) and checks it against what it expects before writing.
 public struct CodeWrite: Equatable, Sendable {
+    /// Instructions, or data the runtime code reads (a table entry).
+    public enum Kind: String, Sendable, Codable { case code, data }
+
     public var address: UInt64
     public var bytes: [UInt8]
     /// What the write is, for people ("jmp rel32 to scaled_v2").
     public var purpose: String
+    public var kind: Kind
 
-    public init(address: UInt64, bytes: [UInt8], purpose: String) {
+    public init(address: UInt64, bytes: [UInt8], purpose: String, kind: Kind = .code) {
         self.address = address
         self.bytes = bytes
         self.purpose = purpose
+        self.kind = kind
     }
 }
 
@@ -133,6 +138,8 @@ public protocol PatchBackend: Sendable {
 public protocol PatchRuntime: AnyObject {
     /// Lines for people: what was emitted where.
     var summary: [String] { get }
+    /// Names of the emitted entry points, for labelling disassembly.
+    var symbols: [UInt64: String] { get }
 }
 
 extension PatchBackend {

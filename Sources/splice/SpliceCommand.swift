@@ -48,6 +48,8 @@ struct Inspect: ParsableCommand {
     @Option(help: "Show a redirect before and after: FUNCTION=TARGET.") var redirect: String?
     @Option(parsing: .upToNextOption, help: "Arguments to call FUNCTION with before and after the redirect.")
     var args: [String] = []
+    @Option(help: "Another image to load into the same machine (repeatable); TARGET may be one of its functions.")
+    var load: [String] = []
     @Flag(help: "Print JSON.") var json = false
 
     func run() throws {
@@ -92,7 +94,7 @@ extension Inspect {
                 ?? Architectures.backend(for: try ELFFile(contentsOf: image))
             return try RedirectPreview.make(imagePath: image, backend: backend, function: name, target: target,
                                             arguments: args.isEmpty ? nil : try args.map(parseInteger),
-                                            instructions: instructions)
+                                            instructions: instructions, extraImages: load)
         }
         if json { try printJSON(preview); return }
         func show(_ l: RedirectPreview.Listing) {
@@ -111,15 +113,20 @@ extension Inspect {
         print("  after:")
         show(p.after)
         for other in p.otherWrites {
-            print("  also written (\(hex(other.address))):")
-            show(other)
+            if let data = other.data {
+                print("  also written: \(hex(other.address)) = \(data)   (\(other.purpose ?? "data"))")
+            } else {
+                print("  also written: \(other.purpose ?? "code") at \(hex(other.address))")
+                show(other)
+            }
         }
+        for line in p.runtime { print("  runtime: \(line)") }
         if let c = p.call {
             let call = "\(p.function)(\(c.arguments.map(String.init).joined(separator: ", ")))"
             print("  run:    \(call) = \(c.before) in \(c.instructionsBefore) instructions before; "
                   + "\(c.after) in \(c.instructionsAfter) after")
         }
-        if p.site.kind != .patchableEntry && p.target != "0 (no-op)" {
+        if (p.site.kind == .entry || p.site.kind == .afterLandingPad) && p.target != "0 (no-op)" {
             print("  (the old instructions after the jump are no longer reached from the entry: they decode as whatever the cut leaves)")
         }
     }

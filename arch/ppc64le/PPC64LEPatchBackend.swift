@@ -128,7 +128,7 @@ public struct PPC64LEPatchBackend: PatchBackend {
                 method = "bl stub at 0x\(String(stub.address, radix: 16)) -> ftrace_caller"
             }
             writes.append(CodeWrite(address: entry, bytes: (0..<8).map { UInt8(truncatingIfNeeded: to >> (8 * $0)) },
-                                    purpose: "site table: the new address"))
+                                    purpose: "site table: the new address", kind: .data))
             writes.append(CodeWrite(address: site.address, bytes: PPC64LEInstruction.bytes(call!), purpose: method))
             if let mark = site.globalEntryMark {
                 // After the branch: the mark must never be set while the site is a nop.

@@ -51,6 +51,10 @@ public final class PPC64LERuntime: PatchRuntime {
             + (stackAreas.isEmpty ? [] : ["livepatch stacks (r13) at " + stackAreas.map(hex).joined(separator: ", ")])
     }
 
+    public var symbols: [UInt64: String] {
+        [ftraceCaller: "ftrace_caller", returnHelper: strategy == .frameless ? "klp_return_helper" : "livepatch_return_helper"]
+    }
+
     /// The table entry for the site at `ip`, if the table covers it.
     public func tableEntry(for ip: UInt64) -> UInt64? {
         guard ip >= textBase, ip < textEnd, ip & 3 == 0 else { return nil }
