@@ -158,4 +158,16 @@ public struct RelocationContext: Sendable {
         self.index = index
         self.symbolName = symbolName
     }
+
+    /// The error for a value that does not fit relocation type `type`.
+    public func overflow(_ type: String, _ value: Int64) -> PatchError {
+        .relocationOverflow(section: section, index: index, symbol: symbolName, type: type, value: value)
+    }
+
+    /// Stores the low `width` bytes of `value`, little-endian, at `offset`; refuses a
+    /// field that lies outside `bytes`.
+    public func store(_ value: UInt64, width: Int, into bytes: inout [UInt8], at offset: Int) throws {
+        guard offset >= 0, offset + width <= bytes.count else { throw overflow("field outside its section", Int64(offset)) }
+        for i in 0..<width { bytes[offset + i] = UInt8(truncatingIfNeeded: value >> (8 * UInt64(i))) }
+    }
 }

@@ -271,10 +271,12 @@ struct Demo: ParsableCommand {
                 if agreed != cases.count {
                     throw Failure(description: "\(plan.image): \(cases.count - agreed) calls disagree with the oracle")
                 }
-                if let backend = try? Architectures.backend(for: loaded.elf) {
-                    try livePatch(loaded, backend)
+                let backend = try Architectures.backend(for: loaded.elf)
+                let patchImage = dir + "/patch-\(report.architecture).elf"
+                if FileManager.default.fileExists(atPath: patchImage) {
+                    try livePatchAcrossTOCs(kernel: path, patch: patchImage)
                 } else {
-                    print("  (no patch backend for \(report.architecture) yet)\n")
+                    try livePatch(loaded, backend)
                 }
             }
         }
@@ -315,6 +317,41 @@ extension Demo {
         let hashAfter = try codeHash()
         print("    revert: \(try calls())   code hash \(hashAfter) \(hashAfter == hashBefore ? "(identical)" : "(DIFFERENT)")\n")
         if hashAfter != hashBefore { throw Failure(description: "code differs after revert") }
+    }
+}
+
+extension Demo {
+    /// ppc64le: scaled redirected to scaled_v2 in a second image with its own TOC, for
+    /// both return strategies; r2 after a local call; the sibling-call hazard.
+    func livePatchAcrossTOCs(kernel: String, patch: String) throws {
+        for strategy in ReturnStrategy.allCases {
+            let machine = try Machine(architecture: PPC64LEArchitecture())
+            let k = try machine.load(try ELFFile(contentsOf: kernel))
+            let p = try machine.load(try ELFFile(contentsOf: patch))
+            let patcher = try LivePatcher(image: k, backend: PPC64LEPatchBackend(strategy: strategy))
+            let toc = k.elf.symbol(named: ".TOC.")!.value
+            let observed = k.elf.symbol(named: "observed_toc")!.value
+            print("  live patch (\(strategy.rawValue)): redirect scaled -> scaled_v2 (patch image, TOC \(hex(p.elf.symbol(named: ".TOC.")!.value)))")
+            let r = try patcher.redirect("scaled", toAddress: try p.function(named: "scaled_v2").value, label: "scaled_v2")
+            let names = Inspector.symbolNames(k.elf).merging(patcher.runtime?.symbols ?? [:]) { a, _ in a }
+            for w in r.plan.writes {
+                let text = w.kind == .data ? "= \(hex(try machine.memory.readUInt64(w.address)))"
+                    : (try machine.disassemble(at: w.address, count: 1).first.map { Inspector.annotate($0.text, names) } ?? "")
+                print("    \(hex(w.address)): \(text)   (\(w.purpose))")
+            }
+            try machine.memory.writeUInt64(observed, 0)
+            let local = try k.call("toc_after_local_call", [10])
+            let r2 = try machine.memory.readUInt64(observed)
+            print("    global call apply_unary(0, 10) = \(try k.call("apply_unary", [0, 10]).signedValue); "
+                  + "local call from toc_after_local_call(10) = \(local.signedValue), r2 after it \(hex(r2)) "
+                  + (r2 == toc ? "(the kernel's TOC)" : "(WRONG: the kernel's TOC is \(hex(toc)))"))
+            let sibling = try k.function(named: "sibling_scaled").value
+            let hazard = try p.call("module_call", [Int64(sibling), 10]).signedValue
+            print("    sibling-call hazard: module_call(sibling_scaled, 10) = \(hazard) "
+                  + (hazard == 1_001_055 ? "(correct)" : "(expected 1001055: the module's TOC save slot was overwritten)"))
+            try patcher.revert("scaled")
+            print("    revert: scaled(10) = \(try k.call("scaled", [10]).signedValue)\n")
+        }
     }
 }
 

@@ -74,3 +74,20 @@ final class RedirectPreviewCLITests: XCTestCase {
         XCTAssertEqual(bad.status, 1)
     }
 }
+
+final class PPC64LERedirectPreviewCLITests: XCTestCase {
+    func testSiteAndMarkBeforeAndAfter() throws {
+        let r = try runSplice(["inspect", samplePath(Samples.ppc64le), "--arch", "ppc64le", "--redirect", "scaled=scaled_v2",
+                               "--load", samplePath("patch-ppc64le.elf"), "--args", "10", "--instructions", "4"])
+        XCTAssertEqual(r.status, 0, r.err)
+        let lines = r.out.split(separator: "\n").map(String.init)
+        let before = try XCTUnwrap(lines.firstIndex { $0.hasPrefix("  before:") })
+        let after = try XCTUnwrap(lines.firstIndex { $0.hasPrefix("  after:") })
+        XCTAssertTrue(lines[before + 2].hasSuffix("addi r2, r2, 0x7f00"), lines[before + 2])
+        XCTAssertTrue(lines[before + 4].hasSuffix("nop"), lines[before + 4])
+        XCTAssertTrue(lines[after + 2].hasSuffix("addi r2, r2, 0x7f01"), lines[after + 2])
+        XCTAssertTrue(lines[after + 4].contains("bl 0x") && lines[after + 4].hasSuffix("<ftrace_caller>"), lines[after + 4])
+        XCTAssertTrue(r.out.contains("<scaled_v2>   (site table: the new address)"), r.out)
+        XCTAssertTrue(r.out.contains("scaled(10) = 31 in 9 instructions before; 1050 in"), r.out)
+    }
+}

@@ -170,13 +170,8 @@ public struct PPC64LEPatchBackend: PatchBackend {
     public func relocate(type: UInt32, addend: Int64, symbol: UInt64, place: UInt64, bytes: inout [UInt8], offset: Int,
                          context: RelocationContext) throws {
         let s = Int64(bitPattern: symbol), p = Int64(bitPattern: place)
-        func overflow(_ name: String, _ v: Int64) -> PatchError {
-            .relocationOverflow(section: context.section, index: context.index, symbol: context.symbolName, type: name, value: v)
-        }
-        func put(_ v: UInt64, _ n: Int) throws {
-            guard offset >= 0, offset + n <= bytes.count else { throw overflow("field outside its section", Int64(offset)) }
-            for i in 0..<n { bytes[offset + i] = UInt8(truncatingIfNeeded: v >> (8 * UInt64(i))) }
-        }
+        let overflow = context.overflow
+        func put(_ v: UInt64, _ n: Int) throws { try context.store(v, width: n, into: &bytes, at: offset) }
         switch type {
         case 38: try put(UInt64(bitPattern: s &+ addend), 8)                      // R_PPC64_ADDR64
         case 44: try put(UInt64(bitPattern: s &+ addend &- p), 8)                 // R_PPC64_REL64
