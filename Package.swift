@@ -14,6 +14,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
     ],
     targets: [
         .systemLibrary(name: "CUnicorn", pkgConfig: "unicorn",
@@ -31,13 +32,17 @@ let package = Package(
 
         .target(name: "SplicePatching", dependencies: ["SpliceMachine", "SpliceELF"]),
 
+        .target(name: "SplicePayload", dependencies: [
+            "SpliceELF", "SpliceMachine", "SplicePatching", .product(name: "Crypto", package: "swift-crypto"),
+        ]),
+
         .target(name: "SpliceX86_64", dependencies: ["SpliceMachine", "SplicePatching"], path: "arch/x86_64",
                 exclude: ["README.md"]),
         .target(name: "SplicePPC64LE", dependencies: ["SpliceMachine", "SplicePatching"], path: "arch/ppc64le",
                 exclude: ["README.md"]),
 
         .target(name: "Splice",
-                dependencies: ["SpliceMachine", "SpliceELF", "SpliceDisassembly", "SplicePatching",
+                dependencies: ["SpliceMachine", "SpliceELF", "SpliceDisassembly", "SplicePatching", "SplicePayload",
                                "SpliceX86_64", "SplicePPC64LE"]),
         .executableTarget(name: "splice", dependencies: [
             "Splice", .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -144,35 +144,84 @@ public final class LivePatcher {
 
     private func apply(_ name: String, _ target: RedirectTarget, targetName: String?,
                        extraAllocations: [CodeAllocation] = []) throws -> ActiveRedirect {
-        let symbol = try function(name)
-        let site = try backend.patchSite(of: symbol, in: image.elf)
-        if redirects(of: name).isEmpty {
-            let length = min(site.room, backend.undoBufferSize)
-            try backend.verifyUnpatched(try machine.memory.read(site.address, count: length), at: site, in: image.elf)
-        }
-        var plan = try backend.encode(target, at: site, in: image.elf, runtime: runtime, space: space)
-        do {
-            // Check every place before writing any.
-            var undo: [CodeWrite] = []
-            for w in plan.writes {
-                let found = try machine.memory.read(w.address, count: w.bytes.count)
-                if let expected = expected(at: w.address, count: w.bytes.count), expected != found,
-                   !plan.allocations.contains(where: { $0.address <= w.address && w.address < $0.address + UInt64($0.size) }) {
-                    throw PatchError.unexpectedBytes(function: name, address: w.address, expected: expected, found: found)
-                }
-                undo.append(CodeWrite(address: w.address, bytes: found, purpose: "undo: \(w.purpose)"))
-            }
-            try write(plan.writes)
+        let entries = try apply(batch: [BatchItem(function: name, target: target, label: targetName)])
+        if !extraAllocations.isEmpty {
+            // The new code belongs to this redirect: released with it.
+            let i = active.count - 1
+            var plan = active[i].plan
             plan.allocations += extraAllocations
-            let entry = ActiveRedirect(id: nextID, function: name, target: target, targetName: targetName, plan: plan,
-                                       undo: undo)
-            nextID += 1
-            active.append(entry)
-            return entry
+            active[i] = ActiveRedirect(id: active[i].id, function: name, target: target, targetName: targetName,
+                                       plan: plan, undo: active[i].undo)
+            return active[i]
+        }
+        return entries[0]
+    }
+
+    /// One function of a batch.
+    public struct BatchItem: Sendable {
+        public var function: String
+        public var target: RedirectTarget
+        public var label: String?
+        public init(function: String, target: RedirectTarget, label: String? = nil) {
+            self.function = function
+            self.target = target
+            self.label = label
+        }
+    }
+
+    /// Applies several redirects as one: every site is found, every plan encoded and every
+    /// place checked before the first byte is written, so either all of them are in force
+    /// afterwards or none is (and allocations are released).
+    @discardableResult
+    public func apply(batch: [BatchItem]) throws -> [ActiveRedirect] {
+        var plans: [(BatchItem, PatchPlan)] = []
+        func releaseAll() { for (_, p) in plans { for a in p.allocations { space.release(a) } } }
+        do {
+            for item in batch {
+                let symbol = try function(item.function)
+                let site = try backend.patchSite(of: symbol, in: image.elf)
+                if redirects(of: item.function).isEmpty && !plans.contains(where: { $0.0.function == item.function }) {
+                    let length = min(site.room, backend.undoBufferSize)
+                    try backend.verifyUnpatched(try machine.memory.read(site.address, count: length), at: site, in: image.elf)
+                }
+                plans.append((item, try backend.encode(item.target, at: site, in: image.elf, runtime: runtime, space: space)))
+            }
+            // Check every place before writing any.
+            var undos: [[CodeWrite]] = []
+            for (item, plan) in plans {
+                var undo: [CodeWrite] = []
+                for w in plan.writes {
+                    let found = try machine.memory.read(w.address, count: w.bytes.count)
+                    let ownAllocation = plans.contains { $0.1.allocations.contains { $0.address <= w.address && w.address < $0.address + UInt64($0.size) } }
+                    if let expected = expected(at: w.address, count: w.bytes.count), expected != found, !ownAllocation {
+                        throw PatchError.unexpectedBytes(function: item.function, address: w.address, expected: expected, found: found)
+                    }
+                    undo.append(CodeWrite(address: w.address, bytes: found, purpose: "undo: \(w.purpose)", kind: w.kind))
+                }
+                undos.append(undo)
+            }
+            var entries: [ActiveRedirect] = []
+            for ((item, plan), undo) in zip(plans, undos) {
+                try write(plan.writes)
+                let entry = ActiveRedirect(id: nextID, function: item.function, target: item.target, targetName: item.label,
+                                           plan: plan, undo: undo)
+                nextID += 1
+                active.append(entry)
+                entries.append(entry)
+            }
+            return entries
         } catch {
-            for a in plan.allocations { space.release(a) }
+            releaseAll()
             throw error
         }
+    }
+
+    /// Encodes a redirect without writing anything (a load-time check that a payload's
+    /// functions can be patched); whatever the encoding allocated is released.
+    public func check(_ item: BatchItem) throws {
+        let site = try backend.patchSite(of: try function(item.function), in: image.elf)
+        let plan = try backend.encode(item.target, at: site, in: image.elf, runtime: runtime, space: space)
+        for a in plan.allocations { space.release(a) }
     }
 
     /// What memory should hold: bytes this patcher wrote, else the image's own bytes.

@@ -105,6 +105,8 @@ public protocol PatchBackend: Sendable {
     var architecture: any CPUArchitecture { get }
     /// The most bytes one patch overwrites at a site (Xen's undo buffer size).
     var undoBufferSize: Int { get }
+    /// The relocation type that stores a symbol's 64-bit address (payload records).
+    var absoluteAddressRelocation: UInt32 { get }
 
     /// Where a redirect of `function` goes, from its bytes in the image.
     func patchSite(of function: ELFSymbol, in image: ELFFile) throws -> PatchSite
@@ -131,6 +133,11 @@ public protocol PatchBackend: Sendable {
     /// Brings a freshly loaded image into its patchable state (ppc64le: `bl _mcount`
     /// becomes `nop`). Returns the writes it made.
     func prepare(_ image: LoadedImage) throws -> [CodeWrite]
+
+    /// Whether the call that relocation `type` at `offset` of `code` patches can only
+    /// reach a function sharing the caller's TOC (ppc64le: a `bl` with no `nop` after it
+    /// to restore r2). The payload builder then carries the callee into the payload.
+    func callNeedsSameTOC(type: UInt32, code: [UInt8], offset: Int) -> Bool
 }
 
 /// Per-machine state of a backend's runtime code (addresses of what it emitted). Only
@@ -144,6 +151,7 @@ public protocol PatchRuntime: AnyObject {
 
 extension PatchBackend {
     public func installRuntime(for image: LoadedImage, space: CodeSpace) throws -> (any PatchRuntime)? { nil }
+    public func callNeedsSameTOC(type: UInt32, code: [UInt8], offset: Int) -> Bool { false }
     public func prepare(_ image: LoadedImage) throws -> [CodeWrite] { [] }
 }
 

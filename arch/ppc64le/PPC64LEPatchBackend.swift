@@ -25,6 +25,9 @@ public struct PPC64LEPatchBackend: PatchBackend {
     public let undoBufferSize = 16
     static let branchReach: UInt64 = 1 << 25
 
+    /// R_PPC64_ADDR64.
+    public let absoluteAddressRelocation: UInt32 = 38
+
     public func patchSite(of function: ELFSymbol, in image: ELFFile) throws -> PatchSite {
         let code = try image.bytes(of: function)
         guard let site = PPC64LEPrologue.mcountSite(of: function, code: code, in: image) else {
@@ -163,6 +166,13 @@ public struct PPC64LEPatchBackend: PatchBackend {
                 bytes: Array(repeating: PPC64LEInstruction.bytes(P.nop), count: length / 4).flatMap { $0 },
                 purpose: "nop \(length / 4) instructions (new_addr 0)")], extraInstructions: 0, method: "nop fill")
         }
+    }
+
+    /// A REL24 branch whose next word is not the `nop` a cross-TOC call needs for
+    /// `ld r2,24(r1)` (a local call, or a sibling `b`).
+    public func callNeedsSameTOC(type: UInt32, code: [UInt8], offset: Int) -> Bool {
+        guard type == 10 else { return false }
+        return offset + 8 > code.count || PPC64LEInstruction.word(code, at: offset + 4) != PPC64LEInstruction.nop
     }
 
     /// The ppc64 relocations that need no TOC or stub: ADDR64, ADDR32, REL64, REL32,

@@ -15,6 +15,9 @@ public struct X86_64PatchBackend: PatchBackend {
     /// The site is the function's first byte, or the byte after its endbr64 (indirect
     /// calls must still land on an ENDBR). A compiler-reserved slot there (fentry call,
     /// patchable NOPs) is the whole room: the body is never touched.
+    /// R_X86_64_64.
+    public let absoluteAddressRelocation: UInt32 = 1
+
     public func patchSite(of function: ELFSymbol, in image: ELFFile) throws -> PatchSite {
         let code = try image.bytes(of: function)
         let offset = X86_64Prologue.landingPadLength(code)

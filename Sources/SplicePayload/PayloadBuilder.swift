@@ -1,0 +1,242 @@
+import Crypto
+import SpliceELF
+import SplicePatching
+
+/// `splice build`, in the spirit of kpatch's create-diff-object: compares an original
+/// and a patched object (both compiled with -ffunction-sections -fdata-sections, so every
+/// function and object has its own section), finds the changed functions, carries them
+/// with the new functions and data they need, keeps every reference to unchanged code
+/// and data as a relocation against the target's symbols, and writes a payload.
+public struct PayloadBuilder {
+    public struct Failure: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    /// What the builder decided, for people and tests.
+    public struct Report: Sendable {
+        public var changed: [String] = []
+        public var newFunctions: [String] = []
+        /// Unchanged functions copied because a carried call could not reach them
+        /// (ppc64le: a call with no TOC-restore slot).
+        public var carriedCallees: [String] = []
+        public var carriedData: [String] = []
+        public var external: [String] = []
+    }
+
+    public let original: ELFFile
+    public let patched: ELFFile
+    public let target: ELFFile
+    public let backend: any PatchBackend
+    public var dependencies: [Payload] = []
+    /// Functions to NOP out (new_addr 0) in addition to the changed ones.
+    public var nopFunctions: [String] = []
+    /// For each function, how many of the target's first bytes the payload expects.
+    public var expectBytes = 0
+
+    public init(original: ELFFile, patched: ELFFile, target: ELFFile, backend: any PatchBackend) {
+        self.original = original
+        self.patched = patched
+        self.target = target
+        self.backend = backend
+    }
+
+    /// A function's own section and its relocations, normalised so two compilations can
+    /// be compared: symbols by name, section symbols by section name.
+    struct Signature: Equatable {
+        var bytes: [UInt8]
+        var relocations: [String]
+    }
+
+    static func functionSections(_ elf: ELFFile) -> [String: ELFSymbol] {
+        var out: [String: ELFSymbol] = [:]
+        for s in elf.symbols where s.kind == .function && s.isDefined && Int(s.sectionIndex) < elf.sections.count {
+            out[s.name] = s
+        }
+        return out
+    }
+
+    static func symbolKey(_ elf: ELFFile, _ s: ELFSymbol) -> String {
+        s.kind == .section ? "section:" + elf.sections[Int(s.sectionIndex)].name : s.name
+    }
+
+    static func signature(_ elf: ELFFile, _ f: ELFSymbol) -> Signature {
+        let section = elf.sections[Int(f.sectionIndex)]
+        let relocs = elf.relocationSections.first { $0.targetSectionIndex == section.index }?.entries ?? []
+        return Signature(bytes: section.data, relocations: relocs.map {
+            "\($0.offset) \($0.type) \(symbolKey(elf, elf.symbols[Int($0.symbolIndex)])) \($0.addend ?? 0)"
+        })
+    }
+
+    /// The payload's bytes, and what went into it.
+    public func build() throws -> (bytes: [UInt8], report: Report) {
+        guard original.header.machine == patched.header.machine, patched.header.machine == target.header.machine else {
+            throw Failure(description: "original, patched and target are not for the same machine")
+        }
+        guard let targetID = target.buildID else { throw Failure(description: "\(target.name) has no build id") }
+        let originalFunctions = Self.functionSections(original)
+        let patchedFunctions = Self.functionSections(patched)
+        var report = Report()
+
+        // 1. Changed and new functions.
+        for (name, f) in patchedFunctions.sorted(by: { $0.key < $1.key }) {
+            if let o = originalFunctions[name] {
+                if Self.signature(original, o) != Self.signature(patched, f) { report.changed.append(name) }
+            } else {
+                report.newFunctions.append(name)
+            }
+        }
+        for name in report.changed where target.symbol(named: name) == nil {
+            throw Failure(description: "\(name) changed but the target \(target.name) has no such function")
+        }
+
+        // 2. Carry: the changed functions, then whatever they need, to a fixed point.
+        var carriedSections: [Int] = [] // patched section indices, in order
+        var carriedSet = Set<Int>()
+        func carry(_ section: Int) {
+            if carriedSet.insert(section).inserted { carriedSections.append(section) }
+        }
+        for name in report.changed { carry(Int(patchedFunctions[name]!.sectionIndex)) }
+        for kind in PayloadFormat.HookKind.allCases {
+            if let s = patched.section(named: PayloadFormat.hooksPrefix + kind.rawValue) { carry(s.index) }
+        }
+        /// How a relocation of a carried section refers to its symbol in the payload.
+        enum Target { case internalSection(Int, addend: Int64), external(String, addend: Int64), internalSymbol(ELFSymbol) }
+        var decisions: [Int: [Int: Target]] = [:] // section -> relocation index -> target
+        var i = 0
+        while i < carriedSections.count {
+            let section = carriedSections[i]
+            i += 1
+            let relocs = patched.relocationSections.first { $0.targetSectionIndex == section }?.entries ?? []
+            let code = patched.sections[section].data
+            for (ri, r) in relocs.enumerated() {
+                let s = patched.symbols[Int(r.symbolIndex)]
+                let addend = r.addend ?? 0
+                let decision: Target
+                if !s.isDefined {
+                    decision = .external(s.name, addend: addend) // .TOC., _mcount, __fentry__, other TUs
+                } else if s.kind == .function {
+                    let isNew = originalFunctions[s.name] == nil
+                    let changed = report.changed.contains(s.name)
+                    if isNew || changed {
+                        carry(Int(s.sectionIndex))
+                        decision = .internalSymbol(s)
+                    } else if backend.callNeedsSameTOC(type: r.type, code: code, offset: Int(r.offset)) {
+                        carry(Int(s.sectionIndex))
+                        if !report.carriedCallees.contains(s.name) { report.carriedCallees.append(s.name) }
+                        decision = .internalSymbol(s)
+                    } else {
+                        decision = .external(s.name, addend: addend)
+                    }
+                } else {
+                    // Data: a named object covering the referenced offset, if any.
+                    let sectionIndex = Int(s.sectionIndex)
+                    let offset = s.kind == .section ? addend : Int64(s.value) + addend
+                    let owner = s.kind == .section
+                        ? patched.symbols.first { $0.kind == .object && Int($0.sectionIndex) == sectionIndex
+                            && Int64($0.value) <= offset && offset < Int64($0.value + max($0.size, 1)) }
+                        : s
+                    if let o = owner, original.symbol(named: o.name) != nil, target.symbol(named: o.name) != nil {
+                        decision = .external(o.name, addend: offset - Int64(o.value)) // the running kernel's data
+                    } else {
+                        carry(sectionIndex)
+                        let name = patched.sections[sectionIndex].name
+                        if !report.carriedData.contains(name) { report.carriedData.append(name) }
+                        decision = .internalSection(sectionIndex, addend: offset)
+                    }
+                }
+                if case let .external(name, _) = decision, !report.external.contains(name) { report.external.append(name) }
+                decisions[section, default: [:]][ri] = decision
+            }
+        }
+
+        // 3. Write the payload.
+        var w = ELFWriter(machine: patched.header.machine, flags: patched.header.flags)
+        var outSection: [Int: Int] = [:]
+        for s in carriedSections {
+            let src = patched.sections[s]
+            outSection[s] = w.add(.init(name: src.name, type: src.type, flags: src.flags, data: src.data,
+                                        size: src.type == ELFSection.typeNoBits ? src.size : nil, alignment: src.alignment))
+        }
+        var sectionSymbol: [Int: Int] = [:]
+        for s in carriedSections {
+            sectionSymbol[s] = w.add(.init(name: "", type: ELFWriter.Symbol.sectionType, binding: ELFWriter.Symbol.local,
+                                           section: outSection[s]))
+        }
+        var definedSymbol: [String: Int] = [:]
+        for s in patched.symbols where s.isDefined && (s.kind == .function || s.kind == .object)
+            && outSection[Int(s.sectionIndex)] != nil && definedSymbol[s.name] == nil {
+            definedSymbol[s.name] = w.add(.init(name: s.name, value: s.value, size: s.size,
+                                                type: s.kind == .function ? ELFWriter.Symbol.function : ELFWriter.Symbol.object,
+                                                binding: ELFWriter.Symbol.global, other: s.other, section: outSection[Int(s.sectionIndex)]))
+        }
+        var externalSymbol: [String: Int] = [:]
+        func external(_ name: String) -> Int {
+            if let e = externalSymbol[name] { return e }
+            let e = w.add(.init(name: name, type: ELFWriter.Symbol.noType, binding: ELFWriter.Symbol.global, section: nil))
+            externalSymbol[name] = e
+            return e
+        }
+        for s in carriedSections {
+            let relocs = patched.relocationSections.first { $0.targetSectionIndex == s }?.entries ?? []
+            for (ri, r) in relocs.enumerated() {
+                let (symbol, addend): (Int, Int64)
+                switch decisions[s]![ri]! {
+                case let .internalSection(sec, a): (symbol, addend) = (sectionSymbol[sec]!, a)
+                case let .external(name, a): (symbol, addend) = (external(name), a)
+                case let .internalSymbol(sym): (symbol, addend) = (definedSymbol[sym.name]!, r.addend ?? 0)
+                }
+                w.relocate(section: outSection[s]!, .init(offset: r.offset, type: r.type, symbol: symbol, addend: addend))
+            }
+        }
+
+        // Records: one per changed function that the target has, plus NOP patches.
+        var strings: [UInt8] = []
+        var records: [UInt8] = []
+        let stringsIndex = w.add(.init(name: PayloadFormat.stringsSection, flags: 0, alignment: 1))
+        let funcsIndex = w.add(.init(name: PayloadFormat.funcsSection, flags: 0, alignment: 8))
+        let stringsSymbol = w.add(.init(name: "", type: ELFWriter.Symbol.sectionType, binding: ELFWriter.Symbol.local,
+                                        section: stringsIndex))
+        let entries = report.changed.map { ($0, true) } + nopFunctions.map { ($0, false) }
+        for (n, (name, redirect)) in entries.enumerated() {
+            guard let old = target.symbol(named: name), old.isFunction else {
+                throw Failure(description: "the target \(target.name) has no function \(name)")
+            }
+            var record = [UInt8](repeating: 0, count: PayloadFormat.recordSize)
+            func put(_ v: UInt64, _ o: Int, _ n: Int) { for k in 0..<n { record[o + k] = UInt8(truncatingIfNeeded: v >> (8 * UInt64(k))) } }
+            let new = redirect ? patchedFunctions[name] : nil
+            put(UInt64(new?.size ?? 0), 24, 4)
+            put(old.size, 28, 4)
+            record[32] = PayloadFormat.recordVersion
+            if expectBytes > 0 {
+                let expected = Array(try target.bytes(of: old).prefix(min(expectBytes, PayloadFormat.maxExpectedBytes)))
+                record[33] = UInt8(expected.count)
+                record.replaceSubrange(40..<(40 + expected.count), with: expected)
+            }
+            let base = UInt64(n * PayloadFormat.recordSize)
+            w.relocate(section: funcsIndex, .init(offset: base, type: absolute64, symbol: stringsSymbol, addend: Int64(strings.count)))
+            if let new { w.relocate(section: funcsIndex, .init(offset: base + 8, type: absolute64, symbol: definedSymbol[new.name]!, addend: 0)) }
+            strings += Array(name.utf8) + [0]
+            records += record
+        }
+        w.setData(of: stringsIndex, strings)
+        w.setData(of: funcsIndex, records)
+        w.add(.init(name: PayloadFormat.dependsSection, type: ELFSection.typeNote, flags: 0,
+                    data: ELFWriter.note(owner: "GNU", type: ELFNote.gnuBuildID, descriptor: targetID), alignment: 4))
+        if !dependencies.isEmpty {
+            w.add(.init(name: PayloadFormat.payloadDependsSection, type: ELFSection.typeNote, flags: 0,
+                        data: dependencies.flatMap { ELFWriter.note(owner: "GNU", type: ELFNote.gnuBuildID, descriptor: $0.buildID) },
+                        alignment: 4))
+        }
+        // The payload's build id: SHA-1 over everything it carries.
+        var hash = Insecure.SHA1()
+        for s in w.sections { hash.update(data: Array(s.name.utf8) + s.data) }
+        for (s, rs) in w.relocations.sorted(by: { $0.key < $1.key }) {
+            for r in rs { hash.update(data: Array("\(s) \(r.offset) \(r.type) \(w.symbols[r.symbol].name) \(r.addend)".utf8)) }
+        }
+        w.add(.init(name: PayloadFormat.buildIDSection, type: ELFSection.typeNote, flags: ELFSection.flagAlloc,
+                    data: ELFWriter.note(owner: "GNU", type: ELFNote.gnuBuildID, descriptor: Array(hash.finalize())), alignment: 4))
+        return (try w.write(), report)
+    }
+
+    var absolute64: UInt32 { backend.absoluteAddressRelocation }
+}

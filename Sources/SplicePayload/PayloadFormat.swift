@@ -1,0 +1,34 @@
+/// The Splice payload format (docs/payload-format.md): a relocatable ELF per ISA.
+public enum PayloadFormat {
+    /// The array of functions to patch: `recordSize`-byte records.
+    public static let funcsSection = ".livepatch.funcs"
+    /// Names the records point at.
+    public static let stringsSection = ".livepatch.strings"
+    /// A GNU build-id note: the target image the payload was built against.
+    public static let dependsSection = ".livepatch.depends"
+    /// Zero or more GNU build-id notes: payloads that must be loaded first.
+    public static let payloadDependsSection = ".livepatch.payload_depends"
+    /// `.livepatch.hooks.<kind>`: arrays of 8-byte pointers to `void hook(void)`.
+    public static let hooksPrefix = ".livepatch.hooks."
+    public static let buildIDSection = ".note.gnu.build-id"
+
+    /// One `.livepatch.funcs` record (little-endian):
+    ///
+    ///     0   u64 name        relocated: address of a NUL-terminated name in .livepatch.strings
+    ///     8   u64 new_addr    relocated: the new function; 0 (no relocation) = NOP patch
+    ///     16  u64 old_addr    0 in the file: resolved by name against the target at load
+    ///     24  u32 new_size
+    ///     28  u32 old_size    expected size of the old function; 0 = not checked
+    ///     32  u8  version     1
+    ///     33  u8  expect_len  0..24: how many bytes of `expect` the old function must start with
+    ///     34  u8  pad[6]
+    ///     40  u8  expect[24]
+    ///     64  u8  opaque[32]  zero in the file: room for the backend's undo bytes
+    public static let recordSize = 96
+    public static let recordVersion: UInt8 = 1
+    public static let maxExpectedBytes = 24
+
+    public enum HookKind: String, CaseIterable, Sendable, Codable {
+        case load, unload, preapply, postapply, prerevert, postrevert
+    }
+}
