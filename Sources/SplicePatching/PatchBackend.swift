@@ -138,6 +138,15 @@ public protocol PatchBackend: Sendable {
     /// reach a function sharing the caller's TOC (ppc64le: a `bl` with no `nop` after it
     /// to restore r2). The payload builder then carries the callee into the payload.
     func callNeedsSameTOC(type: UInt32, code: [UInt8], offset: Int) -> Bool
+
+    /// Bytes of a call stub that reaches `target` in another module from `address`, or
+    /// nil when relocation `type` to an external symbol needs none.
+    func callStub(type: UInt32, symbol: String, to target: UInt64, at address: UInt64) -> [UInt8]?
+    /// The size of one call stub (0: the ISA needs none).
+    var callStubSize: Int { get }
+
+    /// The payload's TOC pointer given where its sections landed (nil: no TOC).
+    func payloadTOC(sections: [(name: String, address: UInt64)]) -> UInt64?
 }
 
 /// Per-machine state of a backend's runtime code (addresses of what it emitted). Only
@@ -152,19 +161,37 @@ public protocol PatchRuntime: AnyObject {
 extension PatchBackend {
     public func installRuntime(for image: LoadedImage, space: CodeSpace) throws -> (any PatchRuntime)? { nil }
     public func callNeedsSameTOC(type: UInt32, code: [UInt8], offset: Int) -> Bool { false }
+    public func callStub(type: UInt32, symbol: String, to target: UInt64, at address: UInt64) -> [UInt8]? { nil }
+    public var callStubSize: Int { 0 }
+    public func payloadTOC(sections: [(name: String, address: UInt64)]) -> UInt64? { nil }
     public func prepare(_ image: LoadedImage) throws -> [CodeWrite] { [] }
 }
 
-/// What a relocation may need besides the symbol: names for messages.
+/// What a relocation may need besides the symbol: names for messages, and for ISAs with
+/// a TOC, the payload's TOC and how to reach a symbol in another module.
 public struct RelocationContext: Sendable {
     public var section: String
     public var index: Int
     public var symbolName: String
+    /// The payload's TOC pointer (ppc64le), if it has one.
+    public var toc: UInt64?
+    /// The symbol lives outside the payload (the target or another payload): on ppc64le
+    /// it has another TOC, so calls go through `stub`.
+    public var external: Bool
+    /// ppc64le: the symbol's local entry offset (calls within one TOC enter there).
+    public var localEntryOffset: UInt64
+    /// A call stub for this symbol, placed by the loader where the backend asked.
+    public var stub: UInt64?
 
-    public init(section: String, index: Int, symbolName: String) {
+    public init(section: String, index: Int, symbolName: String, toc: UInt64? = nil, external: Bool = false,
+                localEntryOffset: UInt64 = 0, stub: UInt64? = nil) {
         self.section = section
         self.index = index
         self.symbolName = symbolName
+        self.toc = toc
+        self.external = external
+        self.localEntryOffset = localEntryOffset
+        self.stub = stub
     }
 
     /// The error for a value that does not fit relocation type `type`.

@@ -175,13 +175,55 @@ public struct PPC64LEPatchBackend: PatchBackend {
         return offset + 8 > code.count || PPC64LEInstruction.word(code, at: offset + 4) != PPC64LEInstruction.nop
     }
 
-    /// The ppc64 relocations that need no TOC or stub: ADDR64, ADDR32, REL64, REL32,
-    /// REL24 (in range). The TOC-relative ones arrive with the payload loader.
+    /// A cross-module call: save our TOC in the caller's TOC slot, load the target's
+    /// global entry into r12, jump (the `nop` after the `bl` becomes `ld r2,24(r1)`).
+    /// `bl _mcount` in payload code needs none: it becomes a nop, as at machine start.
+    public func callStub(type: UInt32, symbol: String, to target: UInt64, at address: UInt64) -> [UInt8]? {
+        guard type == 10, symbol != "_mcount" else { return nil }
+        typealias P = PPC64LEEncoder
+        var words = [P.std(2, 24, 1)] + P.loadImmediate(12, target) + [P.mtctr(12), P.bctr]
+        while words.count < callStubSize / 4 { words.append(P.trap) }
+        return words.flatMap(PPC64LEInstruction.bytes)
+    }
+
+    public var callStubSize: Int { 32 }
+
+    /// ELFv2: the TOC is the .toc (or .got) section + 0x8000; a payload with neither still
+    /// gets one, 0x8000 into its first data section, for its REL16 / TOC16 references.
+    public func payloadTOC(sections: [(name: String, address: UInt64)]) -> UInt64? {
+        let base = sections.first { $0.name == ".got" } ?? sections.first { $0.name == ".toc" }
+            ?? sections.first { $0.name.hasPrefix(".data") || $0.name.hasPrefix(".bss") || $0.name.hasPrefix(".rodata") }
+            ?? sections.first
+        return base.map { $0.address + 0x8000 }
+    }
+
+    /// ppc64 relocations: ADDR64, ADDR32, REL64, REL32, REL24 (within one TOC: to the local
+    /// entry; to another module: through the stub, with `nop` -> `ld r2,24(r1)`; to
+    /// `_mcount`: the call becomes `nop`), REL16_HA/HI/LO (against .TOC. in the global
+    /// entry), TOC16, TOC16_LO/HI/HA, TOC16_DS/LO_DS against the payload's TOC.
     public func relocate(type: UInt32, addend: Int64, symbol: UInt64, place: UInt64, bytes: inout [UInt8], offset: Int,
                          context: RelocationContext) throws {
         let s = Int64(bitPattern: symbol), p = Int64(bitPattern: place)
         let overflow = context.overflow
         func put(_ v: UInt64, _ n: Int) throws { try context.store(v, width: n, into: &bytes, at: offset) }
+        func word(_ at: Int) throws -> UInt32 {
+            guard at >= 0, at + 4 <= bytes.count else { throw overflow("field outside its section", Int64(at)) }
+            return PPC64LEInstruction.word(bytes, at: at)
+        }
+        func half(_ v: Int64, keepLow2: Bool = false) throws {
+            var h = UInt64(UInt16(truncatingIfNeeded: v))
+            if keepLow2 {
+                guard v & 3 == 0 else { throw overflow("DS field not a multiple of 4", v) }
+                guard offset >= 0, offset + 2 <= bytes.count else { throw overflow("field outside its section", Int64(offset)) }
+                h |= UInt64(bytes[offset] & 3)
+            }
+            try put(h, 2)
+        }
+        func toc() throws -> Int64 {
+            guard let t = context.toc else { throw overflow("TOC-relative relocation in a payload without a TOC", 0) }
+            return Int64(bitPattern: t)
+        }
+        func ha(_ v: Int64) -> Int64 { ((v &+ 0x8000) >> 16) & 0xffff }
         switch type {
         case 38: try put(UInt64(bitPattern: s &+ addend), 8)                      // R_PPC64_ADDR64
         case 44: try put(UInt64(bitPattern: s &+ addend &- p), 8)                 // R_PPC64_REL64
@@ -194,11 +236,39 @@ public struct PPC64LEPatchBackend: PatchBackend {
             guard let v32 = Int32(exactly: v) else { throw overflow("R_PPC64_REL32", v) }
             try put(UInt64(UInt32(bitPattern: v32)), 4)
         case 10:                                                                  // R_PPC64_REL24
-            let v = s &+ addend &- p
+            let insn = try word(offset)
+            if context.symbolName == "_mcount" {
+                try put(UInt64(PPC64LEInstruction.nop), 4)
+                return
+            }
+            var destination = s &+ addend
+            if context.external {
+                guard let stub = context.stub else { throw overflow("R_PPC64_REL24 to another module without a stub", 0) }
+                guard try word(offset + 4) == PPC64LEInstruction.nop else {
+                    throw overflow("R_PPC64_REL24: call to \(context.symbolName) in another TOC has no nop after it", 0)
+                }
+                try context.store(UInt64(PPC64LEEncoder.ld(2, 24, 1)), width: 4, into: &bytes, at: offset + 4)
+                destination = Int64(bitPattern: stub)
+            } else {
+                destination = destination &+ Int64(context.localEntryOffset)
+            }
+            let v = destination &- p
             guard v & 3 == 0, v >= -(1 << 25), v < (1 << 25) else { throw overflow("R_PPC64_REL24", v) }
-            guard offset >= 0, offset + 4 <= bytes.count else { throw overflow("field outside its section", Int64(offset)) }
-            let word = PPC64LEInstruction.word(bytes, at: offset) & ~0x03ff_fffc | UInt32(truncatingIfNeeded: v) & 0x03ff_fffc
-            try put(UInt64(word), 4)
+            try put(UInt64(insn & ~0x03ff_fffc | UInt32(truncatingIfNeeded: v) & 0x03ff_fffc), 4)
+        case 252: try half(ha(s &+ addend &- p))                                 // R_PPC64_REL16_HA
+        case 251: try half((s &+ addend &- p) >> 16)                             // R_PPC64_REL16_HI
+        case 250: try half(s &+ addend &- p)                                     // R_PPC64_REL16_LO
+        case 47, 63:                                                             // R_PPC64_TOC16, _DS
+            let v = s &+ addend &- (try toc())
+            guard Int16(exactly: v) != nil else { throw overflow(type == 47 ? "R_PPC64_TOC16" : "R_PPC64_TOC16_DS", v) }
+            try half(v, keepLow2: type == 63)
+        case 48: try half(s &+ addend &- (try toc()))                            // R_PPC64_TOC16_LO
+        case 64: try half(s &+ addend &- (try toc()), keepLow2: true)            // R_PPC64_TOC16_LO_DS
+        case 49: try half((s &+ addend &- (try toc())) >> 16)                    // R_PPC64_TOC16_HI
+        case 50:                                                                 // R_PPC64_TOC16_HA
+            let v = s &+ addend &- (try toc())
+            guard Int32(exactly: v) != nil else { throw overflow("R_PPC64_TOC16_HA", v) }
+            try half(ha(v))
         default:
             throw PatchError.unsupportedRelocation(section: context.section, index: context.index, type: type)
         }
