@@ -19,6 +19,7 @@ need=()
 command -v gcc >/dev/null || need+=(gcc)
 command -v powerpc64le-linux-gnu-gcc >/dev/null || need+=(gcc-powerpc64le-linux-gnu)
 command -v qemu-ppc64le >/dev/null || need+=(qemu-user)
+command -v patch >/dev/null || need+=(patch)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
@@ -76,11 +77,39 @@ powerpc64le-linux-gnu-gcc -O2 -static -ffile-prefix-map="$here"=. -I"$src" "$src
 "$out/oracle-x86_64" > "$out/oracle-x86_64.txt"
 qemu-ppc64le "$out/oracle-ppc64le" > "$out/oracle-ppc64le.txt"
 
+# Source-level patches (samples/patches/*.patch, against src/kernel.c). For each, both ISAs:
+# the original and the patched kernel.c as objects with one section per function and object
+# (what `splice build` diffs), and the patched program's oracle output. NAME:BASE means
+# the patch applies on top of patch BASE (a stacked payload depends on BASE's).
+patches=(01-greeting-len-fix: 02-scaled-plus-two: 03-greeting-sum-helper:
+         04-scaled-twice-stacked:02-scaled-plus-two 05-hooks:)
+for spec in "${patches[@]}"; do
+    name=${spec%%:*}
+    base=${spec#*:}
+    work=$(mktemp -d)
+    cp "$src"/*.c "$src"/*.h "$src"/cases.def "$work"/
+    [ -n "$base" ] && patch -s -d "$work" -p1 < "patches/$base.patch"
+    dest="$out/patches/$name"
+    mkdir -p "$dest"
+    sections=(-ffunction-sections -fdata-sections -ffile-prefix-map="$work"=. -I.)
+    for stage in orig patched; do
+        [ $stage = patched ] && patch -s -d "$work" -p1 < "patches/$name.patch"
+        (cd "$work" && "${x86[@]}" "${sections[@]}" -c kernel.c -o "$dest/$stage-x86_64.o")
+        (cd "$work" && "${ppc[@]}" "${sections[@]}" -c kernel.c -o "$dest/$stage-ppc64le.o")
+    done
+    (cd "$work" && gcc -O2 -ffile-prefix-map="$work"=. -I. oracle.c kernel.c checked.c -o oracle-x86_64 \
+        && ./oracle-x86_64 > "$dest/oracle-x86_64.txt")
+    (cd "$work" && powerpc64le-linux-gnu-gcc -O2 -static -ffile-prefix-map="$work"=. -I. oracle.c kernel.c checked.c \
+        -o oracle-ppc64le && qemu-ppc64le ./oracle-ppc64le > "$dest/oracle-ppc64le.txt")
+    rm -rf "$work"
+done
+
 if [ $check -eq 1 ]; then
     status=0
     for f in kernel-x86_64.elf kernel-x86_64-fentry.elf kernel-x86_64-pfe.elf kernel-ppc64le.elf patch-ppc64le.elf kernel-x86_64.o kernel-ppc64le.o oracle-x86_64.txt oracle-ppc64le.txt; do
         if cmp -s "$out/$f" "$here/build/$f"; then echo "same: $f"; else echo "DIFFERENT: $f"; status=1; fi
     done
+    if diff -r -q "$out/patches" "$here/build/patches"; then echo "same: patches/"; else status=1; fi
     rm -rf "$out"
     exit $status
 fi

@@ -2,6 +2,7 @@
 @_exported import SpliceELF
 @_exported import SpliceMachine
 @_exported import SplicePatching
+@_exported import SplicePayload
 @_exported import SplicePPC64LE
 @_exported import SpliceX86_64
 

@@ -107,18 +107,24 @@ public final class CodeSpace {
     /// runtime data such as lookup tables and per-vCPU stacks; it is not released.
     public func mapFree(name: String, size requested: UInt64, near: UInt64, reach: UInt64 = 1 << 40,
                         permissions: MemoryPermissions) throws -> GuestRegion {
+        let size = Self.roundUp(requested)
+        let base = try findFree(size: size, near: near, reach: reach)
+        return try machine.map(name: "\(name)@\(String(base, radix: 16))", at: base, size: size, permissions: permissions)
+    }
+
+    public static func roundUp(_ size: UInt64) -> UInt64 { (size + regionSize - 1) / regionSize * regionSize }
+
+    /// A free, 64 KiB-aligned guest range of `size` bytes as close to `near` as possible
+    /// (above it first, then below), within `reach`. Maps nothing.
+    public func findFree(size: UInt64, near: UInt64, reach: UInt64 = 1 << 40) throws -> UInt64 {
         let unit = Self.regionSize
-        let size = (requested + unit - 1) / unit * unit
         let start = (near + unit - 1) / unit * unit
         let steps = min(reach / unit, 1 << 16)
         for step in 0...steps {
             for candidate in [start &+ step * unit, start &- (step + 1) * unit] {
                 let distance = candidate >= near ? candidate + size - near : near - candidate
                 guard distance <= reach, candidate != 0, candidate &+ size > candidate else { continue }
-                if machine.memory.overlapsMapped(candidate, length: size) == nil {
-                    return try machine.map(name: "\(name)@\(String(candidate, radix: 16))", at: candidate, size: size,
-                                           permissions: permissions)
-                }
+                if machine.memory.overlapsMapped(candidate, length: size) == nil { return candidate }
             }
         }
         throw PatchError.noCodeSpaceInReach(near: near, reach: reach, size: Int(size))

@@ -102,6 +102,7 @@ public struct PayloadBuilder {
         /// How a relocation of a carried section refers to its symbol in the payload.
         enum Target { case internalSection(Int, addend: Int64), external(String, addend: Int64), internalSymbol(ELFSymbol) }
         var decisions: [Int: [Int: Target]] = [:] // section -> relocation index -> target
+        var internalAddend: [Int: [Int: Int64]] = [:]
         var i = 0
         while i < carriedSections.count {
             let section = carriedSections[i]
@@ -109,8 +110,16 @@ public struct PayloadBuilder {
             let relocs = patched.relocationSections.first { $0.targetSectionIndex == section }?.entries ?? []
             let code = patched.sections[section].data
             for (ri, r) in relocs.enumerated() {
-                let s = patched.symbols[Int(r.symbolIndex)]
-                let addend = r.addend ?? 0
+                var s = patched.symbols[Int(r.symbolIndex)]
+                var addend = r.addend ?? 0
+                // A section symbol of a function's section (calls to static functions):
+                // the function itself, so its local entry is known.
+                if s.kind == .section, patched.sections[Int(s.sectionIndex)].isExecutable,
+                   let f = patched.symbols.first(where: { $0.kind == .function && $0.sectionIndex == s.sectionIndex
+                       && Int64($0.value) <= addend && addend < Int64($0.value + max($0.size, 1)) }) {
+                    addend -= Int64(f.value)
+                    s = f
+                }
                 let decision: Target
                 if !s.isDefined {
                     decision = .external(s.name, addend: addend) // .TOC., _mcount, __fentry__, other TUs
@@ -127,6 +136,9 @@ public struct PayloadBuilder {
                     } else {
                         decision = .external(s.name, addend: addend)
                     }
+                } else if s.kind == .section && patched.sections[Int(s.sectionIndex)].isExecutable {
+                    carry(Int(s.sectionIndex)) // code with no function symbol: carry it whole
+                    decision = .internalSection(Int(s.sectionIndex), addend: addend)
                 } else {
                     // Data: a named object covering the referenced offset, if any.
                     let sectionIndex = Int(s.sectionIndex)
@@ -146,6 +158,7 @@ public struct PayloadBuilder {
                 }
                 if case let .external(name, _) = decision, !report.external.contains(name) { report.external.append(name) }
                 decisions[section, default: [:]][ri] = decision
+                internalAddend[section, default: [:]][ri] = addend
             }
         }
 
@@ -183,7 +196,7 @@ public struct PayloadBuilder {
                 switch decisions[s]![ri]! {
                 case let .internalSection(sec, a): (symbol, addend) = (sectionSymbol[sec]!, a)
                 case let .external(name, a): (symbol, addend) = (external(name), a)
-                case let .internalSymbol(sym): (symbol, addend) = (definedSymbol[sym.name]!, r.addend ?? 0)
+                case let .internalSymbol(sym): (symbol, addend) = (definedSymbol[sym.name]!, internalAddend[s]![ri]!)
                 }
                 w.relocate(section: outSection[s]!, .init(offset: r.offset, type: r.type, symbol: symbol, addend: addend))
             }

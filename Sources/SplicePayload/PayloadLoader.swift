@@ -1,0 +1,270 @@
+import SpliceELF
+import SpliceMachine
+import SplicePatching
+
+/// A payload placed in guest memory, relocated, ready to apply.
+public final class LoadedPayload {
+    public struct Resolved: Sendable {
+        public var function: Payload.Function
+        public var old: ELFSymbol
+        /// The new function's (global) entry in guest memory; nil for a NOP patch.
+        public var newAddress: UInt64?
+    }
+
+    public let payload: Payload
+    public let regions: [GuestRegion]
+    /// Guest address of each placed section, by the payload's section index.
+    public let sectionAddresses: [Int: UInt64]
+    /// The payload's own symbols (for payloads that depend on it).
+    public let exports: [String: UInt64]
+    public let toc: UInt64?
+    public let functions: [Resolved]
+    public let hooks: [PayloadFormat.HookKind: [UInt64]]
+    public internal(set) var redirects: [ActiveRedirect] = []
+    public var isApplied: Bool { !redirects.isEmpty }
+
+    init(payload: Payload, regions: [GuestRegion], sectionAddresses: [Int: UInt64], exports: [String: UInt64],
+         toc: UInt64?, functions: [Resolved], hooks: [PayloadFormat.HookKind: [UInt64]]) {
+        self.payload = payload
+        self.regions = regions
+        self.sectionAddresses = sectionAddresses
+        self.exports = exports
+        self.toc = toc
+        self.functions = functions
+        self.hooks = hooks
+    }
+}
+
+/// The common payload loader (seed 003: copy sections, resolve symbols, relocate), with
+/// the checks of seed 002. Everything is decided and relocated in host memory first;
+/// guest memory is written only when all of it succeeded.
+public final class PayloadLoader {
+    public let patcher: LivePatcher
+    public private(set) var payloads: [LoadedPayload] = []
+    /// Functions no payload may patch, besides the runtime's own.
+    public var denyList: Set<String> = []
+    /// The image's own runtime functions (entry, mcount/fentry stubs): never patched.
+    public static let runtimeFunctions: Set<String> = ["_start", "_mcount", "__fentry__"]
+
+    public var machine: Machine { patcher.machine }
+    var image: LoadedImage { patcher.image }
+    var backend: any PatchBackend { patcher.backend }
+
+    public init(patcher: LivePatcher) { self.patcher = patcher }
+
+    // MARK: Load
+
+    @discardableResult
+    public func load(_ payload: Payload) throws -> LoadedPayload {
+        let name = payload.name
+        func fail(_ r: PayloadError.Reason) -> PayloadError { PayloadError(name, r) }
+        let elf = payload.elf
+        guard elf.header.machine == image.elf.header.machine else {
+            throw fail(.wrongMachine(payload: elf.header.machine, target: image.elf.header.machine))
+        }
+        guard let targetID = image.elf.buildID, targetID == payload.targetBuildID else {
+            throw fail(.buildIDMismatch(expected: hexString(payload.targetBuildID), target: image.elf.buildIDHex ?? "none"))
+        }
+        if payloads.contains(where: { $0.payload.buildID == payload.buildID }) {
+            throw fail(.alreadyLoaded(buildID: payload.buildIDHex))
+        }
+        let dependencies = try payload.dependencies.map { id -> LoadedPayload in
+            guard let d = payloads.first(where: { $0.payload.buildID == id }) else { throw fail(.missingDependency(buildID: hexString(id))) }
+            return d
+        }
+        let runtimeNames = Set(patcher.runtime?.symbols.values.map { $0 } ?? [])
+        var olds: [ELFSymbol] = []
+        for f in payload.functions {
+            if Self.runtimeFunctions.contains(f.name) || runtimeNames.contains(f.name) {
+                throw fail(.deniedFunction(name: f.name, why: "it is part of the patching runtime"))
+            }
+            if denyList.contains(f.name) { throw fail(.deniedFunction(name: f.name, why: "it is on the deny-list")) }
+            guard let old = image.elf.symbol(named: f.name), old.isFunction else {
+                throw fail(.unknownFunction(record: f.record, name: f.name))
+            }
+            if f.oldSize != 0 && UInt64(f.oldSize) != old.size {
+                throw fail(.oldSizeMismatch(function: f.name, expected: UInt64(f.oldSize), actual: old.size))
+            }
+            if !f.expectedBytes.isEmpty {
+                let found = try machine.memory.read(old.value, count: f.expectedBytes.count)
+                if found != f.expectedBytes { throw fail(.expectedBytesMismatch(function: f.name, expected: f.expectedBytes, found: found)) }
+            }
+            olds.append(old)
+        }
+
+        // Placement: text, read-only and writable groups, each in its own region.
+        let allocated = elf.sections.filter { $0.isAllocated && $0.size > 0 && $0.name != PayloadFormat.buildIDSection }
+        func group(_ s: ELFSection) -> Int { s.isExecutable ? 0 : s.isWritable ? 2 : 1 }
+        // Call stubs (ISAs with a TOC): one per external symbol a call needs one for.
+        var stubSymbols: [String] = []
+        for rs in elf.relocationSections where allocated.contains(where: { $0.index == rs.targetSectionIndex }) {
+            for r in rs.entries {
+                let s = elf.symbols[Int(r.symbolIndex)]
+                if !s.isDefined && s.name != ".TOC." && !stubSymbols.contains(s.name)
+                    && backend.callStub(type: r.type, symbol: s.name, to: 0, at: 0) != nil {
+                    stubSymbols.append(s.name)
+                }
+            }
+        }
+        var groupSize: [UInt64] = [0, 0, 0]
+        var offsetInGroup: [Int: UInt64] = [:]
+        for s in allocated {
+            let g = group(s), align = max(s.alignment, 1)
+            let o = (groupSize[g] + align - 1) / align * align
+            offsetInGroup[s.index] = o
+            groupSize[g] = o + s.size
+        }
+        let stubArea = (groupSize[0] + 15) / 16 * 16
+        groupSize[0] = stubArea + UInt64(stubSymbols.count * backend.callStubSize)
+        let rounded = groupSize.map { $0 == 0 ? 0 : CodeSpace.roundUp($0) }
+        let textSegments = image.elf.segments.filter { $0.isLoad && $0.flags & ELFSegment.flagExecute != 0 }
+        let near = textSegments.map { $0.virtualAddress + $0.memorySize }.max() ?? machine.architecture.layout.codeBase
+        let base = try patcher.space.findFree(size: max(rounded.reduce(0, +), CodeSpace.regionSize), near: near, reach: 1 << 30)
+        let groupBase = [base, base + rounded[0], base + rounded[0] + rounded[1]]
+        var addresses: [Int: UInt64] = [:]
+        for s in allocated { addresses[s.index] = groupBase[group(s)] + offsetInGroup[s.index]! }
+        let toc = backend.payloadTOC(sections: allocated.map { ($0.name, addresses[$0.index]!) })
+
+        // Symbols and relocations, in host buffers.
+        var contents: [Int: [UInt8]] = [:]
+        for s in allocated { contents[s.index] = s.type == ELFSection.typeNoBits ? [UInt8](repeating: 0, count: Int(s.size)) : s.data }
+        var stubs: [String: (address: UInt64, bytes: [UInt8])] = [:]
+        func resolve(_ s: ELFSymbol, section: String, index: Int) throws -> (UInt64, external: Bool, localEntry: UInt64) {
+            if s.isDefined {
+                guard let a = addresses[Int(s.sectionIndex)] else {
+                    throw fail(.relocation(section: section, index: index, reason: "symbol \(s.name) is in a section that is not loaded"))
+                }
+                return (s.kind == .section ? a : a + s.value, false, s.localEntryOffset)
+            }
+            if s.name == ".TOC.", let toc { return (toc, false, 0) }
+            if let t = image.elf.symbol(named: s.name) { return (t.value, true, t.localEntryOffset) }
+            for d in dependencies { if let v = d.exports[s.name] { return (v, true, 0) } }
+            throw fail(.undefinedSymbol(symbol: s.name, section: section, relocation: index))
+        }
+        for rs in elf.relocationSections {
+            guard contents[rs.targetSectionIndex] != nil, let place0 = addresses[rs.targetSectionIndex] else { continue }
+            for (i, r) in rs.entries.enumerated() {
+                let s = elf.symbols[Int(r.symbolIndex)]
+                let (value, external, localEntry) = try resolve(s, section: rs.name, index: i)
+                var stub: UInt64?
+                if external, stubSymbols.contains(s.name) {
+                    if stubs[s.name] == nil {
+                        let at = groupBase[0] + stubArea + UInt64(stubs.count * backend.callStubSize)
+                        stubs[s.name] = (at, backend.callStub(type: r.type, symbol: s.name, to: value, at: at) ?? [])
+                    }
+                    stub = stubs[s.name]!.address
+                }
+                let context = RelocationContext(section: rs.name, index: i, symbolName: s.name, toc: toc, external: external,
+                                                localEntryOffset: localEntry, stub: stub)
+                do {
+                    try backend.relocate(type: r.type, addend: r.addend ?? 0, symbol: value, place: place0 + r.offset,
+                                         bytes: &contents[rs.targetSectionIndex]!, offset: Int(r.offset), context: context)
+                } catch let e as PatchError {
+                    throw fail(.relocation(section: rs.name, index: i, reason: "\(e)"))
+                }
+            }
+        }
+
+        // The new functions, and whether each old one can be patched at all.
+        var resolved: [LoadedPayload.Resolved] = []
+        for (f, old) in zip(payload.functions, olds) {
+            let newAddress = f.newSymbol.flatMap { s in addresses[Int(s.sectionIndex)].map { $0 + s.value } }
+            if f.newSymbol != nil && newAddress == nil {
+                throw fail(.badRecord(record: f.record, reason: "new function \(f.newSymbol!.name) is not in a loaded section"))
+            }
+            do {
+                try patcher.check(.init(function: f.name, target: newAddress.map { .address($0) } ?? .returnImmediately))
+            } catch {
+                throw fail(.patch("cannot patch \(f.name): \(error)"))
+            }
+            resolved.append(.init(function: f, old: old, newAddress: newAddress))
+        }
+        var exports: [String: UInt64] = [:]
+        for s in elf.symbols where s.isDefined && (s.kind == .function || s.kind == .object) {
+            if let a = addresses[Int(s.sectionIndex)] { exports[s.name] = a + s.value }
+        }
+        var hooks: [PayloadFormat.HookKind: [UInt64]] = [:]
+        for (kind, symbols) in payload.hooks {
+            hooks[kind] = try symbols.map { s in
+                guard let a = addresses[Int(s.sectionIndex)] else { throw fail(.badRecord(record: -1, reason: "hook \(s.name) is not loaded")) }
+                return a + s.value
+            }
+        }
+
+        // Commit: map, copy, tell the vCPUs.
+        var regions: [GuestRegion] = []
+        do {
+            let perms: [MemoryPermissions] = [[.read, .execute], [.read], [.read, .write]]
+            for g in 0..<3 where rounded[g] > 0 {
+                regions.append(try machine.map(name: "payload:\(name.split(separator: "/").last ?? "")#\(g)", at: groupBase[g],
+                                               size: rounded[g], permissions: perms[g]))
+            }
+            for (index, bytes) in contents { try machine.memory.write(addresses[index]!, bytes) }
+            for (_, stub) in stubs { try machine.memory.write(stub.address, stub.bytes) }
+            for r in regions { try machine.codeChanged(at: r.base, length: Int(r.size)) }
+        } catch {
+            for r in regions { machine.unmap(r) }
+            throw error
+        }
+        let loaded = LoadedPayload(payload: payload, regions: regions, sectionAddresses: addresses, exports: exports,
+                                   toc: toc, functions: resolved, hooks: hooks)
+        payloads.append(loaded)
+        do {
+            try runHooks(.load, of: loaded)
+        } catch {
+            payloads.removeLast()
+            for r in regions { machine.unmap(r) }
+            throw error
+        }
+        return loaded
+    }
+
+    // MARK: Life cycle
+
+    /// Redirects every function of the payload, all or none.
+    public func apply(_ p: LoadedPayload) throws {
+        guard !p.isApplied else { return }
+        try runHooks(.preapply, of: p)
+        p.redirects = try patcher.apply(batch: p.functions.map {
+            .init(function: $0.function.name, target: $0.newAddress.map { .address($0) } ?? .returnImmediately,
+                  label: "\(p.payload.name.split(separator: "/").last ?? ""):\($0.function.name)")
+        })
+        try runHooks(.postapply, of: p)
+    }
+
+    /// Reverts the payload's redirects; refused unless all of them are on top.
+    public func revert(_ p: LoadedPayload) throws {
+        guard p.isApplied else { return }
+        for r in p.redirects {
+            if let top = patcher.redirects(of: r.function).last, top.id != r.id {
+                throw PayloadError(p.payload.name, .patch("\(r.function) has a newer redirect (#\(top.id)) on top: revert that payload first"))
+            }
+        }
+        try runHooks(.prerevert, of: p)
+        for r in p.redirects.reversed() { try patcher.revert(id: r.id) }
+        p.redirects = []
+        try runHooks(.postrevert, of: p)
+    }
+
+    /// Removes a reverted payload from guest memory.
+    public func unload(_ p: LoadedPayload) throws {
+        guard !p.isApplied else { throw PayloadError(p.payload.name, .patch("is applied: revert it first")) }
+        if let dependent = payloads.first(where: { $0.payload.dependencies.contains(p.payload.buildID) }) {
+            throw PayloadError(p.payload.name, .patch("payload \(dependent.payload.name) depends on it"))
+        }
+        try runHooks(.unload, of: p)
+        for r in p.regions { machine.unmap(r) }
+        payloads.removeAll { $0 === p }
+    }
+
+    /// Calls each hook of `kind` in the guest, in order, on vCPU 0.
+    func runHooks(_ kind: PayloadFormat.HookKind, of p: LoadedPayload) throws {
+        for address in p.hooks[kind] ?? [] {
+            do {
+                _ = try image.call(CallEntry(kind: .global, address: address), [])
+            } catch {
+                throw PayloadError(p.payload.name, .patch("\(kind.rawValue) hook at 0x\(String(address, radix: 16)) failed: \(error)"))
+            }
+        }
+    }
+}
