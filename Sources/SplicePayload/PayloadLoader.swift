@@ -160,7 +160,14 @@ public final class PayloadLoader {
                     try backend.relocate(type: r.type, addend: r.addend ?? 0, symbol: value, place: place0 + r.offset,
                                          bytes: &contents[rs.targetSectionIndex]!, offset: Int(r.offset), context: context)
                 } catch let e as PatchError {
-                    throw fail(.relocation(section: rs.name, index: i, reason: "\(e)"))
+                    // The location is said once, by the payload error.
+                    let why: String
+                    switch e {
+                    case let .unsupportedRelocation(_, _, type): why = "type \(type) is not supported"
+                    case let .relocationOverflow(_, _, symbol, type, value): why = "\(type) against \(symbol): value \(value) does not fit"
+                    default: why = "\(e)"
+                    }
+                    throw fail(.relocation(section: rs.name, index: i, reason: why))
                 }
             }
         }
