@@ -7,7 +7,7 @@ struct SpliceCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "splice",
         abstract: "Live patching for x86-64 and ppc64le, verified by running real code in Unicorn.",
-        subcommands: [Demo.self, Inspect.self, Call.self, Disasm.self, Bench.self])
+        subcommands: [Demo.self, Inspect.self, Call.self, Disasm.self, Build.self, Patch.self, Bench.self])
 }
 
 /// Formats numbers the way porting engineers read them.
@@ -271,6 +271,7 @@ struct Demo: ParsableCommand {
                 if agreed != cases.count {
                     throw Failure(description: "\(plan.image): \(cases.count - agreed) calls disagree with the oracle")
                 }
+                try payloads(dir: dir, image: path, isa: report.architecture)
                 let backend = try Architectures.backend(for: loaded.elf)
                 let patchImage = dir + "/patch-\(report.architecture).elf"
                 if FileManager.default.fileExists(atPath: patchImage) {
@@ -321,6 +322,34 @@ extension Demo {
 }
 
 extension Demo {
+    /// Every sample source patch: built into a payload, loaded and applied in a fresh
+    /// machine, checked against the patched program's oracle, reverted.
+    func payloads(dir: String, image: String, isa: String) throws {
+        let names = ["01-greeting-len-fix", "02-scaled-plus-two", "03-greeting-sum-helper", "05-hooks"]
+        print("  payloads built by splice build from samples/patches/*.patch:")
+        for name in names {
+            let pd = "\(dir)/patches/\(name)"
+            let target = try ELFFile(contentsOf: image)
+            let backend = try Architectures.backend(for: target)
+            let (bytes, report) = try PayloadBuilder(original: try ELFFile(contentsOf: "\(pd)/orig-\(isa).o"),
+                                                     patched: try ELFFile(contentsOf: "\(pd)/patched-\(isa).o"),
+                                                     target: target, backend: backend).build()
+            let loaded = try loadImage(path: image)
+            let loader = PayloadLoader(patcher: try LivePatcher(image: loaded, backend: backend))
+            let p = try loader.load(try Payload(bytes: bytes, name: name))
+            try loader.apply(p)
+            let cases = try OracleCase.parse(file: "\(pd)/oracle-\(isa).txt")
+            let agree = try cases.filter { try loaded.call($0.function, $0.arguments).signedValue == $0.expected }.count
+            try loader.revert(p)
+            try loader.unload(p)
+            let extra = report.newFunctions.isEmpty ? "" : " + new \(report.newFunctions.joined(separator: ", "))"
+            print("    \(name): \(bytes.count) bytes, changes \(report.changed.joined(separator: ", "))\(extra); "
+                  + "\(agree)/\(cases.count) calls agree with the patched oracle; reverted and unloaded")
+            if agree != cases.count { throw Failure(description: "\(name) on \(isa) disagrees with its oracle") }
+        }
+        print("")
+    }
+
     /// ppc64le: scaled redirected to scaled_v2 in a second image with its own TOC, for
     /// both return strategies; r2 after a local call; the sibling-call hazard.
     func livePatchAcrossTOCs(kernel: String, patch: String) throws {
@@ -351,6 +380,107 @@ extension Demo {
                   + (hazard == 1_001_055 ? "(correct)" : "(expected 1001055: the module's TOC save slot was overwritten)"))
             try patcher.revert("scaled")
             print("    revert: scaled(10) = \(try k.call("scaled", [10]).signedValue)\n")
+        }
+    }
+}
+
+struct Build: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Build a payload from an original and a patched object (like kpatch's create-diff-object).",
+        discussion: """
+        Both objects must be compiled with the target's flags plus -ffunction-sections -fdata-sections. \
+        Changed functions are carried with the new functions, strings and data they need; references to \
+        unchanged code and data become relocations against the target's symbols. The format is described \
+        in docs/payload-format.md.
+        """)
+
+    @Option(help: "The object built from the original source.") var original: String
+    @Option(help: "The object built from the patched source.") var patched: String
+    @Option(help: "The running image the payload is for (symbols, build id).") var target: String
+    @Option(name: .shortAndLong, help: "Where to write the payload.") var output: String
+    @Option(help: "A payload this one depends on (repeatable).") var depends: [String] = []
+    @Option(help: "Also make this function a no-op (new_addr 0; repeatable).") var nop: [String] = []
+    @Option(help: "Record this many of each old function's first bytes as expected bytes.") var expect = 0
+    @Flag(help: "Print JSON.") var json = false
+
+    struct Output: Codable {
+        var payload: String, buildID: String, targetBuildID: String, bytes: Int
+        var changed: [String], newFunctions: [String], carriedCallees: [String], carriedData: [String], external: [String]
+    }
+
+    func run() throws {
+        let out = try reportingErrors { () -> Output in
+            let targetELF = try ELFFile(contentsOf: target)
+            var builder = PayloadBuilder(original: try ELFFile(contentsOf: original), patched: try ELFFile(contentsOf: patched),
+                                         target: targetELF, backend: try Architectures.backend(for: targetELF))
+            builder.dependencies = try depends.map { try Payload(contentsOf: $0) }
+            builder.nopFunctions = nop
+            builder.expectBytes = expect
+            let (bytes, report) = try builder.build()
+            let payload = try Payload(bytes: bytes, name: output) // the loader's own checks, before writing
+            try Data(bytes).write(to: URL(fileURLWithPath: output))
+            return Output(payload: output, buildID: payload.buildIDHex, targetBuildID: targetELF.buildIDHex ?? "",
+                          bytes: bytes.count, changed: report.changed, newFunctions: report.newFunctions,
+                          carriedCallees: report.carriedCallees, carriedData: report.carriedData, external: report.external)
+        }
+        if json { try printJSON(out); return }
+        print("\(out.payload): \(out.bytes) bytes, build id \(out.buildID), for target \(out.targetBuildID)")
+        print("  changed:          \(out.changed.joined(separator: ", "))")
+        if !out.newFunctions.isEmpty { print("  new functions:    \(out.newFunctions.joined(separator: ", "))") }
+        if !out.carriedCallees.isEmpty { print("  carried callees:  \(out.carriedCallees.joined(separator: ", ")) (calls that need the same TOC)") }
+        if !out.carriedData.isEmpty { print("  carried sections: \(out.carriedData.joined(separator: ", "))") }
+        print("  target symbols:   \(out.external.joined(separator: ", "))")
+    }
+}
+
+struct Patch: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Load and apply payloads into a machine running an image, then call functions or check an oracle.")
+
+    @Argument(help: "The target image.") var image: String
+    @Argument(help: "Payloads, loaded and applied in order.") var payloads: [String]
+    @Option(help: "A function call to run after applying: NAME or NAME=ARG,ARG (repeatable).") var call: [String] = []
+    @Option(help: "An oracle output file: every case is run and compared.") var oracle: String?
+    @Flag(help: "Revert and unload everything at the end and check the code bytes are as before.") var revert = false
+
+    func run() throws {
+        try reportingErrors {
+            let loaded = try loadImage(path: image)
+            let loader = PayloadLoader(patcher: try LivePatcher(image: loaded, backend: try Architectures.backend(for: loaded.elf)))
+            let code = try loaded.machine.memory.regions.filter { $0.permissions.contains(.execute) }
+                .map { try loaded.machine.memory.read($0.base, count: Int($0.size)) }
+            var applied: [LoadedPayload] = []
+            for path in payloads {
+                let p = try loader.load(try Payload(contentsOf: path))
+                try loader.apply(p)
+                applied.append(p)
+                print("applied \(path): " + p.functions.map { f in
+                    "\(f.function.name) -> " + (f.newAddress.map { hex($0) } ?? "no-op")
+                }.joined(separator: ", ") + " (regions " + p.regions.map { "\(hex($0.base)) \($0.permissions)" }.joined(separator: ", ") + ")")
+            }
+            for spec in call {
+                let parts = spec.split(separator: "=", maxSplits: 1)
+                let args = try parts.count > 1 ? parts[1].split(separator: ",").map { try parseInteger(String($0)) } : []
+                let r = try loaded.call(String(parts[0]), args)
+                print("\(parts[0])(\(args.map(String.init).joined(separator: ", "))) = \(r.signedValue)")
+            }
+            if let oracle {
+                let cases = try OracleCase.parse(file: oracle)
+                var bad = 0
+                for c in cases where try loaded.call(c.function, c.arguments).signedValue != c.expected { bad += 1 }
+                print("\(cases.count - bad)/\(cases.count) calls agree with \(oracle)")
+                if bad > 0 { throw Failure(description: "\(bad) calls disagree with the oracle") }
+            }
+            if revert {
+                for p in applied.reversed() {
+                    try loader.revert(p)
+                    try loader.unload(p)
+                }
+                let after = try loaded.machine.memory.regions.filter { $0.permissions.contains(.execute) }
+                    .map { try loaded.machine.memory.read($0.base, count: Int($0.size)) }
+                print("reverted and unloaded: code bytes \(after == code ? "identical to before" : "DIFFERENT")")
+                if after != code { throw Failure(description: "code differs after revert") }
+            }
         }
     }
 }

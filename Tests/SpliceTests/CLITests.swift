@@ -91,3 +91,27 @@ final class PPC64LERedirectPreviewCLITests: XCTestCase {
         XCTAssertTrue(r.out.contains("scaled(10) = 31 in 9 instructions before; 1050 in"), r.out)
     }
 }
+
+final class PayloadCLITests: XCTestCase {
+    func testBuildThenPatchWithOracleAndRevert() throws {
+        for isa in ["x86_64", "ppc64le"] {
+            let dir = samplePath("patches/02-scaled-plus-two")
+            let out = NSTemporaryDirectory() + "splice-cli-02-\(isa).lp"
+            defer { unlink(out) }
+            let build = try runSplice(["build", "--original", "\(dir)/orig-\(isa).o", "--patched", "\(dir)/patched-\(isa).o",
+                                       "--target", PayloadTests.targetPath(isa), "-o", out, "--json"])
+            XCTAssertEqual(build.status, 0, build.err)
+            let report = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(build.out.utf8)) as? [String: Any])
+            XCTAssertEqual(report["changed"] as? [String], ["scaled"])
+            let patch = try runSplice(["patch", PayloadTests.targetPath(isa), out, "--call", "scaled=10",
+                                       "--oracle", "\(dir)/oracle-\(isa).txt", "--revert"])
+            XCTAssertEqual(patch.status, 0, patch.err)
+            XCTAssertTrue(patch.out.contains("scaled(10) = 32"), patch.out)
+            XCTAssertTrue(patch.out.contains("29/29 calls agree"), patch.out)
+            XCTAssertTrue(patch.out.contains("code bytes identical to before"), patch.out)
+        }
+        let wrong = try runSplice(["patch", PayloadTests.targetPath("x86_64"), samplePath(Samples.x86_64)])
+        XCTAssertEqual(wrong.status, 1)
+        XCTAssertTrue(wrong.err.contains("is ET_EXEC (executable), not a relocatable object"), wrong.err)
+    }
+}
