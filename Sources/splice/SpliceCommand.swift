@@ -487,7 +487,30 @@ struct Patch: ParsableCommand {
 
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Benchmarks that print what they measure on this machine.",
-                                                    subcommands: [Emu.self, Redirect.self])
+                                                    subcommands: [Emu.self, Redirect.self, PayloadLoad.self])
+
+    struct PayloadLoad: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "payload",
+            abstract: "Load + relocate time of a generated payload, next to eu-readelf -r reading the same file.")
+        @Option(help: "Functions in the generated payload.") var functions = 10_000
+        @Option(help: "Rounds (best of each side).") var rounds = 5
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() throws {
+            let rows = try reportingErrors { try PayloadBenchmark.run(samples: try Samples.directory(), count: functions, rounds: rounds) }
+            if json { try printJSON(rows); return }
+            print("splice bench payload: parse + place + relocate + map of a generated payload, best of \(rounds)")
+            print("isa       functions  relocations  bytes      splice ms   eu-readelf -r ms   ratio")
+            for r in rows {
+                print([r.architecture.padding(toLength: 9, withPad: " ", startingAt: 0),
+                       String(format: "%9d", r.functions), String(format: "%12d", r.relocations), String(format: "%9d", r.bytes),
+                       String(format: "%11.1f", r.spliceSeconds * 1000),
+                       r.readelfSeconds.map { String(format: "%18.1f", $0 * 1000) } ?? "   (no eu-readelf)",
+                       r.ratio.map { String(format: "%7.2f", $0) } ?? ""].joined(separator: " "))
+            }
+        }
+    }
 
     struct Redirect: ParsableCommand {
         static let configuration = CommandConfiguration(
