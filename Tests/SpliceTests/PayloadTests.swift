@@ -52,9 +52,10 @@ final class PayloadTests: XCTestCase {
                 try assertOracle(image, samplePath("patches/\(name)/oracle-\(isa).txt"), "\(name) \(isa) applied")
                 try loader.revert(lp)
                 try loader.unload(lp)
-                // Fresh state for the stateful counter calls: compare with the original oracle
-                // in a new machine after checking the code bytes here.
                 XCTAssertEqual(try Self.memory(image).filter { $0.key.contains("#0") }, code, "\(name) \(isa): text bytes back")
+                // The original output again (tick_count reset: the oracle starts from 0).
+                try image.machine.memory.writeUInt64(try XCTUnwrap(image.elf.symbol(named: "tick_count")).value, 0)
+                try assertOracle(image, samplePath("oracle-\(isa).txt"), "\(name) \(isa) reverted")
                 XCTAssertFalse(image.machine.memory.regions.contains { $0.name.hasPrefix("payload:") }, "unloaded")
             }
         }
@@ -109,6 +110,25 @@ final class PayloadTests: XCTestCase {
             try loader.revert(l02)
             try loader.unload(l02)
         }
+    }
+
+    /// ppc64le: a call from payload code into another module's function (another TOC)
+    /// goes through a stub, and the nop after it becomes ld r2,24(r1).
+    func testCrossTOCCallGoesThroughAStubAndRestoresR2() throws {
+        let (payload, _, _) = try Self.build("03-greeting-sum-helper", "ppc64le")
+        let (image, loader) = try Self.machine("ppc64le")
+        let lp = try loader.load(payload)
+        let f = try XCTUnwrap(payload.elf.symbol(named: "greeting_sum"))
+        let address = try XCTUnwrap(lp.sectionAddresses[Int(f.sectionIndex)]) + f.value
+        let listing = try image.machine.disassemble(at: address, count: Int(f.size / 4)).map(\.text)
+        let call = try XCTUnwrap(listing.indices.dropLast().first { listing[$0].hasPrefix("bl ") && listing[$0 + 1] == "ld r2, 0x18(r1)" },
+                                 "\(listing)")
+        let stub = UInt64(listing[call].dropFirst(5), radix: 16)!
+        let stubListing = try image.machine.disassemble(at: stub, count: 5).map(\.text)
+        XCTAssertEqual(stubListing.first, "std r2, 0x18(r1)")
+        XCTAssertTrue(stubListing.contains("mtctr r12") && stubListing.contains("bctr"), "\(stubListing)")
+        try loader.apply(lp)
+        XCTAssertEqual(try image.call("greeting_sum", [0]).signedValue, 7584, "returns through the stub with the payload's TOC")
     }
 
     func testLoadAndUnloadHooksRunInTheGuest() throws {
