@@ -130,6 +130,29 @@ __attribute__((noinline, used, aligned(65536), section(".text.boundary"))) long 
     return x ^ 0x5a;
 }
 
+/* The return-to-guest path: the host stops vCPUs here when it has work for them. */
+KFUNC void safe_point(void) { __asm__ volatile("" ::: "memory"); }
+
+KFUNC long workload(struct cpu_ring *ring, long iterations) {
+    for (long i = 0; iterations == 0 || i < iterations; i++) {
+        long x = i & 1023;
+        long slot = i & (CPU_RING - 1);
+        ring->pairs[slot][0] = x;
+        ring->pairs[slot][1] = scaled(x);
+        ring->pairs[slot][2] = apply_unary(0, x);
+        ring->iterations = i + 1;
+        safe_point();
+    }
+    return iterations;
+}
+
+KFUNC long spin_while(volatile long *flag) {
+    long n = 0;
+    while (*flag)
+        n++;
+    return n;
+}
+
 KFUNC long kernel_main(void) {
     long r = 0;
     r += add(1, 2);

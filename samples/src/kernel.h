@@ -26,6 +26,18 @@ long toc_after_pointer_call(long which, long x); /* same through unary_table: a 
 long boundary_leaf(long x);            /* starts exactly on a 64 KiB boundary (ppc64le seed's guard) */
 long kernel_main(void);
 
+/* The multi-vCPU workload: each vCPU loops calling patchable functions, records
+ * (argument, result) pairs in its own ring, and passes the return-to-guest safe point once
+ * per iteration (where a rendezvous stops it). */
+#define CPU_RING 64
+struct cpu_ring {
+    long iterations;
+    long pairs[CPU_RING][3]; /* x, scaled(x), apply_unary(0, x) */
+};
+void safe_point(void);
+long workload(struct cpu_ring *ring, long iterations);
+long spin_while(volatile long *flag);  /* never reaches the safe point: "interrupts off" */
+
 extern long observed_toc;
 
 extern long tick_count;
