@@ -81,3 +81,16 @@ uc_err splice_hook_faults(uc_engine *uc, uc_hook hooks[3], splice_stop_record *r
     return uc_hook_add(uc, &hooks[2], UC_HOOK_INSN_INVALID, (void *)on_invalid_instruction,
                        record, 1, 0);
 }
+
+static void on_safe_point(uc_engine *uc, uint64_t address, uint32_t size, void *user) {
+    (void)address; (void)size;
+    if (__atomic_load_n((const int *)user, __ATOMIC_ACQUIRE))
+        uc_emu_stop(uc);
+}
+
+uc_err splice_hook_safe_point(uc_engine *uc, uc_hook *hh, uint64_t address, const int *pending) {
+    return uc_hook_add(uc, hh, UC_HOOK_CODE, (void *)on_safe_point, (void *)pending, address, address);
+}
+
+void splice_flag_store(int *flag, int value) { __atomic_store_n(flag, value, __ATOMIC_RELEASE); }
+int splice_flag_load(const int *flag) { return __atomic_load_n(flag, __ATOMIC_ACQUIRE); }

@@ -31,6 +31,8 @@ public final class LivePatcher {
     public private(set) var active: [ActiveRedirect] = []
     /// The backend's runtime in this machine (nil when it needs none).
     public private(set) var runtime: (any PatchRuntime)?
+    /// Where writes happen: directly (default), or inside a rendezvous of running vCPUs.
+    public var executor: PatchExecutor
     private var nextID = 1
     /// Bytes this patcher wrote, by guest address: what memory must hold there now.
     private var written: [UInt64: UInt8] = [:]
@@ -46,7 +48,9 @@ public final class LivePatcher {
         self.image = image
         self.backend = backend
         self.space = space ?? CodeSpace(machine: image.machine)
-        try write(try backend.prepare(image))
+        executor = DirectExecutor(machine: image.machine)
+        let start = try backend.prepare(image)
+        try executor.execute { changed in self.write(start, changed: changed) }
         runtime = try backend.installRuntime(for: image, space: self.space)
     }
 
@@ -124,7 +128,16 @@ public final class LivePatcher {
                 throw PatchError.unexpectedBytes(function: entry.function, address: w.address, expected: w.bytes, found: found)
             }
         }
-        try write(entry.undo.reversed())
+        try executor.execute { changed in
+            // Again, now that nothing runs: then put the saved bytes back, newest first.
+            for w in entry.plan.writes {
+                let found = try self.machine.memory.read(w.address, count: w.bytes.count)
+                guard found == w.bytes else {
+                    throw PatchError.unexpectedBytes(function: entry.function, address: w.address, expected: w.bytes, found: found)
+                }
+            }
+            self.write(entry.undo.reversed(), changed: changed)
+        }
         for w in entry.undo where isAllocated(w.address, in: entry) { forget(w) }
         for a in entry.plan.allocations { space.release(a) }
         active.remove(at: index)
@@ -169,13 +182,35 @@ public final class LivePatcher {
         }
     }
 
+    /// A batch encoded, allocated and checked, not yet written.
+    public struct PreparedBatch {
+        public let items: [BatchItem]
+        public let plans: [PatchPlan]
+        /// For each plan, what each write will replace (checked again at commit).
+        public let undos: [[CodeWrite]]
+    }
+
     /// Applies several redirects as one: every site is found, every plan encoded and every
     /// place checked before the first byte is written, so either all of them are in force
-    /// afterwards or none is (and allocations are released).
+    /// afterwards or none is (and allocations are released). The writes go through the
+    /// executor (inside a rendezvous when vCPUs are running).
     @discardableResult
     public func apply(batch: [BatchItem]) throws -> [ActiveRedirect] {
+        let prepared = try prepare(batch: batch)
+        var entries: [ActiveRedirect] = []
+        do {
+            try executor.execute { changed in entries = try self.commit(prepared, changed: changed) }
+        } catch {
+            abandon(prepared)
+            throw error
+        }
+        return entries
+    }
+
+    /// Everything a batch needs, before any vCPU is stopped: sites, encodings, far-jump
+    /// slots and stubs, and the bytes each write will replace.
+    public func prepare(batch: [BatchItem]) throws -> PreparedBatch {
         var plans: [(BatchItem, PatchPlan)] = []
-        func releaseAll() { for (_, p) in plans { for a in p.allocations { space.release(a) } } }
         do {
             for item in batch {
                 let symbol = try function(item.function)
@@ -186,7 +221,6 @@ public final class LivePatcher {
                 }
                 plans.append((item, try backend.encode(item.target, at: site, in: image.elf, runtime: runtime, space: space)))
             }
-            // Check every place before writing any.
             var undos: [[CodeWrite]] = []
             for (item, plan) in plans {
                 var undo: [CodeWrite] = []
@@ -200,20 +234,43 @@ public final class LivePatcher {
                 }
                 undos.append(undo)
             }
-            var entries: [ActiveRedirect] = []
-            for ((item, plan), undo) in zip(plans, undos) {
-                try write(plan.writes)
-                let entry = ActiveRedirect(id: nextID, function: item.function, target: item.target, targetName: item.label,
-                                           plan: plan, undo: undo)
-                nextID += 1
-                active.append(entry)
-                entries.append(entry)
-            }
-            return entries
+            return PreparedBatch(items: plans.map(\.0), plans: plans.map(\.1), undos: undos)
         } catch {
-            releaseAll()
+            for (_, p) in plans { for a in p.allocations { space.release(a) } }
             throw error
         }
+    }
+
+    /// Releases what `prepare` allocated, for a batch that will not be committed.
+    public func abandon(_ prepared: PreparedBatch) {
+        for p in prepared.plans { for a in p.allocations { space.release(a) } }
+    }
+
+    /// Writes a prepared batch (called by the executor, while nothing runs). Each place is
+    /// verified again against what `prepare` saw; if the k-th does not match, the writes
+    /// of the first k−1 are undone before this throws, so nothing stays half-applied.
+    func commit(_ prepared: PreparedBatch, changed: (UInt64, Int) -> Void) throws -> [ActiveRedirect] {
+        var done: [CodeWrite] = []
+        for ((item, plan), undo) in zip(zip(prepared.items, prepared.plans), prepared.undos) {
+            for (w, before) in zip(plan.writes, undo) {
+                let found = try machine.memory.read(w.address, count: w.bytes.count)
+                guard found == before.bytes else {
+                    write(done.reversed(), changed: changed)
+                    throw PatchError.unexpectedBytes(function: item.function, address: w.address, expected: before.bytes, found: found)
+                }
+                write([w], changed: changed)
+                done.append(before)
+            }
+        }
+        var entries: [ActiveRedirect] = []
+        for ((item, plan), undo) in zip(zip(prepared.items, prepared.plans), prepared.undos) {
+            let entry = ActiveRedirect(id: nextID, function: item.function, target: item.target, targetName: item.label,
+                                       plan: plan, undo: undo)
+            nextID += 1
+            active.append(entry)
+            entries.append(entry)
+        }
+        return entries
     }
 
     /// Encodes a redirect without writing anything (a load-time check that a payload's
@@ -235,13 +292,13 @@ public final class LivePatcher {
         return bytes
     }
 
-    /// Writes in order, then drops translated code on every vCPU. The caller has checked
-    /// that each place is mapped; a write cannot fail half-way.
-    private func write<S: Sequence>(_ writes: S) throws where S.Element == CodeWrite {
+    /// Writes in order and reports each changed range. Every place was read (so it is
+    /// mapped) before; a write cannot fail half-way.
+    private func write<S: Sequence>(_ writes: S, changed: (UInt64, Int) -> Void) where S.Element == CodeWrite {
         for w in writes {
-            try machine.memory.write(w.address, w.bytes)
+            try? machine.memory.write(w.address, w.bytes)
             for (i, b) in w.bytes.enumerated() { written[w.address + UInt64(i)] = b }
-            try machine.codeChanged(at: w.address, length: w.bytes.count)
+            changed(w.address, w.bytes.count)
         }
     }
 

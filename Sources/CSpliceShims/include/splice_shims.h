@@ -46,4 +46,12 @@ typedef struct {
  * stop the engine. The record must outlive the hooks. */
 uc_err splice_hook_faults(uc_engine *uc, uc_hook hooks[3], splice_stop_record *record);
 
+/* Stops the engine when it is about to execute `address` while *pending is nonzero: the
+ * vCPU's return-to-guest safe point. Costs one callback per pass, none elsewhere. */
+uc_err splice_hook_safe_point(uc_engine *uc, uc_hook *hh, uint64_t address, const int *pending);
+
+/* Atomic access to the pending flag from Swift. */
+void splice_flag_store(int *flag, int value);
+int splice_flag_load(const int *flag);
+
 #endif
