@@ -36,6 +36,8 @@ let package = Package(
             "SpliceELF", "SpliceMachine", "SplicePatching", .product(name: "Crypto", package: "swift-crypto"),
         ]),
 
+        .target(name: "SpliceRuntime", dependencies: ["CSpliceShims", "SpliceMachine", "SplicePatching"]),
+
         .target(name: "SpliceX86_64", dependencies: ["SpliceMachine", "SplicePatching"], path: "arch/x86_64",
                 exclude: ["README.md"]),
         .target(name: "SplicePPC64LE", dependencies: ["SpliceMachine", "SplicePatching"], path: "arch/ppc64le",
@@ -43,7 +45,7 @@ let package = Package(
 
         .target(name: "Splice",
                 dependencies: ["SpliceMachine", "SpliceELF", "SpliceDisassembly", "SplicePatching", "SplicePayload",
-                               "SpliceX86_64", "SplicePPC64LE"]),
+                               "SpliceRuntime", "SpliceX86_64", "SplicePPC64LE"]),
         .executableTarget(name: "splice", dependencies: [
             "Splice", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),

@@ -3,6 +3,7 @@
 @_exported import SpliceMachine
 @_exported import SplicePatching
 @_exported import SplicePayload
+@_exported import SpliceRuntime
 @_exported import SplicePPC64LE
 @_exported import SpliceX86_64
 

@@ -136,6 +136,47 @@ public final class VCPU {
         public var hostNanoseconds: UInt64
     }
 
+    /// Why a run ended.
+    public enum Stop {
+        /// The PC reached `until`.
+        case returned
+        /// Stopped early with no fault (a stop request, the safe point): resume at `pc`.
+        case stopped(pc: UInt64)
+        case fault(GuestFault)
+    }
+
+    /// Runs from `begin` with no bounds until the PC reaches `until`, a stop request, or a
+    /// fault. For vCPUs that run on their own thread.
+    public func runUntilStopped(from begin: UInt64, until: UInt64) -> Stop {
+        do {
+            _ = try run(from: begin, until: until, limits: Limits(timeoutMicroseconds: 0, instructions: 0))
+            return .returned
+        } catch let fault as GuestFault {
+            if case .limitReached = fault.kind { return .stopped(pc: fault.pc) }
+            return .fault(fault)
+        } catch {
+            return .fault(GuestFault(kind: .limitReached("\(error)"), pc: 0, architecture: architecture.name))
+        }
+    }
+
+    /// Stops this vCPU when it is about to execute `address` while `*pending` is nonzero
+    /// (the return-to-guest safe point of a rendezvous).
+    public func installSafePoint(at address: UInt64, pending: UnsafeMutablePointer<Int32>) throws {
+        var hook: uc_hook = 0
+        try check(splice_hook_safe_point(engine.handle, &hook, address, pending), "uc_hook_add(safe point)")
+        try dropTranslatedCode() // a hook only instruments code translated after it exists
+    }
+
+    /// Drops this engine's translated code for [address, address + length). Call it on the
+    /// thread that runs this vCPU.
+    public func dropTranslations(at address: UInt64, length: Int) throws {
+        try engine.removeTranslations(from: address, to: address + UInt64(length))
+    }
+
+    /// Asks the running engine to stop; safe from any thread (a request made before the
+    /// engine starts is lost: repeat it until the vCPU's thread reports back).
+    public func requestStop() { engine.requestStop() }
+
     /// Runs from `begin` until the PC reaches `until`. Anything else — a fault, a
     /// trap, a limit — is thrown as a `GuestFault` with the PC it happened at.
     public func run(from begin: UInt64, until: UInt64, limits: Limits = Limits()) throws -> RunResult {

@@ -1,0 +1,211 @@
+import CSpliceShims
+import Foundation
+import SpliceMachine
+import SplicePatching
+
+/// Stop-the-machine patching as in Xen's livepatch (seed 000): the request sets a flag
+/// every vCPU checks at its return-to-guest safe point; the first to arrive becomes the
+/// master and counts the others in, bounded by a timeout; a second phase stands for
+/// "interrupts off"; the master writes; every vCPU drops its translated code for what
+/// changed, on its own thread, and resumes. If not everyone arrives in time the action is
+/// abandoned with -EBUSY before anything is written.
+///
+/// It is the `PatchExecutor` of a `LivePatcher` while vCPUs run: redirects, reverts and
+/// payload applies go through it unchanged.
+public final class Rendezvous: PatchExecutor {
+    /// Why an action did not happen.
+    public enum Failure: Error, Equatable, CustomStringConvertible {
+        /// -EBUSY: not every vCPU reached the safe point within the timeout.
+        case busy(timeoutMicroseconds: UInt64, arrived: Int, expected: Int)
+
+        public var errno: Int32 { -16 } // EBUSY
+        public var description: String {
+            switch self {
+            case let .busy(t, a, e):
+                return "rendezvous timed out (EBUSY): \(a) of \(e) vCPUs reached the safe point within \(t) µs; nothing was written"
+            }
+        }
+    }
+
+    /// When each phase of the last action happened, in nanoseconds from the request.
+    public struct Trace: Sendable, CustomStringConvertible {
+        public var master: Int = -1
+        public var vcpus = 0
+        public var masterArrived: UInt64 = 0
+        public var allArrived: UInt64 = 0
+        public var interruptsOff: UInt64 = 0
+        public var written: UInt64 = 0
+        public var resumed: UInt64 = 0
+        public var ranges = 0
+        public var aborted = false
+        /// When the master (or, with no master, the requester) gave up.
+        public var abortedAt: UInt64 = 0
+        public var description: String {
+            func us(_ ns: UInt64) -> String { String(format: "%.1f", Double(ns) / 1000) }
+            return "master vCPU \(master) of \(vcpus): arrived \(us(masterArrived)) µs, all in \(us(allArrived)), "
+                + "irqs off \(us(interruptsOff)), written \(us(written)) (\(ranges) ranges), all resumed \(us(resumed))"
+                + (aborted ? " [aborted]" : "")
+        }
+    }
+
+    enum Phase { case idle, gathering, interruptsOff, done, aborted }
+
+    /// The flag the safe-point hooks read (C atomics).
+    public let pending: UnsafeMutablePointer<Int32>
+    /// Default time for everyone to arrive (seed 000: 30 ms).
+    public var timeoutMicroseconds: UInt64 = 30_000
+    public private(set) var lastTrace = Trace()
+
+    private let lock = NSCondition()
+    private var phase = Phase.idle
+    private var liveVCPUs = 0
+    private var arrived: Set<Int> = []
+    private var acknowledged = 0
+    private var resumed = 0
+    private var master: Int?
+    private var work: (((UInt64, Int) -> Void) throws -> Void)?
+    private var workError: Error?
+    private var ranges: [(UInt64, Int)] = []
+    private var requestTime: UInt64 = 0
+    private var trace = Trace()
+
+    public init() {
+        pending = .allocate(capacity: 1)
+        pending.initialize(to: 0)
+    }
+
+    deinit { pending.deallocate() }
+
+    static func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
+
+    // MARK: vCPU threads
+
+    /// A vCPU thread starts or stops taking part.
+    func vcpuStarted() { lock.lock(); liveVCPUs += 1; lock.unlock() }
+    func vcpuExited(_ index: Int) {
+        lock.lock()
+        liveVCPUs -= 1
+        lock.broadcast()
+        lock.unlock()
+    }
+
+    /// Called by a vCPU thread that stopped at the safe point. Returns once the action is
+    /// over for it, after `drop` has been given the changed ranges (on this thread).
+    func participate(_ index: Int, drop: ([(UInt64, Int)]) -> Void) {
+        lock.lock()
+        guard phase == .gathering, !arrived.contains(index) else { lock.unlock(); return }
+        arrived.insert(index)
+        if master == nil {
+            master = index
+            trace.master = index
+            trace.masterArrived = Self.now() - requestTime
+        }
+        lock.broadcast()
+        if master == index {
+            let deadline = Date(timeIntervalSinceNow: Double(timeoutMicroseconds) / 1e6)
+            while arrived.count < liveVCPUs && phase == .gathering && lock.wait(until: deadline) {}
+            if arrived.count < liveVCPUs || phase != .gathering {
+                abort()
+            } else {
+                trace.allArrived = Self.now() - requestTime
+                phase = .interruptsOff
+                lock.broadcast()
+                // Its own window: everyone is already waiting here, so only a vCPU that
+                // cannot acknowledge (never, in this emulator) should make it fail.
+                let ackDeadline = Date(timeIntervalSinceNow: Double(timeoutMicroseconds) / 1e6)
+                while acknowledged < arrived.count - 1 && lock.wait(until: ackDeadline) {}
+                if acknowledged < arrived.count - 1 {
+                    abort()
+                } else {
+                    trace.interruptsOff = Self.now() - requestTime
+                    do {
+                        try work? { self.ranges.append(($0, $1)) }
+                    } catch {
+                        workError = error
+                    }
+                    trace.written = Self.now() - requestTime
+                    trace.ranges = ranges.count
+                    phase = .done
+                    splice_flag_store(pending, 0)
+                    lock.broadcast()
+                }
+            }
+        } else {
+            while phase == .gathering { lock.wait() }
+            if phase == .interruptsOff {
+                acknowledged += 1
+                lock.broadcast()
+                while phase == .interruptsOff { lock.wait() }
+            }
+        }
+        let changed = phase == .done ? ranges : []
+        lock.unlock()
+        drop(changed)
+        lock.lock()
+        resumed += 1
+        lock.broadcast()
+        lock.unlock()
+    }
+
+    /// With the lock held: give up, nothing written.
+    private func abort() {
+        phase = .aborted
+        trace.aborted = true
+        trace.abortedAt = Self.now() - requestTime
+        splice_flag_store(pending, 0)
+        lock.broadcast()
+    }
+
+    // MARK: The requesting thread
+
+    /// Runs `work` while every running vCPU waits at its safe point. Throws `.busy` if
+    /// they do not all arrive in time (nothing written), or whatever `work` threw (it has
+    /// undone its own writes).
+    public func execute(_ work: (_ changed: (UInt64, Int) -> Void) throws -> Void) throws {
+        try withoutActuallyEscaping(work) { work in
+            lock.lock()
+            precondition(phase == .idle, "one rendezvous at a time")
+            requestTime = Self.now()
+            trace = Trace()
+            trace.vcpus = liveVCPUs
+            arrived = []
+            acknowledged = 0
+            resumed = 0
+            master = nil
+            ranges = []
+            workError = nil
+            self.work = work
+            let expected = liveVCPUs
+            if expected == 0 {
+                // Nothing runs: write directly.
+                lock.unlock()
+                var changed: [(UInt64, Int)] = []
+                defer { self.work = nil }
+                try work { changed.append(($0, $1)) }
+                return
+            }
+            phase = .gathering
+            splice_flag_store(pending, 1)
+            // If no vCPU reaches the safe point at all there is no master to time out:
+            // the requester does, a little later than the master would have.
+            let deadline = Date(timeIntervalSinceNow: 2 * Double(timeoutMicroseconds) / 1e6 + 0.05)
+            while (phase == .gathering || phase == .interruptsOff) && lock.wait(until: deadline) {}
+            if phase == .gathering && master == nil { abort() }
+            while phase == .gathering || phase == .interruptsOff { lock.wait() }
+            // Everyone that arrived resumes (after dropping translations) before we return.
+            while resumed < arrived.count { lock.wait() }
+            trace.resumed = Self.now() - requestTime
+            let outcome = phase
+            let arrivedCount = arrived.count
+            lastTrace = trace
+            phase = .idle
+            self.work = nil
+            let error = workError
+            lock.unlock()
+            if outcome == .aborted {
+                throw Failure.busy(timeoutMicroseconds: timeoutMicroseconds, arrived: arrivedCount, expected: expected)
+            }
+            if let error { throw error }
+        }
+    }
+}

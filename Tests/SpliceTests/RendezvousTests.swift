@@ -1,0 +1,147 @@
+import Foundation
+import Splice
+import XCTest
+
+/// Many vCPUs running the sample workload on their own threads while payloads go in and
+/// out through the rendezvous.
+final class RendezvousTests: XCTestCase {
+    struct Running {
+        let image: LoadedImage
+        let patcher: LivePatcher
+        let loader: PayloadLoader
+        let runner: MachineRunner
+        let rings: GuestRegion
+        let vcpus: Int
+        static let ringSize: UInt64 = 8 + 64 * 24
+
+        func ring(_ i: Int) -> UInt64 { rings.base + UInt64(i) * Self.ringSize }
+        /// The word `spin_while` loops on.
+        var spinFlag: UInt64 { rings.end - 8 }
+
+        /// Every complete (x, scaled(x), apply_unary(0, x)) record of a vCPU, and how many
+        /// iterations it finished. The guest counts an iteration after writing its slot, so
+        /// the slot of the iteration in progress (a vCPU stops anywhere) is left out.
+        func records(_ i: Int) throws -> (iterations: UInt64, pairs: [(UInt64, Int64, Int64)]) {
+            let m = image.machine.memory
+            let n = try m.readUInt64(ring(i))
+            let inProgress = Int(n % 64)
+            let pairs = try (0..<Int(min(n, 64))).filter { $0 != inProgress || n < 64 }.map { k -> (UInt64, Int64, Int64) in
+                let base = ring(i) + 8 + UInt64(24 * k)
+                return (try m.readUInt64(base), Int64(bitPattern: try m.readUInt64(base + 8)),
+                        Int64(bitPattern: try m.readUInt64(base + 16)))
+            }
+            return (n, pairs)
+        }
+
+        func code() throws -> [String: [UInt8]] {
+            var out: [String: [UInt8]] = [:]
+            for r in image.machine.memory.regions where r.permissions.contains(.execute) && !r.name.hasPrefix("payload") {
+                out[r.name] = try image.machine.memory.read(r.base, count: Int(r.size))
+            }
+            return out
+        }
+    }
+
+    /// Loads the kernel with `vcpus` vCPUs, loads `payloads` (not applied), starts the
+    /// workload on every vCPU except those in `spinning`, which spin on a flag instead.
+    func start(_ isa: String, vcpus: Int, payloads: [Payload], spinning: Set<Int> = []) throws -> (Running, [LoadedPayload]) {
+        let elf = try ELFFile(contentsOf: PayloadTests.targetPath(isa))
+        let machine = try Machine(architecture: try Architectures.forELF(elf), vcpuCount: vcpus)
+        let image = try machine.load(elf)
+        let patcher = try LivePatcher(image: image, backend: try Architectures.backend(for: elf))
+        let loader = PayloadLoader(patcher: patcher)
+        let loaded = try payloads.map { try loader.load($0) }
+        let rings = try machine.map(name: "rings", at: 0x5800_0000, size: 0x1_0000, permissions: [.read, .write])
+        let runner = try MachineRunner(machine: machine, safePoint: try image.function(named: "safe_point").value)
+        patcher.executor = runner.rendezvous
+        let running = Running(image: image, patcher: patcher, loader: loader, runner: runner, rings: rings, vcpus: vcpus)
+        let workload = try XCTUnwrap(image.entries(of: "workload").first)
+        let spin = try XCTUnwrap(image.entries(of: "spin_while").first)
+        for i in 0..<vcpus {
+            if spinning.contains(i) {
+                try machine.memory.writeUInt64(running.spinFlag, 1)
+                try runner.start(vcpu: i, entry: spin, arguments: [Int64(running.spinFlag)])
+            } else {
+                try runner.start(vcpu: i, entry: workload, arguments: [Int64(running.ring(i)), 0])
+            }
+        }
+        return (running, loaded)
+    }
+
+    func testApplyRevertWhileFourVCPUsRun() throws {
+        for isa in PayloadTests.isas {
+            let (p02, _, _) = try PayloadTests.build("02-scaled-plus-two", isa)
+            let (r, loaded) = try start(isa, vcpus: 4, payloads: [p02])
+            // This test is about atomicity, not timing: 4 busy vCPU threads share 2 host
+            // cores, so give slow scheduling room (the EBUSY test checks the 30 ms default).
+            r.runner.rendezvous.timeoutMicroseconds = 1_000_000
+            let lp = loaded[0]
+            let pristine = try r.code()
+            Thread.sleep(forTimeInterval: 0.02)
+            for _ in 0..<50 {
+                try r.loader.apply(lp)
+                try r.loader.revert(lp)
+            }
+            try r.loader.apply(lp)
+            let appliedAt = try (0..<r.vcpus).map { try r.records($0).iterations }
+            Thread.sleep(forTimeInterval: 0.05)
+            r.runner.stop()
+            for i in 0..<r.vcpus {
+                XCTAssertEqual(r.runner.state(of: i), .stopped, "\(isa) vCPU \(i)")
+                let (n, pairs) = try r.records(i)
+                XCTAssertGreaterThan(n, appliedAt[i], "\(isa) vCPU \(i) ran on after the last apply")
+                for (x, s, u) in pairs {
+                    let old = Int64(x) * 3 + 1, new = Int64(x) * 3 + 2
+                    XCTAssertTrue(s == old || s == new, "\(isa) vCPU \(i): scaled(\(x)) = \(s)")
+                    XCTAssertTrue(u == old || u == new, "\(isa) vCPU \(i): apply_unary(0, \(x)) = \(u)")
+                }
+                // The newest complete record was made after the last apply: new.
+                let newest = try r.image.machine.memory.read(r.ring(i) + 8 + UInt64(24 * Int((n - 1) % 64)), count: 16)
+                let x = newest[0..<8].enumerated().reduce(Int64(0)) { $0 | Int64($1.element) << (8 * Int64($1.offset)) }
+                let s = newest[8..<16].enumerated().reduce(Int64(0)) { $0 | Int64($1.element) << (8 * Int64($1.offset)) }
+                XCTAssertEqual(s, x * 3 + 2, "\(isa) vCPU \(i)")
+            }
+            try r.loader.revert(lp) // vCPUs stopped: direct
+            XCTAssertEqual(try r.code(), pristine, "\(isa): text byte-identical after the last revert")
+            print("\(isa): last rendezvous: \(r.runner.rendezvous.lastTrace)")
+        }
+    }
+
+    func testAVCPUThatNeverArrivesMakesTheActionFailWithEBUSY() throws {
+        for isa in PayloadTests.isas {
+            let (p02, _, _) = try PayloadTests.build("02-scaled-plus-two", isa)
+            let (r, loaded) = try start(isa, vcpus: 2, payloads: [p02], spinning: [0])
+            let lp = loaded[0]
+            let timeout = r.runner.rendezvous.timeoutMicroseconds
+            let before = try r.code()
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            XCTAssertThrowsError(try r.loader.apply(lp)) { error in
+                XCTAssertEqual(error as? Rendezvous.Failure, .busy(timeoutMicroseconds: timeout, arrived: 1, expected: 2), isa)
+                XCTAssertEqual((error as? Rendezvous.Failure)?.errno, -16)
+            }
+            let elapsed = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1000
+            // The master gives up at the timeout; the requester hears of it once every vCPU
+            // that arrived has resumed, which on 2 host cores can take a scheduler slice more.
+            let trace = r.runner.rendezvous.lastTrace
+            XCTAssertTrue(trace.aborted)
+            XCTAssertEqual(Double(trace.abortedAt) / 1000, Double(timeout), accuracy: 0.2 * Double(timeout), "\(isa): abort at the timeout")
+            XCTAssertLessThan(elapsed, Double(timeout) + 50_000, "\(isa): the requester is told promptly")
+            XCTAssertFalse(lp.isApplied)
+            XCTAssertTrue(r.patcher.active.isEmpty)
+            XCTAssertEqual(try r.code(), before, "\(isa): nothing written")
+            // Release the spinning vCPU: it returns; the same action now succeeds.
+            try r.image.machine.memory.writeUInt64(r.spinFlag, 0)
+            guard case .returned = r.runner.wait(for: 0, timeout: 2) else { return XCTFail("\(isa): spinner did not return") }
+            try r.loader.apply(lp)
+            XCTAssertTrue(lp.isApplied)
+            Thread.sleep(forTimeInterval: 0.02)
+            r.runner.stop()
+            let (n, _) = try r.records(1)
+            let newest = try r.image.machine.memory.read(r.ring(1) + 8 + UInt64(24 * Int((n - 1) % 64)), count: 16)
+            let x = Int64(newest[0]) | Int64(newest[1]) << 8
+            let v = newest[8..<16].enumerated().reduce(Int64(0)) { $0 | Int64($1.element) << (8 * Int64($1.offset)) }
+            XCTAssertEqual(v, x * 3 + 2, "\(isa): vCPU 1 runs the new code")
+            print("\(isa): EBUSY: master gave up at \(trace.abortedAt / 1000) µs, requester told at \(Int(elapsed)) µs (timeout \(timeout) µs)")
+        }
+    }
+}
