@@ -1,0 +1,52 @@
+import Splice
+import XCTest
+
+/// An action is all-or-nothing: if the k-th function's old bytes no longer verify when
+/// the writes happen, the first k−1 are undone before anyone runs again.
+final class AtomicityTests: XCTestCase {
+    /// Runs the work directly, but first changes one byte at `address` (as if another
+    /// agent had written there between prepare and commit).
+    final class TamperingExecutor: PatchExecutor {
+        let machine: Machine
+        let address: UInt64
+        init(machine: Machine, address: UInt64) {
+            self.machine = machine
+            self.address = address
+        }
+        func execute(_ work: ((UInt64, Int) -> Void) throws -> Void) throws {
+            try machine.memory.write(address, [0xcc])
+            try DirectExecutor(machine: machine).execute(work)
+        }
+    }
+
+    func testKthFunctionFailingUndoesTheFirstKMinusOne() throws {
+        for isa in PayloadTests.isas {
+            let image = try loadImage(path: PayloadTests.targetPath(isa))
+            let patcher = try LivePatcher(image: image, backend: try Architectures.backend(for: image.elf))
+            let names = ["scaled", "gcd", "fib", "greeting_len"]
+            let sites = try names.map { try patcher.site(of: $0).address }
+            let tampered = sites[2] // the third function
+            var before = try image.machine.memory.read(tampered, count: 1)
+            let original = try names.map { try image.machine.memory.read(try patcher.site(of: $0).address, count: 8) }
+            patcher.executor = TamperingExecutor(machine: image.machine, address: tampered)
+            XCTAssertThrowsError(try patcher.apply(batch: names.map { .init(function: $0, target: .address(try! image.function(named: "add").value)) })) { error in
+                guard case PatchError.unexpectedBytes(let f, let a, _, let found)? = error as? PatchError else {
+                    return XCTFail("\(isa): \(error)")
+                }
+                XCTAssertEqual(f, "fib", isa)
+                XCTAssertEqual(a, tampered, isa)
+                XCTAssertEqual(found.first, 0xcc, isa)
+            }
+            // Functions 1 and 2 were written and undone; 3 and 4 never written.
+            for (i, name) in names.enumerated() where i != 2 {
+                XCTAssertEqual(try image.machine.memory.read(sites[i], count: 8), original[i], "\(isa): \(name) back as it was")
+            }
+            XCTAssertTrue(patcher.active.isEmpty, "\(isa): nothing recorded as applied")
+            // Undo the tampering by hand; the same batch then applies directly.
+            before[0] = original[2][0]
+            try image.machine.memory.write(tampered, before)
+            patcher.executor = DirectExecutor(machine: image.machine)
+            XCTAssertEqual(try patcher.apply(batch: names.map { .init(function: $0, target: .address(try image.function(named: "add").value)) }).count, 4)
+        }
+    }
+}
