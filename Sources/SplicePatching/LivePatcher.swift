@@ -148,6 +148,60 @@ public final class LivePatcher {
         while let last = active.last { try revert(id: last.id) }
     }
 
+    /// REPLACE: reverts `ids` (newest first) and applies `batch`, in one execution (one
+    /// rendezvous while vCPUs run). Everything is prepared first, against memory as it will
+    /// be after the reverts; if any write fails, the machine is left exactly as before.
+    @discardableResult
+    public func replace(reverting ids: [Int], with batch: [BatchItem]) throws -> [ActiveRedirect] {
+        let entries = try ids.map { id -> ActiveRedirect in
+            guard let e = active.first(where: { $0.id == id }) else { throw PatchError.noSuchRedirect(id) }
+            return e
+        }.sorted { $0.id > $1.id }
+        let reverting = Set(ids)
+        for e in entries {
+            // Whatever is stacked on top of e must be reverted too.
+            if let top = active.last(where: { $0.function == e.function && !reverting.contains($0.id) }), top.id > e.id {
+                throw PatchError.notTopmost(function: e.function, id: e.id, top: top.id)
+            }
+            for w in e.plan.writes {
+                let found = try machine.memory.read(w.address, count: w.bytes.count)
+                guard found == w.bytes else {
+                    throw PatchError.unexpectedBytes(function: e.function, address: w.address, expected: w.bytes, found: found)
+                }
+            }
+        }
+        var overlay: [UInt64: UInt8] = [:]
+        for e in entries { for w in e.undo.reversed() { for (i, b) in w.bytes.enumerated() { overlay[w.address + UInt64(i)] = b } } }
+        let prepared = try prepare(batch: batch, overlay: overlay, excluding: reverting)
+        var applied: [ActiveRedirect] = []
+        do {
+            try executor.execute { changed in
+                for e in entries {
+                    for w in e.plan.writes where try self.machine.memory.read(w.address, count: w.bytes.count) != w.bytes {
+                        throw PatchError.unexpectedBytes(function: e.function, address: w.address, expected: w.bytes,
+                                                         found: try self.machine.memory.read(w.address, count: w.bytes.count))
+                    }
+                }
+                for e in entries { self.write(e.undo.reversed(), changed: changed) }
+                do {
+                    applied = try self.commit(prepared, changed: changed)
+                } catch {
+                    for e in entries.reversed() { self.write(e.plan.writes, changed: changed) } // as before
+                    throw error
+                }
+            }
+        } catch {
+            abandon(prepared)
+            throw error
+        }
+        for e in entries {
+            for w in e.undo where isAllocated(w.address, in: e) { forget(w) }
+            for a in e.plan.allocations { space.release(a) }
+        }
+        active.removeAll { reverting.contains($0.id) }
+        return applied
+    }
+
     // MARK: Internals
 
     private func function(_ name: String) throws -> ELFSymbol {
@@ -210,14 +264,26 @@ public final class LivePatcher {
     /// Everything a batch needs, before any vCPU is stopped: sites, encodings, far-jump
     /// slots and stubs, and the bytes each write will replace.
     public func prepare(batch: [BatchItem]) throws -> PreparedBatch {
+        try prepare(batch: batch, overlay: [:], excluding: [])
+    }
+
+    /// Prepares `batch` against memory as it will be once the redirects `excluding` are
+    /// reverted: `overlay` holds the bytes their undo buffers put back.
+    func prepare(batch: [BatchItem], overlay: [UInt64: UInt8], excluding: Set<Int>) throws -> PreparedBatch {
+        func read(_ address: UInt64, _ count: Int) throws -> [UInt8] {
+            var bytes = try machine.memory.read(address, count: count)
+            for i in 0..<count { if let b = overlay[address + UInt64(i)] { bytes[i] = b } }
+            return bytes
+        }
         var plans: [(BatchItem, PatchPlan)] = []
         do {
             for item in batch {
                 let symbol = try function(item.function)
                 let site = try backend.patchSite(of: symbol, in: image.elf)
-                if redirects(of: item.function).isEmpty && !plans.contains(where: { $0.0.function == item.function }) {
+                if redirects(of: item.function).allSatisfy({ excluding.contains($0.id) })
+                    && !plans.contains(where: { $0.0.function == item.function }) {
                     let length = min(site.room, backend.undoBufferSize)
-                    try backend.verifyUnpatched(try machine.memory.read(site.address, count: length), at: site, in: image.elf)
+                    try backend.verifyUnpatched(try read(site.address, length), at: site, in: image.elf)
                 }
                 plans.append((item, try backend.encode(item.target, at: site, in: image.elf, runtime: runtime, space: space)))
             }
@@ -225,9 +291,14 @@ public final class LivePatcher {
             for (item, plan) in plans {
                 var undo: [CodeWrite] = []
                 for w in plan.writes {
-                    let found = try machine.memory.read(w.address, count: w.bytes.count)
+                    let found = try read(w.address, w.bytes.count)
                     let ownAllocation = plans.contains { $0.1.allocations.contains { $0.address <= w.address && w.address < $0.address + UInt64($0.size) } }
-                    if let expected = expected(at: w.address, count: w.bytes.count), expected != found, !ownAllocation {
+                    var expectedBytes = expected(at: w.address, count: w.bytes.count)
+                    if var e = expectedBytes {
+                        for i in 0..<e.count { if let b = overlay[w.address + UInt64(i)] { e[i] = b } }
+                        expectedBytes = e
+                    }
+                    if let expected = expectedBytes, expected != found, !ownAllocation {
                         throw PatchError.unexpectedBytes(function: item.function, address: w.address, expected: expected, found: found)
                     }
                     undo.append(CodeWrite(address: w.address, bytes: found, purpose: "undo: \(w.purpose)", kind: w.kind))

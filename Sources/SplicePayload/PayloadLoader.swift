@@ -232,11 +232,27 @@ public final class PayloadLoader {
     public func apply(_ p: LoadedPayload) throws {
         guard !p.isApplied else { return }
         try runHooks(.preapply, of: p)
-        p.redirects = try patcher.apply(batch: p.functions.map {
+        p.redirects = try patcher.apply(batch: items(of: p))
+        try runHooks(.postapply, of: p)
+    }
+
+    /// REPLACE: reverts every applied payload and applies `p`, in one execution (one
+    /// rendezvous while vCPUs run). Either all of it happens or nothing.
+    public func replace(with p: LoadedPayload) throws {
+        let others = payloads.filter { $0.isApplied && $0 !== p }
+        for o in others { try runHooks(.prerevert, of: o) }
+        try runHooks(.preapply, of: p)
+        p.redirects = try patcher.replace(reverting: others.flatMap { $0.redirects.map(\.id) }, with: items(of: p))
+        for o in others { o.redirects = [] }
+        for o in others { try runHooks(.postrevert, of: o) }
+        try runHooks(.postapply, of: p)
+    }
+
+    func items(of p: LoadedPayload) -> [LivePatcher.BatchItem] {
+        p.functions.map {
             .init(function: $0.function.name, target: $0.newAddress.map { .address($0) } ?? .returnImmediately,
                   label: "\(p.payload.name.split(separator: "/").last ?? ""):\($0.function.name)")
-        })
-        try runHooks(.postapply, of: p)
+        }
     }
 
     /// Reverts the payload's redirects; refused unless all of them are on top.

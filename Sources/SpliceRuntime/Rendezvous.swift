@@ -55,6 +55,8 @@ public final class Rendezvous: PatchExecutor {
     /// Default time for everyone to arrive (seed 000: 30 ms).
     public var timeoutMicroseconds: UInt64 = 30_000
     public private(set) var lastTrace = Trace()
+    /// Rendezvous completed (not counting aborted ones).
+    public private(set) var completed = 0
 
     private let lock = NSCondition()
     private var phase = Phase.idle
@@ -205,6 +207,7 @@ public final class Rendezvous: PatchExecutor {
             if outcome == .aborted {
                 throw Failure.busy(timeoutMicroseconds: timeoutMicroseconds, arrived: arrivedCount, expected: expected)
             }
+            completed += 1
             if let error { throw error }
         }
     }

@@ -26,11 +26,22 @@ final class PayloadTests: XCTestCase {
         return (image, PayloadLoader(patcher: try LivePatcher(image: image, backend: try Architectures.backend(for: image.elf))))
     }
 
-    /// Every mapped byte of the machine, by region.
-    static func memory(_ image: LoadedImage) throws -> [String: [UInt8]] {
-        var out: [String: [UInt8]] = [:]
-        for r in image.machine.memory.regions { out[r.name] = try image.machine.memory.read(r.base, count: Int(r.size)) }
+    /// Every mapped byte of the machine, as an FNV-1a hash per region (a failure message
+    /// stays readable).
+    static func memory(_ image: LoadedImage) throws -> [String: UInt64] {
+        var out: [String: UInt64] = [:]
+        for r in image.machine.memory.regions {
+            var h: UInt64 = 0xcbf2_9ce4_8422_2325
+            for b in try image.machine.memory.read(r.base, count: Int(r.size)) { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+            out[r.name] = h
+        }
         return out
+    }
+
+    /// The target image's own executable regions.
+    static func imageCode(_ image: LoadedImage) throws -> [String: UInt64] {
+        let text = Set(image.regions.filter { $0.permissions.contains(.execute) }.map(\.name))
+        return try memory(image).filter { text.contains($0.key) }
     }
 
     func assertOracle(_ image: LoadedImage, _ file: String, _ label: String) throws {
@@ -46,13 +57,13 @@ final class PayloadTests: XCTestCase {
                 let (payload, _, report) = try Self.build(name, isa)
                 XCTAssertFalse(report.changed.isEmpty, "\(name) \(isa)")
                 let (image, loader) = try Self.machine(isa)
-                let code = try Self.memory(image).filter { $0.key.contains("#0") }
+                let code = try Self.imageCode(image)
                 let lp = try loader.load(payload)
                 try loader.apply(lp)
                 try assertOracle(image, samplePath("patches/\(name)/oracle-\(isa).txt"), "\(name) \(isa) applied")
                 try loader.revert(lp)
                 try loader.unload(lp)
-                XCTAssertEqual(try Self.memory(image).filter { $0.key.contains("#0") }, code, "\(name) \(isa): text bytes back")
+                XCTAssertEqual(try Self.imageCode(image), code, "\(name) \(isa): text bytes back")
                 // The original output again (tick_count reset: the oracle starts from 0).
                 try image.machine.memory.writeUInt64(try XCTUnwrap(image.elf.symbol(named: "tick_count")).value, 0)
                 try assertOracle(image, samplePath("oracle-\(isa).txt"), "\(name) \(isa) reverted")
@@ -141,6 +152,45 @@ final class PayloadTests: XCTestCase {
             XCTAssertEqual(try image.machine.memory.readUInt64(slot), 0x10ad, "\(isa): load hook ran")
             try loader.unload(lp)
             XCTAssertEqual(try image.machine.memory.readUInt64(slot), 0xdead, "\(isa): unload hook ran")
+        }
+    }
+}
+
+final class ReplaceTests: XCTestCase {
+    /// A cumulative payload: from the pristine kernel to kernel + 02 + 04 (it patches
+    /// scaled again, and scaled_twice).
+    static func cumulative(_ isa: String) throws -> Payload {
+        let target = try ELFFile(contentsOf: PayloadTests.targetPath(isa))
+        let b = PayloadBuilder(original: try ELFFile(contentsOf: samplePath("patches/01-greeting-len-fix/orig-\(isa).o")),
+                               patched: try ELFFile(contentsOf: samplePath("patches/04-scaled-twice-stacked/patched-\(isa).o")),
+                               target: target, backend: try Architectures.backend(for: target))
+        return try Payload(bytes: try b.build().bytes, name: "cumulative-\(isa).lp")
+    }
+
+    func testReplaceRevertsEverythingAndAppliesTheNewOneAtOnce() throws {
+        for isa in PayloadTests.isas {
+            let (image, loader) = try PayloadTests.machine(isa)
+            let pristine = try PayloadTests.imageCode(image)
+            let (p01, _, _) = try PayloadTests.build("01-greeting-len-fix", isa)
+            let (p02, _, _) = try PayloadTests.build("02-scaled-plus-two", isa)
+            let l01 = try loader.load(p01), l02 = try loader.load(p02)
+            try loader.apply(l01)
+            try loader.apply(l02)
+            XCTAssertEqual(try image.call("greeting_len", [5]).signedValue, 0)
+            let c = try loader.load(try Self.cumulative(isa))
+            XCTAssertTrue(Set(c.functions.map(\.function.name)).isSuperset(of: ["scaled", "scaled_twice"]))
+            try loader.replace(with: c)
+            XCTAssertFalse(l01.isApplied)
+            XCTAssertFalse(l02.isApplied)
+            XCTAssertTrue(c.isApplied)
+            XCTAssertEqual(loader.patcher.active.map(\.id), c.redirects.map(\.id), "only the cumulative payload's redirects")
+            XCTAssertEqual(try image.call("greeting_len", [5]).signedValue, -1, "01 reverted")
+            try image.machine.memory.writeUInt64(try XCTUnwrap(image.elf.symbol(named: "tick_count")).value, 0)
+            for c in try OracleCase.parse(file: samplePath("patches/04-scaled-twice-stacked/oracle-\(isa).txt")) {
+                XCTAssertEqual(try image.call(c.function, c.arguments).signedValue, c.expected, "\(isa) \(c.function)(\(c.arguments))")
+            }
+            try loader.revert(c)
+            XCTAssertEqual(try PayloadTests.imageCode(image), pristine, "\(isa): pristine text")
         }
     }
 }

@@ -144,4 +144,31 @@ final class RendezvousTests: XCTestCase {
             print("\(isa): EBUSY: master gave up at \(trace.abortedAt / 1000) µs, requester told at \(Int(elapsed)) µs (timeout \(timeout) µs)")
         }
     }
+
+    func testReplaceHappensInOneRendezvous() throws {
+        for isa in PayloadTests.isas {
+            let (p02, _, _) = try PayloadTests.build("02-scaled-plus-two", isa)
+            let cumulative = try ReplaceTests.cumulative(isa)
+            let (r, loaded) = try start(isa, vcpus: 4, payloads: [p02, cumulative])
+            r.runner.rendezvous.timeoutMicroseconds = 1_000_000
+            try r.loader.apply(loaded[0])
+            for _ in 0..<20 {
+                let before = r.runner.rendezvous.completed
+                try r.loader.replace(with: loaded[1])
+                XCTAssertEqual(r.runner.rendezvous.completed, before + 1, "\(isa): one rendezvous for REPLACE")
+                XCTAssertFalse(loaded[0].isApplied)
+                try r.loader.replace(with: loaded[0])
+            }
+            Thread.sleep(forTimeInterval: 0.02)
+            r.runner.stop()
+            for i in 0..<r.vcpus {
+                XCTAssertEqual(r.runner.state(of: i), .stopped)
+                for (x, s, u) in try r.records(i).pairs {
+                    // 02 and the cumulative payload both make scaled x*3+2.
+                    XCTAssertTrue(s == Int64(x) * 3 + 1 || s == Int64(x) * 3 + 2, "\(isa): scaled(\(x)) = \(s)")
+                    XCTAssertTrue(u == Int64(x) * 3 + 1 || u == Int64(x) * 3 + 2, "\(isa): apply_unary(0, \(x)) = \(u)")
+                }
+            }
+        }
+    }
 }
