@@ -36,7 +36,7 @@ let package = Package(
             "SpliceELF", "SpliceMachine", "SplicePatching", .product(name: "Crypto", package: "swift-crypto"),
         ]),
 
-        .target(name: "SpliceRuntime", dependencies: ["CSpliceShims", "SpliceMachine", "SplicePatching"]),
+        .target(name: "SpliceRuntime", dependencies: ["CSpliceShims", "SpliceMachine", "SplicePatching", "SplicePayload"]),
 
         .target(name: "SpliceX86_64", dependencies: ["SpliceMachine", "SplicePatching"], path: "arch/x86_64",
                 exclude: ["README.md"]),
