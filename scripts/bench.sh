@@ -12,3 +12,4 @@ swift build -c release --product unicorn-bare-bench
 .build/release/splice bench emu
 .build/release/splice bench redirect
 .build/release/splice bench payload
+.build/release/splice bench rendezvous --repeats 10

@@ -487,7 +487,29 @@ struct Patch: ParsableCommand {
 
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Benchmarks that print what they measure on this machine.",
-                                                    subcommands: [Emu.self, Redirect.self, PayloadLoad.self])
+                                                    subcommands: [Emu.self, Redirect.self, PayloadLoad.self, RendezvousLatency.self])
+
+    struct RendezvousLatency: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "rendezvous",
+            abstract: "Apply latency of one function with N running vCPUs, next to an empty rendezvous.")
+        @Option(help: "vCPU counts (comma-separated).") var vcpus = "1,4,16,64"
+        @Option(help: "Repeats per count (the median is printed).") var repeats = 30
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() throws {
+            let counts = vcpus.split(separator: ",").compactMap { Int($0) }
+            let rows = try reportingErrors { try RendezvousBenchmark.run(samples: try Samples.directory(), counts: counts, repeats: repeats) }
+            if json { try printJSON(rows); return }
+            print("splice bench rendezvous: request -> all vCPUs resumed, median of \(repeats), \(ProcessInfo.processInfo.activeProcessorCount) host cores")
+            print("isa       vCPUs   empty µs   1 function µs   ratio (target at 16: <= 1.2)")
+            for r in rows {
+                print([r.architecture.padding(toLength: 9, withPad: " ", startingAt: 0), String(format: "%5d", r.vcpus),
+                       String(format: "%10.1f", r.emptyMedianMicroseconds), String(format: "%15.1f", r.applyMedianMicroseconds),
+                       String(format: "%8.2f", r.ratio)].joined(separator: " "))
+            }
+        }
+    }
 
     struct PayloadLoad: ParsableCommand {
         static let configuration = CommandConfiguration(
