@@ -159,6 +159,21 @@ public final class VCPU {
         }
     }
 
+    /// Runs at most `instructions` guest instructions from `begin` (the deterministic
+    /// scheduler's quantum). An engine used this way must never run uncounted: Unicorn
+    /// 2.0.1 ignores the count for blocks translated without it.
+    public func step(from begin: UInt64, until: UInt64, instructions: Int) -> Stop {
+        do {
+            _ = try run(from: begin, until: until, limits: Limits(timeoutMicroseconds: 0, instructions: instructions))
+            return .returned
+        } catch let fault as GuestFault {
+            if case .limitReached = fault.kind { return .stopped(pc: fault.pc) }
+            return .fault(fault)
+        } catch {
+            return .fault(GuestFault(kind: .limitReached("\(error)"), pc: 0, architecture: architecture.name))
+        }
+    }
+
     /// Stops this vCPU when it is about to execute `address` while `*pending` is nonzero
     /// (the return-to-guest safe point of a rendezvous).
     public func installSafePoint(at address: UInt64, pending: UnsafeMutablePointer<Int32>) throws {

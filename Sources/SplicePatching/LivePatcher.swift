@@ -148,6 +148,41 @@ public final class LivePatcher {
         while let last = active.last { try revert(id: last.id) }
     }
 
+    /// Applies `batch` without stopping anyone (seed 001): every write is made as the
+    /// backend's non-stop sequence (x86-64: the int3 protocol; ppc64le: whole aligned
+    /// words in an order that keeps the odd-TOC mark consistent). `step` is called after
+    /// each step: the caller syncs the vCPUs there (and a deterministic scheduler lets them
+    /// run), and tracks armed traps.
+    @discardableResult
+    public func applyNonStop(batch: [BatchItem], step: (NonStopStep) throws -> Void) throws -> [ActiveRedirect] {
+        let prepared = try prepare(batch: batch)
+        for ((item, plan), undo) in zip(zip(prepared.items, prepared.plans), prepared.undos) {
+            for (w, before) in zip(plan.writes, undo) {
+                let found = try machine.memory.read(w.address, count: w.bytes.count)
+                guard found == before.bytes else {
+                    abandon(prepared)
+                    throw PatchError.unexpectedBytes(function: item.function, address: w.address, expected: before.bytes, found: found)
+                }
+            }
+        }
+        var entries: [ActiveRedirect] = []
+        for ((item, plan), undo) in zip(zip(prepared.items, prepared.plans), prepared.undos) {
+            for s in backend.nonStopSteps(for: plan.writes) {
+                if case let .write(address, bytes, _) = s {
+                    try machine.memory.write(address, bytes)
+                    for (i, b) in bytes.enumerated() { written[address + UInt64(i)] = b }
+                }
+                try step(s)
+            }
+            let entry = ActiveRedirect(id: nextID, function: item.function, target: item.target, targetName: item.label,
+                                       plan: plan, undo: undo)
+            nextID += 1
+            active.append(entry)
+            entries.append(entry)
+        }
+        return entries
+    }
+
     /// REPLACE: reverts `ids` (newest first) and applies `batch`, in one execution (one
     /// rendezvous while vCPUs run). Everything is prepared first, against memory as it will
     /// be after the reverts; if any write fails, the machine is left exactly as before.

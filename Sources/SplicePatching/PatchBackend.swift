@@ -147,6 +147,26 @@ public protocol PatchBackend: Sendable {
 
     /// The payload's TOC pointer given where its sections landed (nil: no TOC).
     func payloadTOC(sections: [(name: String, address: UInt64)]) -> UInt64?
+
+    /// How to make `writes` without stopping the machine: stores each vCPU can only see
+    /// whole, separated by syncs (every vCPU drops its translated code for what changed
+    /// before it runs on), in an order where no intermediate state is unsafe to execute.
+    func nonStopSteps(for writes: [CodeWrite]) -> [NonStopStep]
+
+    /// A vCPU stopped by the trap a non-stop sequence put at `address` while the write of
+    /// `final` is in flight: where it should continue (the new code), or nil to retry.
+    func trapRedirect(at address: UInt64, final: [UInt8]) -> UInt64?
+}
+
+/// One step of a non-stop write sequence.
+public enum NonStopStep: Equatable, Sendable {
+    /// A store every vCPU sees whole (the caller makes it as one host store).
+    case write(UInt64, [UInt8], purpose: String)
+    /// Every vCPU serialises: drops translated code for the changed range before running on.
+    case sync
+    /// From here until the next sync a vCPU may trap at this address (x86 int3): the
+    /// engine sends it to where `trapRedirect` says.
+    case trapArmed(UInt64, final: [UInt8])
 }
 
 /// Per-machine state of a backend's runtime code (addresses of what it emitted). Only
@@ -164,6 +184,11 @@ extension PatchBackend {
     public func callStub(type: UInt32, symbol: String, to target: UInt64, at address: UInt64) -> [UInt8]? { nil }
     public var callStubSize: Int { 0 }
     public func payloadTOC(sections: [(name: String, address: UInt64)]) -> UInt64? { nil }
+    /// Default: each write is one store the ISA makes atomically, then a sync.
+    public func nonStopSteps(for writes: [CodeWrite]) -> [NonStopStep] {
+        writes.flatMap { [NonStopStep.write($0.address, $0.bytes, purpose: $0.purpose), .sync] }
+    }
+    public func trapRedirect(at address: UInt64, final: [UInt8]) -> UInt64? { nil }
     public func prepare(_ image: LoadedImage) throws -> [CodeWrite] { [] }
 }
 

@@ -86,6 +86,26 @@ public struct X86_64PatchBackend: PatchBackend {
         }
     }
 
+    /// The int3 protocol (seed 001, Linux text_poke_bp): int3 over the first byte, sync,
+    /// the rest, sync, the first byte, sync. A vCPU reaching the site meanwhile traps and
+    /// is sent to the new code (`trapRedirect`). Data writes and single bytes go as they are.
+    public func nonStopSteps(for writes: [CodeWrite]) -> [NonStopStep] {
+        writes.flatMap { w -> [NonStopStep] in
+            guard w.kind == .code, w.bytes.count > 1 else { return [.write(w.address, w.bytes, purpose: w.purpose), .sync] }
+            return [.trapArmed(w.address, final: w.bytes),
+                    .write(w.address, [0xcc], purpose: "int3 over the first byte"), .sync,
+                    .write(w.address + 1, Array(w.bytes.dropFirst()), purpose: "bytes 1..\(w.bytes.count - 1)"), .sync,
+                    .write(w.address, [w.bytes[0]], purpose: "the first byte: \(w.purpose)"), .sync]
+        }
+    }
+
+    /// A vCPU trapped on the int3 of an in-flight `jmp rel32` goes where the jump goes.
+    public func trapRedirect(at address: UInt64, final: [UInt8]) -> UInt64? {
+        guard final.count == X86_64TrampolineEncoder.nearJumpSize, final[0] == 0xe9 else { return nil }
+        let rel = Int32(bitPattern: UInt32(final[1]) | UInt32(final[2]) << 8 | UInt32(final[3]) << 16 | UInt32(final[4]) << 24)
+        return UInt64(bitPattern: Int64(bitPattern: address + 5) &+ Int64(rel))
+    }
+
     /// A NOP range must cover whole instructions inside the function, keep the endbr64,
     /// and remove no return (the function must still return).
     func checkNopRange(site: PatchSite, offset: UInt64, length: Int, image: ELFFile) throws {
