@@ -7,7 +7,7 @@ struct SpliceCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "splice",
         abstract: "Live patching for x86-64 and ppc64le, verified by running real code in Unicorn.",
-        subcommands: [Demo.self, Inspect.self, Call.self, Disasm.self, Build.self, Patch.self, Bench.self])
+        subcommands: [Demo.self, Inspect.self, Call.self, Disasm.self, Build.self, Patch.self, Stress.self, Bench.self])
 }
 
 /// Formats numbers the way porting engineers read them.
@@ -482,6 +482,25 @@ struct Patch: ParsableCommand {
                 if after != code { throw Failure(description: "code differs after revert") }
             }
         }
+    }
+}
+
+struct Stress: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Apply / revert / replace payloads over and over while N vCPUs run, checking every result.")
+    @Option(help: "x86_64 or ppc64le.") var isa = "x86_64"
+    @Option(help: "Running vCPUs.") var vcpus = 4
+    @Option(help: "Cycles (each: apply, revert, replace, replace back, revert).") var cycles = 1000
+    @Flag(help: "Print JSON.") var json = false
+
+    func run() throws {
+        let r = try reportingErrors { try StressRun.run(samples: try Samples.directory(), isa: isa, vcpus: vcpus, cycles: cycles) }
+        if json { try printJSON(r); return }
+        print("splice stress: \(r.architecture), \(r.vcpus) vCPUs, \(r.cycles) cycles in \(String(format: "%.1f", r.seconds)) s")
+        print("  applies \(r.applies), reverts \(r.reverts), replaces \(r.replaces); \(r.rendezvous) rendezvous")
+        print("  guest iterations \(r.iterations); records checked \(r.recordsChecked); wrong results \(r.wrongResults); faults \(r.faults)")
+        print("  text byte-identical to the start after the last revert: \(r.textIdenticalAtEnd ? "yes" : "NO")")
+        if r.wrongResults > 0 || r.faults > 0 || !r.textIdenticalAtEnd { throw ExitCode(1) }
     }
 }
 
