@@ -111,4 +111,8 @@ public protocol CPUArchitecture: Sendable {
 
     /// The live-patching landmarks in a function's first bytes.
     func prologueSites(of symbol: ELFSymbol, code: [UInt8], in image: ELFFile) -> [PrologueSite]
+
+    /// Code addresses live on a stopped vCPU: its PC first, then the return addresses on
+    /// its stack, innermost first (`stackTop`: where the vCPU's stack starts).
+    func liveCodeAddresses(_ engine: UnicornEngine, memory: GuestMemory, stackTop: UInt64) throws -> [UInt64]
 }

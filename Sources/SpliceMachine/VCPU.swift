@@ -188,6 +188,11 @@ public final class VCPU {
         try engine.removeTranslations(from: address, to: address + UInt64(length))
     }
 
+    /// The code addresses live on this (stopped) vCPU: PC, then return addresses.
+    public func liveCodeAddresses(memory: GuestMemory) throws -> [UInt64] {
+        try architecture.liveCodeAddresses(engine, memory: memory, stackTop: stackTop + 256)
+    }
+
     /// Asks the running engine to stop; safe from any thread (a request made before the
     /// engine starts is lost: repeat it until the vCPU's thread reports back).
     public func requestStop() { engine.requestStop() }

@@ -95,6 +95,23 @@ public struct PPC64LEArchitecture: CPUArchitecture {
     public func prologueSites(of symbol: ELFSymbol, code: [UInt8], in image: ELFFile) -> [PrologueSite] {
         PPC64LEPrologue.sites(of: symbol, code: code, in: image)
     }
+
+    /// The PC, LR (a function that has not saved it yet is still live through it), then
+    /// the ELFv2 back chain: each frame's LR save slot (16 bytes into the caller's frame)
+    /// holds a return address.
+    public func liveCodeAddresses(_ engine: UnicornEngine, memory: GuestMemory, stackTop: UInt64) throws -> [UInt64] {
+        var out = [try engine.read(programCounter), try engine.read(PPC64LERegisters.lr)]
+        var frame = try engine.read(stackPointer)
+        var seen = 0
+        while frame != 0, frame < stackTop, seen < 4096 {
+            let next = try memory.readUInt64(frame)
+            guard next == 0 || next > frame else { break } // a chain goes up the stack
+            if next != 0, next + 24 <= stackTop { out.append(try memory.readUInt64(next + 16)) }
+            frame = next
+            seen += 1
+        }
+        return out
+    }
 }
 
 public enum PPC64LERegisters {

@@ -76,6 +76,20 @@ public struct X86_64Architecture: CPUArchitecture {
     public func prologueSites(of symbol: ELFSymbol, code: [UInt8], in image: ELFFile) -> [PrologueSite] {
         X86_64Prologue.sites(of: symbol, code: code, in: image)
     }
+
+    /// The PC, then every 8-byte word from rsp up to the stack top that points into
+    /// executable memory: conservative (code built without frame pointers leaves no chain
+    /// to follow), so it may name a stale return address but never misses a live one.
+    public func liveCodeAddresses(_ engine: UnicornEngine, memory: GuestMemory, stackTop: UInt64) throws -> [UInt64] {
+        var out = [try engine.read(programCounter)]
+        var sp = try engine.read(stackPointer)
+        while sp + 8 <= stackTop {
+            let word = try memory.readUInt64(sp)
+            if let r = memory.region(containing: word), r.permissions.contains(.execute) { out.append(word) }
+            sp += 8
+        }
+        return out
+    }
 }
 
 /// What an x86-64 function's first bytes say about how it can be patched. Shared by
