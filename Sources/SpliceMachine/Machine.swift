@@ -217,18 +217,39 @@ public final class LoadedImage {
 
     public func call(_ entry: CallEntry, _ arguments: [Int64], vcpu index: Int = 0, countInstructions: Bool = true,
                      limits: VCPU.Limits = VCPU.Limits()) throws -> CallResult {
-        let cpu = try machine.vcpu(index)
-        try cpu.setInstructionCounting(countInstructions)
-        try machine.architecture.prepareCall(cpu.engine, memory: machine.memory, entry: entry,
-                                             arguments: arguments.map { UInt64(bitPattern: $0) },
-                                             stackTop: cpu.stackTop, returnAddress: cpu.returnSentinel)
-        let run = try cpu.run(from: entry.address, until: cpu.returnSentinel, limits: limits)
-        let value = try cpu.read(machine.architecture.returnValueRegister)
-        return CallResult(value: value, instructions: run.instructions, entry: entry)
+        try machine.call(entry, arguments, vcpu: index, countInstructions: countInstructions, limits: limits)
     }
 }
 
 extension Machine {
+    /// Calls guest code at `entry` on vCPU `index` under the ISA's ABI, with the stack
+    /// growing down from `stackTop` (default: the top of the vCPU's stack). Use it on the
+    /// thread that drives that vCPU.
+    public func call(_ entry: CallEntry, _ arguments: [Int64], vcpu index: Int = 0, stackTop: UInt64? = nil,
+                     countInstructions: Bool = true, limits: VCPU.Limits = VCPU.Limits()) throws -> CallResult {
+        let cpu = try vcpu(index)
+        try cpu.setInstructionCounting(countInstructions)
+        try architecture.prepareCall(cpu.engine, memory: memory, entry: entry, arguments: arguments.map { UInt64(bitPattern: $0) },
+                                     stackTop: stackTop ?? cpu.stackTop, returnAddress: cpu.returnSentinel)
+        let run = try cpu.run(from: entry.address, until: cpu.returnSentinel, limits: limits)
+        let value = try cpu.read(architecture.returnValueRegister)
+        return CallResult(value: value, instructions: run.instructions, entry: entry)
+    }
+
+    /// Calls guest code on a vCPU that is stopped in the middle of its own work (a hook run
+    /// inside a rendezvous): its registers are saved and put back, and the call's stack
+    /// lies below the vCPU's live frames.
+    public func callPreserving(_ entry: CallEntry, _ arguments: [Int64], vcpu index: Int) throws -> CallResult {
+        let cpu = try vcpu(index)
+        return try cpu.engine.withContextBlob { saved in
+            try saved.save()
+            defer { try? saved.restore() }
+            let below = (try cpu.read(architecture.stackPointer) &- 1024) & ~0xf
+            return try call(entry, arguments, vcpu: index, stackTop: below, countInstructions: false,
+                            limits: VCPU.Limits(timeoutMicroseconds: 1_000_000))
+        }
+    }
+
     /// Decodes up to `count` instructions from guest memory at `address` (as the vCPUs
     /// would fetch them now), stopping at the end of the region.
     public func disassemble(at address: UInt64, count: Int) throws -> [DecodedInstruction] {

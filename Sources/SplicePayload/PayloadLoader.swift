@@ -198,20 +198,24 @@ public final class PayloadLoader {
             }
         }
 
-        // Commit: map, copy, tell the vCPUs.
+        // Commit: map, copy, tell the vCPUs (through the executor: inside a rendezvous
+        // while vCPUs run, since every engine maps the new regions).
         var regions: [GuestRegion] = []
-        do {
-            let perms: [MemoryPermissions] = [[.read, .execute], [.read], [.read, .write]]
-            for g in 0..<3 where rounded[g] > 0 {
-                regions.append(try machine.map(name: "payload:\(name.split(separator: "/").last ?? "")#\(g)", at: groupBase[g],
-                                               size: rounded[g], permissions: perms[g]))
+        try patcher.executor.execute { changed in
+            do {
+                let perms: [MemoryPermissions] = [[.read, .execute], [.read], [.read, .write]]
+                for g in 0..<3 where rounded[g] > 0 {
+                    regions.append(try machine.map(name: "payload:\(name.split(separator: "/").last ?? "")#\(g)", at: groupBase[g],
+                                                   size: rounded[g], permissions: perms[g]))
+                }
+                for (index, bytes) in contents { try machine.memory.write(addresses[index]!, bytes) }
+                for (_, stub) in stubs { try machine.memory.write(stub.address, stub.bytes) }
+                for r in regions { changed(r.base, Int(r.size)) }
+            } catch {
+                for r in regions { machine.unmap(r) }
+                regions = []
+                throw error
             }
-            for (index, bytes) in contents { try machine.memory.write(addresses[index]!, bytes) }
-            for (_, stub) in stubs { try machine.memory.write(stub.address, stub.bytes) }
-            for r in regions { try machine.codeChanged(at: r.base, length: Int(r.size)) }
-        } catch {
-            for r in regions { machine.unmap(r) }
-            throw error
         }
         let loaded = LoadedPayload(payload: payload, regions: regions, sectionAddresses: addresses, exports: exports,
                                    toc: toc, functions: resolved, hooks: hooks)
@@ -220,7 +224,7 @@ public final class PayloadLoader {
             try runHooks(.load, of: loaded)
         } catch {
             payloads.removeLast()
-            for r in regions { machine.unmap(r) }
+            try? patcher.executor.execute { _ in for r in regions { self.machine.unmap(r) } }
             throw error
         }
         return loaded
@@ -276,7 +280,7 @@ public final class PayloadLoader {
             throw PayloadError(p.payload.name, .patch("payload \(dependent.payload.name) depends on it"))
         }
         try runHooks(.unload, of: p)
-        for r in p.regions { machine.unmap(r) }
+        try patcher.executor.execute { _ in for r in p.regions { self.machine.unmap(r) } }
         payloads.removeAll { $0 === p }
     }
 
@@ -284,7 +288,7 @@ public final class PayloadLoader {
     func runHooks(_ kind: PayloadFormat.HookKind, of p: LoadedPayload) throws {
         for address in p.hooks[kind] ?? [] {
             do {
-                _ = try image.call(CallEntry(kind: .global, address: address), [])
+                _ = try patcher.executor.callGuest(CallEntry(kind: .global, address: address), [])
             } catch {
                 throw PayloadError(p.payload.name, .patch("\(kind.rawValue) hook at 0x\(String(address, radix: 16)) failed: \(error)"))
             }

@@ -23,6 +23,7 @@ public final class MachineRunner {
     public init(machine: Machine, safePoint: UInt64, rendezvous: Rendezvous = Rendezvous()) throws {
         self.machine = machine
         self.rendezvous = rendezvous
+        rendezvous.machine = machine
         for cpu in machine.vcpus { try cpu.installSafePoint(at: safePoint, pending: rendezvous.pending) }
     }
 

@@ -65,6 +65,10 @@ public final class Rendezvous: PatchExecutor {
     private var acknowledged = 0
     private var resumed = 0
     private var master: Int?
+    /// The vCPU running the current action's work (valid inside `execute`'s work).
+    public var currentMaster: Int? { master }
+    /// Set by the runner: the machine whose vCPUs take part (for guest calls).
+    weak var machine: Machine?
     private var work: (((UInt64, Int) -> Void) throws -> Void)?
     private var workError: Error?
     private var ranges: [(UInt64, Int)] = []
@@ -156,6 +160,18 @@ public final class Rendezvous: PatchExecutor {
         trace.abortedAt = Self.now() - requestTime
         splice_flag_store(pending, 0)
         lock.broadcast()
+    }
+
+    /// Runs a guest call inside a rendezvous, on the master vCPU's own thread and engine,
+    /// its registers saved and restored.
+    public func callGuest(_ entry: CallEntry, _ arguments: [Int64]) throws -> Int64 {
+        guard let machine else { throw Failure.busy(timeoutMicroseconds: 0, arrived: 0, expected: 0) }
+        var value: Int64 = 0
+        try execute { _ in
+            let index = self.master ?? 0
+            value = try machine.callPreserving(entry, arguments, vcpu: index).signedValue
+        }
+        return value
     }
 
     // MARK: The requesting thread

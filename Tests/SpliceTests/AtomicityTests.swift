@@ -17,6 +17,9 @@ final class AtomicityTests: XCTestCase {
             try machine.memory.write(address, [0xcc])
             try DirectExecutor(machine: machine).execute(work)
         }
+        func callGuest(_ entry: CallEntry, _ arguments: [Int64]) throws -> Int64 {
+            try DirectExecutor(machine: machine).callGuest(entry, arguments)
+        }
     }
 
     func testKthFunctionFailingUndoesTheFirstKMinusOne() throws {
