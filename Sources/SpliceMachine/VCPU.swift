@@ -148,23 +148,20 @@ public final class VCPU {
     /// Runs from `begin` with no bounds until the PC reaches `until`, a stop request, or a
     /// fault. For vCPUs that run on their own thread.
     public func runUntilStopped(from begin: UInt64, until: UInt64) -> Stop {
-        do {
-            _ = try run(from: begin, until: until, limits: Limits(timeoutMicroseconds: 0, instructions: 0))
-            return .returned
-        } catch let fault as GuestFault {
-            if case .limitReached = fault.kind { return .stopped(pc: fault.pc) }
-            return .fault(fault)
-        } catch {
-            return .fault(GuestFault(kind: .limitReached("\(error)"), pc: 0, architecture: architecture.name))
-        }
+        classifiedRun(from: begin, until: until, limits: Limits(timeoutMicroseconds: 0, instructions: 0))
     }
 
     /// Runs at most `instructions` guest instructions from `begin` (the deterministic
     /// scheduler's quantum). An engine used this way must never run uncounted: Unicorn
     /// 2.0.1 ignores the count for blocks translated without it.
     public func step(from begin: UInt64, until: UInt64, instructions: Int) -> Stop {
+        classifiedRun(from: begin, until: until, limits: Limits(timeoutMicroseconds: 0, instructions: instructions))
+    }
+
+    /// A run whose early stop is an outcome, not an error.
+    private func classifiedRun(from begin: UInt64, until: UInt64, limits: Limits) -> Stop {
         do {
-            _ = try run(from: begin, until: until, limits: Limits(timeoutMicroseconds: 0, instructions: instructions))
+            _ = try run(from: begin, until: until, limits: limits)
             return .returned
         } catch let fault as GuestFault {
             if case .limitReached = fault.kind { return .stopped(pc: fault.pc) }

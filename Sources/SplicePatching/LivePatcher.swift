@@ -174,13 +174,18 @@ public final class LivePatcher {
                 }
                 try step(s)
             }
-            let entry = ActiveRedirect(id: nextID, function: item.function, target: item.target, targetName: item.label,
-                                       plan: plan, undo: undo)
-            nextID += 1
-            active.append(entry)
-            entries.append(entry)
+            entries.append(record(item, plan, undo))
         }
         return entries
+    }
+
+    /// Lists a redirect whose writes are in place.
+    private func record(_ item: BatchItem, _ plan: PatchPlan, _ undo: [CodeWrite]) -> ActiveRedirect {
+        let entry = ActiveRedirect(id: nextID, function: item.function, target: item.target, targetName: item.label,
+                                   plan: plan, undo: undo)
+        nextID += 1
+        active.append(entry)
+        return entry
     }
 
     /// REPLACE: reverts `ids` (newest first) and applies `batch`, in one execution (one
@@ -368,15 +373,7 @@ public final class LivePatcher {
                 done.append(before)
             }
         }
-        var entries: [ActiveRedirect] = []
-        for ((item, plan), undo) in zip(zip(prepared.items, prepared.plans), prepared.undos) {
-            let entry = ActiveRedirect(id: nextID, function: item.function, target: item.target, targetName: item.label,
-                                       plan: plan, undo: undo)
-            nextID += 1
-            active.append(entry)
-            entries.append(entry)
-        }
-        return entries
+        return zip(zip(prepared.items, prepared.plans), prepared.undos).map { record($0.0, $0.1, $1) }
     }
 
     /// Encodes a redirect without writing anything (a load-time check that a payload's
