@@ -1,5 +1,9 @@
 import Foundation
 
+extension FixedWidthInteger {
+    var littleEndianBytes: [UInt8] { (0..<(bitWidth / 8)).map { UInt8(truncatingIfNeeded: self >> (8 * $0)) } }
+}
+
 /// `splice bench rendezvous`: for N running vCPUs, the latency of applying one function
 /// (request → every vCPU resumed on the new code) next to an empty rendezvous (stop and
 /// resume, nothing written), measured in the same run.
@@ -10,7 +14,58 @@ public enum RendezvousBenchmark {
         public var repeats: Int
         public var emptyMedianMicroseconds: Double
         public var applyMedianMicroseconds: Double
+        /// REPLACE of 1,000 applied functions by 1,000 new ones, in one rendezvous: request
+        /// to all resumed (including preparing the 1,000 redirects before anyone stops).
+        public var replaceMedianMicroseconds: Double
+        /// The same REPLACE: only the time every vCPU is stopped while the master writes
+        /// (interrupts off → written, from the rendezvous trace).
+        public var replaceWriteMedianMicroseconds: Double
         public var ratio: Double { applyMedianMicroseconds / emptyMedianMicroseconds }
+        public var replacePerFunctionMicroseconds: Double { (replaceMedianMicroseconds - emptyMedianMicroseconds) / 1000 }
+    }
+
+    /// A payload redirecting f0000..f0999 of kernel-many (x + i + 1) to new functions
+    /// returning x + i + `offset` (x86-64: `lea rax,[rdi+imm32]; ret`; ppc64le: `addi r3,r3,imm; blr`).
+    static func manyPayload(target: ELFFile, backend: any PatchBackend, offset: Int64) throws -> Payload {
+        let ppc = target.header.machine == ELFMachine.ppc64
+        var w = ELFWriter(machine: target.header.machine, flags: target.header.flags)
+        var strings: [UInt8] = []
+        var records: [UInt8] = []
+        var functions: [Int] = []
+        for i in 0..<1000 {
+            let v = Int64(i) + offset
+            let code: [UInt8] = ppc
+                ? (PPC64LEEncoder.addi(3, 3, Int16(v)).littleEndianBytes + PPC64LEEncoder.blr.littleEndianBytes)
+                : [0x48, 0x8d, 0x87] + UInt32(v).littleEndianBytes + [0xc3]
+            let section = w.add(.init(name: ".text.new_f\(i)", flags: ELFSection.flagAlloc | ELFSection.flagExecInstr,
+                                      data: code, alignment: 16))
+            functions.append(w.add(.init(name: "new_f\(i)", size: UInt64(code.count), type: ELFWriter.Symbol.function,
+                                         binding: ELFWriter.Symbol.global, section: section)))
+        }
+        let stringsIndex = w.add(.init(name: PayloadFormat.stringsSection))
+        let funcsIndex = w.add(.init(name: PayloadFormat.funcsSection, alignment: 8))
+        let stringsSymbol = w.add(.init(name: "", type: ELFWriter.Symbol.sectionType, binding: ELFWriter.Symbol.local,
+                                        section: stringsIndex))
+        for i in 0..<1000 {
+            var record = [UInt8](repeating: 0, count: PayloadFormat.recordSize)
+            record[32] = PayloadFormat.recordVersion
+            let base = UInt64(i * PayloadFormat.recordSize)
+            w.relocate(section: funcsIndex, .init(offset: base, type: backend.absoluteAddressRelocation, symbol: stringsSymbol,
+                                                  addend: Int64(strings.count)))
+            w.relocate(section: funcsIndex, .init(offset: base + 8, type: backend.absoluteAddressRelocation,
+                                                  symbol: functions[i], addend: 0))
+            strings += Array(String(format: "f%04d", i).utf8) + [0]
+            records += record
+        }
+        w.setData(of: stringsIndex, strings)
+        w.setData(of: funcsIndex, records)
+        w.add(.init(name: PayloadFormat.dependsSection, type: ELFSection.typeNote,
+                    data: ELFWriter.note(owner: "GNU", type: ELFNote.gnuBuildID, descriptor: target.buildID ?? []), alignment: 4))
+        w.add(.init(name: PayloadFormat.buildIDSection, type: ELFSection.typeNote, flags: ELFSection.flagAlloc,
+                    data: ELFWriter.note(owner: "GNU", type: ELFNote.gnuBuildID,
+                                         descriptor: [UInt8](repeating: UInt8(truncatingIfNeeded: offset), count: 20)),
+                    alignment: 4))
+        return try Payload(bytes: try w.write(), name: "many+\(offset)")
     }
 
     static func median(_ xs: [Double]) -> Double {
@@ -20,12 +75,17 @@ public enum RendezvousBenchmark {
 
     public static func run(samples: String, counts: [Int] = [1, 4, 16, 64], repeats: Int = 30) throws -> [Row] {
         var rows: [Row] = []
-        for imageName in [Samples.x86_64, Samples.ppc64le] {
+        for imageName in ["kernel-many-x86_64.elf", "kernel-many-ppc64le.elf"] {
             for n in counts {
                 let elf = try ELFFile(contentsOf: samples + "/" + imageName)
+                let backend = try Architectures.backend(for: elf)
                 let machine = try Machine(architecture: try Architectures.forELF(elf), vcpuCount: n)
                 let image = try machine.load(elf)
-                let patcher = try LivePatcher(image: image, backend: try Architectures.backend(for: elf))
+                let patcher = try LivePatcher(image: image, backend: backend)
+                let loader = PayloadLoader(patcher: patcher)
+                let first = try loader.load(try manyPayload(target: elf, backend: backend, offset: 1000))
+                let second = try loader.load(try manyPayload(target: elf, backend: backend, offset: 2000))
+                try loader.apply(first) // before the vCPUs start
                 let rings = try machine.map(name: "rings", at: 0x5800_0000, size: 0x10_0000, permissions: [.read, .write])
                 let runner = try MachineRunner(machine: machine, safePoint: try image.function(named: "safe_point").value)
                 runner.rendezvous.timeoutMicroseconds = 2_000_000 // many threads on few cores: measure, do not abort
@@ -36,9 +96,9 @@ public enum RendezvousBenchmark {
                 }
                 defer { runner.stop() }
                 Thread.sleep(forTimeInterval: 0.01)
-                var empty: [Double] = [], apply: [Double] = []
+                var empty: [Double] = [], apply: [Double] = [], replace: [Double] = [], write: [Double] = []
                 let target = try image.function(named: "checked_double").value
-                for _ in 0..<repeats {
+                for r in 0..<repeats {
                     var t = DispatchTime.now().uptimeNanoseconds
                     try runner.rendezvous.execute { _ in }
                     empty.append(Double(DispatchTime.now().uptimeNanoseconds - t) / 1000)
@@ -46,9 +106,22 @@ public enum RendezvousBenchmark {
                     try patcher.redirect("scaled", toAddress: target)
                     apply.append(Double(DispatchTime.now().uptimeNanoseconds - t) / 1000)
                     try patcher.revert("scaled")
+                    // REPLACE 1,000 applied functions by 1,000 new ones (alternating payloads);
+                    // prepared before the vCPUs stop, timed from request to all resumed.
+                    t = DispatchTime.now().uptimeNanoseconds
+                    try loader.replace(with: r % 2 == 0 ? second : first)
+                    replace.append(Double(DispatchTime.now().uptimeNanoseconds - t) / 1000)
+                    let trace = runner.rendezvous.lastTrace
+                    write.append(Double(trace.written - trace.interruptsOff) / 1000)
+                }
+                runner.stop() // before calling guest code from this thread: an engine has one driver
+                let f7 = try image.call("f0007", [1]).signedValue
+                guard f7 == 1 + 7 + (repeats % 2 == 1 ? 2000 : 1000) else { // the new functions return x + i + offset
+                    throw PayloadBenchmark.Failure(description: "after the REPLACEs f0007(1) = \(f7)")
                 }
                 rows.append(Row(architecture: machine.architecture.name, vcpus: n, repeats: repeats,
-                                emptyMedianMicroseconds: median(empty), applyMedianMicroseconds: median(apply)))
+                                emptyMedianMicroseconds: median(empty), applyMedianMicroseconds: median(apply),
+                                replaceMedianMicroseconds: median(replace), replaceWriteMedianMicroseconds: median(write)))
             }
         }
         return rows

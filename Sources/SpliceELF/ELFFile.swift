@@ -29,9 +29,11 @@ public struct ELFFile: Sendable {
 
     /// The defined symbol with this name, preferring global over local bindings.
     public func symbol(named name: String) -> ELFSymbol? {
-        let matches = symbols.filter { $0.name == name && $0.isDefined }
-        return matches.first { $0.binding != .local } ?? matches.first
+        symbolsByName[name].map { symbols[$0] }
     }
+
+    /// Name → index of the symbol `symbol(named:)` returns (built once).
+    private let symbolsByName: [String: Int]
 
     /// Defined function symbols with a size, sorted by address.
     public var functions: [ELFSymbol] {
@@ -89,6 +91,12 @@ public struct ELFFile: Sendable {
         self.sections = parsed.sections
         self.segments = parsed.segments
         self.symbols = parsed.symbols
+        var byName: [String: Int] = [:]
+        for (i, s) in parsed.symbols.enumerated() where s.isDefined && !s.name.isEmpty {
+            if let j = byName[s.name], parsed.symbols[j].binding != .local || s.binding == .local { continue }
+            byName[s.name] = i
+        }
+        self.symbolsByName = byName
         self.relocationSections = parsed.relocations
         self.notes = parsed.notes
     }

@@ -193,15 +193,18 @@ public final class LivePatcher {
     /// be after the reverts; if any write fails, the machine is left exactly as before.
     @discardableResult
     public func replace(reverting ids: [Int], with batch: [BatchItem]) throws -> [ActiveRedirect] {
+        let byID = Dictionary(uniqueKeysWithValues: active.map { ($0.id, $0) })
         let entries = try ids.map { id -> ActiveRedirect in
-            guard let e = active.first(where: { $0.id == id }) else { throw PatchError.noSuchRedirect(id) }
+            guard let e = byID[id] else { throw PatchError.noSuchRedirect(id) }
             return e
         }.sorted { $0.id > $1.id }
         let reverting = Set(ids)
+        var topKept: [String: Int] = [:] // newest redirect of each function that stays
+        for a in active where !reverting.contains(a.id) { topKept[a.function] = a.id }
         for e in entries {
             // Whatever is stacked on top of e must be reverted too.
-            if let top = active.last(where: { $0.function == e.function && !reverting.contains($0.id) }), top.id > e.id {
-                throw PatchError.notTopmost(function: e.function, id: e.id, top: top.id)
+            if let top = topKept[e.function], top > e.id {
+                throw PatchError.notTopmost(function: e.function, id: e.id, top: top)
             }
             for w in e.plan.writes {
                 let found = try machine.memory.read(w.address, count: w.bytes.count)
@@ -316,23 +319,25 @@ public final class LivePatcher {
             return bytes
         }
         var plans: [(BatchItem, PatchPlan)] = []
+        var planned = Set<String>()
+        let redirected = Dictionary(grouping: active.filter { !excluding.contains($0.id) }, by: \.function)
         do {
             for item in batch {
                 let symbol = try function(item.function)
                 let site = try backend.patchSite(of: symbol, in: image.elf)
-                if redirects(of: item.function).allSatisfy({ excluding.contains($0.id) })
-                    && !plans.contains(where: { $0.0.function == item.function }) {
+                if redirected[item.function] == nil && planned.insert(item.function).inserted {
                     let length = min(site.room, backend.undoBufferSize)
                     try backend.verifyUnpatched(try read(site.address, length), at: site, in: image.elf)
                 }
                 plans.append((item, try backend.encode(item.target, at: site, in: image.elf, runtime: runtime, space: space)))
             }
             var undos: [[CodeWrite]] = []
+            let allocations = plans.flatMap { $0.1.allocations }
             for (item, plan) in plans {
                 var undo: [CodeWrite] = []
                 for w in plan.writes {
                     let found = try read(w.address, w.bytes.count)
-                    let ownAllocation = plans.contains { $0.1.allocations.contains { $0.address <= w.address && w.address < $0.address + UInt64($0.size) } }
+                    let ownAllocation = allocations.contains { $0.address <= w.address && w.address < $0.address + UInt64($0.size) }
                     var expectedBytes = expected(at: w.address, count: w.bytes.count)
                     if var e = expectedBytes {
                         for i in 0..<e.count { if let b = overlay[w.address + UInt64(i)] { e[i] = b } }
