@@ -67,6 +67,8 @@ public final class GuestMemory: @unchecked Sendable {
     public let pageSize: UInt64
     public private(set) var regions: [GuestRegion] = []
     private let lock = NSLock()
+    /// The region of the last lookup: patching touches one or two regions many times.
+    private var lastHit: GuestRegion?
 
     init(pageSize: UInt64) { self.pageSize = pageSize }
 
@@ -86,12 +88,22 @@ public final class GuestMemory: @unchecked Sendable {
     func remove(_ region: GuestRegion) {
         lock.lock(); defer { lock.unlock() }
         regions.removeAll { $0 === region }
+        if lastHit === region { lastHit = nil }
     }
 
     /// The region holding all of [address, address + length).
     public func region(containing address: UInt64, length: Int = 1) -> GuestRegion? {
         lock.lock(); defer { lock.unlock() }
-        return regions.first { $0.contains(address, length: length) }
+        if let r = lastHit, r.contains(address, length: length) { return r }
+        let r = regions.first { $0.contains(address, length: length) }
+        if r != nil { lastHit = r }
+        return r
+    }
+
+    /// Whether guest memory at `address` holds exactly `bytes` (no copy).
+    public func holds(_ bytes: [UInt8], at address: UInt64) -> Bool {
+        guard let r = region(containing: address, length: bytes.count) else { return false }
+        return bytes.withUnsafeBytes { memcmp(r.host + Int(address - r.base), $0.baseAddress!, bytes.count) == 0 }
     }
 
     /// Whether any part of [address, address + length) is mapped.

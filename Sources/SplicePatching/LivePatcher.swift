@@ -220,7 +220,7 @@ public final class LivePatcher {
         do {
             try executor.execute { changed in
                 for e in entries {
-                    for w in e.plan.writes where try self.machine.memory.read(w.address, count: w.bytes.count) != w.bytes {
+                    for w in e.plan.writes where !self.machine.memory.holds(w.bytes, at: w.address) {
                         throw PatchError.unexpectedBytes(function: e.function, address: w.address, expected: w.bytes,
                                                          found: try self.machine.memory.read(w.address, count: w.bytes.count))
                     }
@@ -369,9 +369,9 @@ public final class LivePatcher {
         var done: [CodeWrite] = []
         for ((item, plan), undo) in zip(zip(prepared.items, prepared.plans), prepared.undos) {
             for (w, before) in zip(plan.writes, undo) {
-                let found = try machine.memory.read(w.address, count: w.bytes.count)
-                guard found == before.bytes else {
+                guard machine.memory.holds(before.bytes, at: w.address) else {
                     write(done.reversed(), changed: changed)
+                    let found = (try? machine.memory.read(w.address, count: w.bytes.count)) ?? []
                     throw PatchError.unexpectedBytes(function: item.function, address: w.address, expected: before.bytes, found: found)
                 }
                 write([w], changed: changed)

@@ -72,6 +72,22 @@ public final class Rendezvous: PatchExecutor {
     private var work: (((UInt64, Int) -> Void) throws -> Void)?
     private var workError: Error?
     private var ranges: [(UInt64, Int)] = []
+    /// `ranges` sorted and merged (gaps under a page): each vCPU drops a few spans, not
+    /// thousands of 5-byte pieces.
+    private var coalesced: [(UInt64, Int)] = []
+
+    static func coalesce(_ ranges: [(UInt64, Int)]) -> [(UInt64, Int)] {
+        var out: [(UInt64, UInt64)] = []
+        for (a, n) in ranges.sorted(by: { $0.0 < $1.0 }) {
+            let end = a + UInt64(n)
+            if let last = out.last, a <= last.1 + 4096 {
+                out[out.count - 1].1 = max(last.1, end)
+            } else {
+                out.append((a, end))
+            }
+        }
+        return out.map { ($0.0, Int($0.1 - $0.0)) }
+    }
     private var requestTime: UInt64 = 0
     private var trace = Trace()
 
@@ -131,6 +147,7 @@ public final class Rendezvous: PatchExecutor {
                     }
                     trace.written = Self.now() - requestTime
                     trace.ranges = ranges.count
+                    coalesced = Self.coalesce(ranges)
                     phase = .done
                     splice_flag_store(pending, 0)
                     lock.broadcast()
@@ -144,7 +161,7 @@ public final class Rendezvous: PatchExecutor {
                 while phase == .interruptsOff { lock.wait() }
             }
         }
-        let changed = phase == .done ? ranges : []
+        let changed = phase == .done ? coalesced : []
         lock.unlock()
         drop(changed)
         lock.lock()
@@ -191,6 +208,7 @@ public final class Rendezvous: PatchExecutor {
             resumed = 0
             master = nil
             ranges = []
+            coalesced = []
             workError = nil
             self.work = work
             let expected = liveVCPUs
