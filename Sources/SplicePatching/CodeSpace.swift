@@ -31,6 +31,17 @@ public final class CodeSpace {
     }
 
     private var arenas: [Arena] = []
+    /// Set while vCPUs run (by the LivePatcher): mapping, unmapping and filling then happen
+    /// with every vCPU stopped, since every engine maps the same regions.
+    public weak var executor: PatchExecutor?
+
+    /// Runs `body` directly, or inside the executor when vCPUs may be running.
+    func stopped<T>(_ body: () throws -> T) throws -> T {
+        guard let executor else { return try body() }
+        var result: T?
+        try executor.execute { _ in result = try body() }
+        return result!
+    }
 
     public init(machine: Machine) {
         self.machine = machine
@@ -66,8 +77,8 @@ public final class CodeSpace {
 
     /// Maps a region for code at exactly `address` (page-aligned) and allocates from it.
     public func allocate(size: Int, at address: UInt64) throws -> CodeAllocation {
-        let arena = Arena(try machine.map(name: "code@\(String(address, radix: 16))", at: address,
-                                          size: Self.regionSize, permissions: [.read, .execute]))
+        let arena = Arena(try stopped { try machine.map(name: "code@\(String(address, radix: 16))", at: address,
+                                                        size: Self.regionSize, permissions: [.read, .execute]) })
         arenas.append(arena)
         arena.next = (address + UInt64(size) + 15) & ~15
         return arena.take(address, size)
@@ -81,14 +92,16 @@ public final class CodeSpace {
         let arena = arenas[index]
         arena.live -= 1
         if arena.live == 0 {
-            machine.unmap(arena.region)
+            try? stopped { machine.unmap(arena.region) }
             arenas.remove(at: index)
             return
         }
         let trap = machine.architecture.trapInstruction
         let fill = (0..<(allocation.size / trap.count)).flatMap { _ in trap }
-        try? machine.memory.write(allocation.address, fill + [UInt8](repeating: 0, count: allocation.size - fill.count))
-        try? machine.codeChanged(at: allocation.address, length: allocation.size)
+        try? stopped {
+            try machine.memory.write(allocation.address, fill + [UInt8](repeating: 0, count: allocation.size - fill.count))
+            try machine.codeChanged(at: allocation.address, length: allocation.size)
+        }
         arena.free.append((allocation.address, allocation.size))
     }
 
@@ -109,7 +122,7 @@ public final class CodeSpace {
                         permissions: MemoryPermissions) throws -> GuestRegion {
         let size = Self.roundUp(requested)
         let base = try findFree(size: size, near: near, reach: reach)
-        return try machine.map(name: "\(name)@\(String(base, radix: 16))", at: base, size: size, permissions: permissions)
+        return try stopped { try machine.map(name: "\(name)@\(String(base, radix: 16))", at: base, size: size, permissions: permissions) }
     }
 
     public static func roundUp(_ size: UInt64) -> UInt64 { (size + regionSize - 1) / regionSize * regionSize }

@@ -32,7 +32,10 @@ public final class LivePatcher {
     /// The backend's runtime in this machine (nil when it needs none).
     public private(set) var runtime: (any PatchRuntime)?
     /// Where writes happen: directly (default), or inside a rendezvous of running vCPUs.
-    public var executor: PatchExecutor
+    /// Code allocations follow it (mapping a region touches every engine).
+    public var executor: PatchExecutor {
+        didSet { space.executor = executor is DirectExecutor ? nil : executor }
+    }
     private var nextID = 1
     /// Bytes this patcher wrote, by guest address: what memory must hold there now.
     private var written: [UInt64: UInt8] = [:]
@@ -76,8 +79,10 @@ public final class LivePatcher {
                          label: String? = nil) throws -> ActiveRedirect {
         let allocation = try address.map { try space.allocate(size: code.count, at: $0) } ?? space.allocate(size: code.count)
         do {
-            try machine.memory.write(allocation.address, code)
-            try machine.codeChanged(at: allocation.address, length: code.count)
+            try executor.execute { changed in
+                try self.machine.memory.write(allocation.address, code)
+                changed(allocation.address, code.count)
+            }
             return try apply(function, .address(allocation.address), targetName: label ?? "new code at 0x\(String(allocation.address, radix: 16))",
                              extraAllocations: [allocation])
         } catch {

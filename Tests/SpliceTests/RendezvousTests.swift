@@ -206,4 +206,31 @@ final class RendezvousTests: XCTestCase {
             }
         }
     }
+
+    /// Far code and a far-jump slot are mapped (and released) in every engine while the
+    /// vCPUs run: the code space goes through the rendezvous too.
+    func testFarRedirectWithSlotsWhileVCPUsRun() throws {
+        let (r, _) = try start("x86_64", vcpus: 4, payloads: [])
+        r.runner.rendezvous.timeoutMicroseconds = 1_000_000
+        let pristine = try r.code()
+        let regions = r.image.machine.memory.regions.map(\.name)
+        let farCode: [UInt8] = [0x48, 0xc7, 0xc0, 0x09, 0x03, 0x00, 0x00, 0xc3] // mov rax, 777; ret
+        for _ in 0..<10 {
+            let redirect = try r.patcher.redirect("scaled", toCode: farCode, at: 0x2_0000_0000)
+            XCTAssertEqual(redirect.plan.writes.count, 2, "a slot near the site, then the site")
+            Thread.sleep(forTimeInterval: 0.005)
+            try r.patcher.revert("scaled")
+        }
+        Thread.sleep(forTimeInterval: 0.01)
+        r.runner.stop()
+        for i in 0..<r.vcpus {
+            XCTAssertEqual(r.runner.state(of: i), .stopped, "vCPU \(i): no fault")
+            for (x, s, u) in try r.records(i).pairs {
+                XCTAssertTrue(s == Int64(x) * 3 + 1 || s == 777, "scaled(\(x)) = \(s)")
+                XCTAssertTrue(u == Int64(x) * 3 + 1 || u == 777, "apply_unary(0, \(x)) = \(u)")
+            }
+        }
+        XCTAssertEqual(r.image.machine.memory.regions.map(\.name), regions, "slot and far regions released")
+        XCTAssertEqual(try r.code(), pristine)
+    }
 }
