@@ -48,18 +48,9 @@ public enum PayloadBenchmark {
                 w.relocate(section: section, .init(offset: 3, type: 2, symbol: scale, addend: -4))
             }
         }
-        let strings = w.add(.init(name: PayloadFormat.stringsSection, data: Array("scaled".utf8) + [0]))
-        var record = [UInt8](repeating: 0, count: PayloadFormat.recordSize)
-        record[32] = PayloadFormat.recordVersion
-        let funcs = w.add(.init(name: PayloadFormat.funcsSection, data: record, alignment: 8))
-        let stringsSymbol = w.add(.init(name: "", type: ELFWriter.Symbol.sectionType, binding: ELFWriter.Symbol.local, section: strings))
-        w.relocate(section: funcs, .init(offset: 0, type: backend.absoluteAddressRelocation, symbol: stringsSymbol, addend: 0))
-        w.relocate(section: funcs, .init(offset: 8, type: backend.absoluteAddressRelocation, symbol: first, addend: 0))
-        w.add(.init(name: PayloadFormat.dependsSection, type: ELFSection.typeNote,
-                    data: ELFWriter.note(owner: "GNU", type: ELFNote.gnuBuildID, descriptor: target.buildID ?? []), alignment: 4))
-        w.add(.init(name: PayloadFormat.buildIDSection, type: ELFSection.typeNote, flags: ELFSection.flagAlloc,
-                    data: ELFWriter.note(owner: "GNU", type: ELFNote.gnuBuildID, descriptor: [UInt8](repeating: 0x5a, count: 20)),
-                    alignment: 4))
+        var metadata = PayloadMetadata(targetBuildID: target.buildID ?? [])
+        metadata.records = [.init(name: "scaled", newSymbol: first, newSize: 0, oldSize: 0)]
+        metadata.write(into: &w, absolute: backend.absoluteAddressRelocation)
         return try w.write()
     }
 

@@ -29,8 +29,6 @@ public enum RendezvousBenchmark {
     static func manyPayload(target: ELFFile, backend: any PatchBackend, offset: Int64) throws -> Payload {
         let ppc = target.header.machine == ELFMachine.ppc64
         var w = ELFWriter(machine: target.header.machine, flags: target.header.flags)
-        var strings: [UInt8] = []
-        var records: [UInt8] = []
         var functions: [Int] = []
         for i in 0..<1000 {
             let v = Int64(i) + offset
@@ -42,29 +40,11 @@ public enum RendezvousBenchmark {
             functions.append(w.add(.init(name: "new_f\(i)", size: UInt64(code.count), type: ELFWriter.Symbol.function,
                                          binding: ELFWriter.Symbol.global, section: section)))
         }
-        let stringsIndex = w.add(.init(name: PayloadFormat.stringsSection))
-        let funcsIndex = w.add(.init(name: PayloadFormat.funcsSection, alignment: 8))
-        let stringsSymbol = w.add(.init(name: "", type: ELFWriter.Symbol.sectionType, binding: ELFWriter.Symbol.local,
-                                        section: stringsIndex))
-        for i in 0..<1000 {
-            var record = [UInt8](repeating: 0, count: PayloadFormat.recordSize)
-            record[32] = PayloadFormat.recordVersion
-            let base = UInt64(i * PayloadFormat.recordSize)
-            w.relocate(section: funcsIndex, .init(offset: base, type: backend.absoluteAddressRelocation, symbol: stringsSymbol,
-                                                  addend: Int64(strings.count)))
-            w.relocate(section: funcsIndex, .init(offset: base + 8, type: backend.absoluteAddressRelocation,
-                                                  symbol: functions[i], addend: 0))
-            strings += Array(String(format: "f%04d", i).utf8) + [0]
-            records += record
+        var metadata = PayloadMetadata(targetBuildID: target.buildID ?? [])
+        metadata.records = (0..<1000).map { i in
+            .init(name: String(format: "f%04d", i), newSymbol: functions[i], newSize: 0, oldSize: 0)
         }
-        w.setData(of: stringsIndex, strings)
-        w.setData(of: funcsIndex, records)
-        w.add(.init(name: PayloadFormat.dependsSection, type: ELFSection.typeNote,
-                    data: ELFWriter.note(owner: "GNU", type: ELFNote.gnuBuildID, descriptor: target.buildID ?? []), alignment: 4))
-        w.add(.init(name: PayloadFormat.buildIDSection, type: ELFSection.typeNote, flags: ELFSection.flagAlloc,
-                    data: ELFWriter.note(owner: "GNU", type: ELFNote.gnuBuildID,
-                                         descriptor: [UInt8](repeating: UInt8(truncatingIfNeeded: offset), count: 20)),
-                    alignment: 4))
+        metadata.write(into: &w, absolute: backend.absoluteAddressRelocation)
         return try Payload(bytes: try w.write(), name: "many+\(offset)")
     }
 

@@ -1,4 +1,3 @@
-import Crypto
 import SpliceELF
 import SplicePatching
 
@@ -203,53 +202,20 @@ public struct PayloadBuilder {
         }
 
         // Records: one per changed function that the target has, plus NOP patches.
-        var strings: [UInt8] = []
-        var records: [UInt8] = []
-        let stringsIndex = w.add(.init(name: PayloadFormat.stringsSection, flags: 0, alignment: 1))
-        let funcsIndex = w.add(.init(name: PayloadFormat.funcsSection, flags: 0, alignment: 8))
-        let stringsSymbol = w.add(.init(name: "", type: ELFWriter.Symbol.sectionType, binding: ELFWriter.Symbol.local,
-                                        section: stringsIndex))
+        var metadata = PayloadMetadata(targetBuildID: targetID)
+        metadata.dependencies = dependencies.map(\.buildID)
         let entries = report.changed.map { ($0, true) } + nopFunctions.map { ($0, false) }
-        for (n, (name, redirect)) in entries.enumerated() {
+        for (name, redirect) in entries {
             guard let old = target.symbol(named: name), old.isFunction else {
                 throw Failure(description: "the target \(target.name) has no function \(name)")
             }
-            var record = [UInt8](repeating: 0, count: PayloadFormat.recordSize)
-            func put(_ v: UInt64, _ o: Int, _ n: Int) { for k in 0..<n { record[o + k] = UInt8(truncatingIfNeeded: v >> (8 * UInt64(k))) } }
             let new = redirect ? patchedFunctions[name] : nil
-            put(UInt64(new?.size ?? 0), 24, 4)
-            put(old.size, 28, 4)
-            record[32] = PayloadFormat.recordVersion
-            if expectBytes > 0 {
-                let expected = Array(try target.bytes(of: old).prefix(min(expectBytes, PayloadFormat.maxExpectedBytes)))
-                record[33] = UInt8(expected.count)
-                record.replaceSubrange(40..<(40 + expected.count), with: expected)
-            }
-            let base = UInt64(n * PayloadFormat.recordSize)
-            w.relocate(section: funcsIndex, .init(offset: base, type: absolute64, symbol: stringsSymbol, addend: Int64(strings.count)))
-            if let new { w.relocate(section: funcsIndex, .init(offset: base + 8, type: absolute64, symbol: definedSymbol[new.name]!, addend: 0)) }
-            strings += Array(name.utf8) + [0]
-            records += record
+            let expected = expectBytes > 0 ? Array(try target.bytes(of: old).prefix(expectBytes)) : []
+            metadata.records.append(.init(name: name, newSymbol: new.map { definedSymbol[$0.name]! },
+                                          newSize: new?.size ?? 0, oldSize: old.size, expectedBytes: expected))
         }
-        w.setData(of: stringsIndex, strings)
-        w.setData(of: funcsIndex, records)
-        w.add(.init(name: PayloadFormat.dependsSection, type: ELFSection.typeNote, flags: 0,
-                    data: ELFWriter.note(owner: "GNU", type: ELFNote.gnuBuildID, descriptor: targetID), alignment: 4))
-        if !dependencies.isEmpty {
-            w.add(.init(name: PayloadFormat.payloadDependsSection, type: ELFSection.typeNote, flags: 0,
-                        data: dependencies.flatMap { ELFWriter.note(owner: "GNU", type: ELFNote.gnuBuildID, descriptor: $0.buildID) },
-                        alignment: 4))
-        }
-        // The payload's build id: SHA-1 over everything it carries.
-        var hash = Insecure.SHA1()
-        for s in w.sections { hash.update(data: Array(s.name.utf8) + s.data) }
-        for (s, rs) in w.relocations.sorted(by: { $0.key < $1.key }) {
-            for r in rs { hash.update(data: Array("\(s) \(r.offset) \(r.type) \(w.symbols[r.symbol].name) \(r.addend)".utf8)) }
-        }
-        w.add(.init(name: PayloadFormat.buildIDSection, type: ELFSection.typeNote, flags: ELFSection.flagAlloc,
-                    data: ELFWriter.note(owner: "GNU", type: ELFNote.gnuBuildID, descriptor: Array(hash.finalize())), alignment: 4))
+        metadata.write(into: &w, absolute: backend.absoluteAddressRelocation)
         return (try w.write(), report)
     }
 
-    var absolute64: UInt32 { backend.absoluteAddressRelocation }
 }

@@ -1,0 +1,73 @@
+import Crypto
+import SpliceELF
+
+/// The payload's metadata sections (docs/payload-format.md), written into an `ELFWriter`
+/// that already holds the payload's code and data: the one place that knows the record
+/// layout, the strings table, the depends notes and how the build id is computed.
+public struct PayloadMetadata {
+    public struct Record {
+        public var name: String
+        /// The writer's symbol index of the new function; nil for a NOP patch.
+        public var newSymbol: Int?
+        public var newSize: UInt64
+        public var oldSize: UInt64
+        public var expectedBytes: [UInt8]
+
+        public init(name: String, newSymbol: Int?, newSize: UInt64, oldSize: UInt64, expectedBytes: [UInt8] = []) {
+            self.name = name
+            self.newSymbol = newSymbol
+            self.newSize = newSize
+            self.oldSize = oldSize
+            self.expectedBytes = expectedBytes
+        }
+    }
+
+    public var records: [Record] = []
+    public var targetBuildID: [UInt8]
+    public var dependencies: [[UInt8]] = []
+
+    public init(targetBuildID: [UInt8]) { self.targetBuildID = targetBuildID }
+
+    /// Adds .livepatch.strings, .livepatch.funcs with its relocations (`absolute`: the
+    /// ISA's 64-bit address relocation), the depends notes, and last the payload's own
+    /// build id: SHA-1 over every section and relocation written so far.
+    public func write(into w: inout ELFWriter, absolute: UInt32) {
+        var strings: [UInt8] = []
+        var funcs: [UInt8] = []
+        let stringsIndex = w.add(.init(name: PayloadFormat.stringsSection, alignment: 1))
+        let funcsIndex = w.add(.init(name: PayloadFormat.funcsSection, alignment: 8))
+        let stringsSymbol = w.add(.init(name: "", type: ELFWriter.Symbol.sectionType, binding: ELFWriter.Symbol.local,
+                                        section: stringsIndex))
+        for (n, r) in records.enumerated() {
+            var record = [UInt8](repeating: 0, count: PayloadFormat.recordSize)
+            func put(_ v: UInt64, _ o: Int) { for k in 0..<4 { record[o + k] = UInt8(truncatingIfNeeded: v >> (8 * UInt64(k))) } }
+            put(r.newSize, 24)
+            put(r.oldSize, 28)
+            record[32] = PayloadFormat.recordVersion
+            let expected = r.expectedBytes.prefix(PayloadFormat.maxExpectedBytes)
+            record[33] = UInt8(expected.count)
+            record.replaceSubrange(40..<(40 + expected.count), with: expected)
+            let base = UInt64(n * PayloadFormat.recordSize)
+            w.relocate(section: funcsIndex, .init(offset: base, type: absolute, symbol: stringsSymbol, addend: Int64(strings.count)))
+            if let s = r.newSymbol { w.relocate(section: funcsIndex, .init(offset: base + 8, type: absolute, symbol: s, addend: 0)) }
+            strings += Array(r.name.utf8) + [0]
+            funcs += record
+        }
+        w.setData(of: stringsIndex, strings)
+        w.setData(of: funcsIndex, funcs)
+        w.add(.init(name: PayloadFormat.dependsSection, type: ELFSection.typeNote,
+                    data: ELFWriter.note(owner: "GNU", type: ELFNote.gnuBuildID, descriptor: targetBuildID), alignment: 4))
+        if !dependencies.isEmpty {
+            w.add(.init(name: PayloadFormat.payloadDependsSection, type: ELFSection.typeNote,
+                        data: dependencies.flatMap { ELFWriter.note(owner: "GNU", type: ELFNote.gnuBuildID, descriptor: $0) },
+                        alignment: 4))
+        }
+        var hash = Insecure.SHA1()
+        for s in w.sections { hash.update(data: Array(s.name.utf8) + s.data) }
+        for (s, rs) in w.relocations.sorted(by: { $0.key < $1.key }) {
+            for r in rs { hash.update(data: Array("\(s) \(r.offset) \(r.type) \(w.symbols[r.symbol].name) \(r.addend)".utf8)) }
+        }
+        w.add(.init(name: PayloadFormat.buildIDSection, type: ELFSection.typeNote, flags: ELFSection.flagAlloc,
+                    data: ELFWriter.note(owner: "GNU", type: ELFNote.gnuBuildID, descriptor: Array(hash.finalize())), alignment: 4))
+    }
+}
