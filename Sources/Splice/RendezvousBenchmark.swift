@@ -20,6 +20,8 @@ public enum RendezvousBenchmark {
         /// The same REPLACE: only the time every vCPU is stopped while the master writes
         /// (interrupts off → written, from the rendezvous trace).
         public var replaceWriteMedianMicroseconds: Double
+        /// The same REPLACE: preparing it before anyone stops (sites, encodings, checks).
+        public var replacePrepareMedianMicroseconds: Double
         public var ratio: Double { applyMedianMicroseconds / emptyMedianMicroseconds }
         public var replacePerFunctionMicroseconds: Double { (replaceMedianMicroseconds - emptyMedianMicroseconds) / 1000 }
     }
@@ -76,7 +78,7 @@ public enum RendezvousBenchmark {
                 }
                 defer { runner.stop() }
                 Thread.sleep(forTimeInterval: 0.01)
-                var empty: [Double] = [], apply: [Double] = [], replace: [Double] = [], write: [Double] = []
+                var empty: [Double] = [], apply: [Double] = [], replace: [Double] = [], write: [Double] = [], prep: [Double] = []
                 let target = try image.function(named: "checked_double").value
                 for r in 0..<repeats {
                     var t = DispatchTime.now().uptimeNanoseconds
@@ -93,6 +95,7 @@ public enum RendezvousBenchmark {
                     replace.append(Double(DispatchTime.now().uptimeNanoseconds - t) / 1000)
                     let trace = runner.rendezvous.lastTrace
                     write.append(Double(trace.written - trace.interruptsOff) / 1000)
+                    prep.append(Double(patcher.lastTiming.prepare) / 1000)
                 }
                 runner.stop() // before calling guest code from this thread: an engine has one driver
                 let f7 = try image.call("f0007", [1]).signedValue
@@ -101,7 +104,8 @@ public enum RendezvousBenchmark {
                 }
                 rows.append(Row(architecture: machine.architecture.name, vcpus: n, repeats: repeats,
                                 emptyMedianMicroseconds: median(empty), applyMedianMicroseconds: median(apply),
-                                replaceMedianMicroseconds: median(replace), replaceWriteMedianMicroseconds: median(write)))
+                                replaceMedianMicroseconds: median(replace), replaceWriteMedianMicroseconds: median(write),
+                                replacePrepareMedianMicroseconds: median(prep)))
             }
         }
         return rows

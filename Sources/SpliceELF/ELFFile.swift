@@ -64,11 +64,16 @@ public struct ELFFile: Sendable {
     /// The bytes the file puts at guest address [address, address + count), if one
     /// allocated section with contents holds them all.
     public func bytes(at address: UInt64, count: Int) -> [UInt8]? {
-        guard let s = sections.first(where: { $0.contains(address: address) && $0.type != ELFSection.typeNoBits }),
-              address + UInt64(count) <= s.address + UInt64(s.data.count) else { return nil }
+        // Plain ranges, not section values: the patcher asks this for every write it checks.
+        guard let span = contentSpans.first(where: { $0.start <= address && address < $0.end }),
+              address + UInt64(count) <= span.end else { return nil }
+        let s = sections[span.index]
         let start = Int(address - s.address)
         return Array(s.data[start..<start + count])
     }
+
+    /// Allocated sections with contents: [start, end) in the address space, and the index.
+    private let contentSpans: [(start: UInt64, end: UInt64, index: Int)]
 
     /// Reads the file at `path`.
     public init(contentsOf path: String, expectedMachine: UInt16? = nil) throws {
@@ -97,6 +102,10 @@ public struct ELFFile: Sendable {
             byName[s.name] = i
         }
         self.symbolsByName = byName
+        self.contentSpans = parsed.sections.enumerated().compactMap { i, s in
+            s.isAllocated && s.type != ELFSection.typeNoBits && !s.data.isEmpty
+                ? (s.address, s.address + UInt64(min(UInt64(s.data.count), s.size)), i) : nil
+        }
         self.relocationSections = parsed.relocations
         self.notes = parsed.notes
     }

@@ -1,8 +1,9 @@
 import SpliceELF
+import Dispatch
 import SpliceMachine
 
-/// One redirect (or NOP patch) in force.
-public struct ActiveRedirect: Sendable {
+/// One redirect (or NOP patch) in force. A class: REPLACE moves thousands of them around.
+public final class ActiveRedirect: Sendable {
     public let id: Int
     public let function: String
     public let target: RedirectTarget
@@ -11,6 +12,15 @@ public struct ActiveRedirect: Sendable {
     public let plan: PatchPlan
     /// What each write replaced, in write order: the undo buffers.
     public let undo: [CodeWrite]
+
+    init(id: Int, function: String, target: RedirectTarget, targetName: String?, plan: PatchPlan, undo: [CodeWrite]) {
+        self.id = id
+        self.function = function
+        self.target = target
+        self.targetName = targetName
+        self.plan = plan
+        self.undo = undo
+    }
 }
 
 /// The common redirect API on a loaded machine: redirect a function to another one or
@@ -37,8 +47,21 @@ public final class LivePatcher {
         didSet { space.executor = executor is DirectExecutor ? nil : executor }
     }
     private var nextID = 1
+    /// Where the time of the last batch apply or REPLACE went (for `splice bench rendezvous`).
+    public private(set) var lastTiming = ActionTiming()
     /// Bytes this patcher wrote, by guest address: what memory must hold there now.
-    private var written: [UInt64: UInt8] = [:]
+    private var written = ByteOverlay()
+    /// Patch sites by function (a site depends only on the image's bytes).
+    private var sites: [String: PatchSite] = [:]
+    /// Encodings that allocated nothing, by site and target: they depend only on the image
+    /// and the runtime, so applying the same payload again (REPLACE back and forth) reuses
+    /// them. Bounded; cleared when full.
+    private var encodings: [EncodingKey: PatchPlan] = [:]
+    private struct EncodingKey: Hashable {
+        let site: UInt64
+        let target: RedirectTarget
+    }
+    static let encodingCacheLimit = 1 << 16
 
     public var machine: Machine { image.machine }
 
@@ -106,7 +129,10 @@ public final class LivePatcher {
 
     /// The patch site of `function` as the backend sees it.
     public func site(of function: String) throws -> PatchSite {
-        try backend.patchSite(of: try self.function(function), in: image.elf)
+        if let known = sites[function] { return known }
+        let site = try backend.patchSite(of: try self.function(function), in: image.elf)
+        sites[function] = site
+        return site
     }
 
     public func redirects(of function: String) -> [ActiveRedirect] { active.filter { $0.function == function } }
@@ -175,7 +201,7 @@ public final class LivePatcher {
             for s in backend.nonStopSteps(for: plan.writes) {
                 if case let .write(address, bytes, _) = s {
                     try machine.memory.write(address, bytes)
-                    for (i, b) in bytes.enumerated() { written[address + UInt64(i)] = b }
+                    written.set(address, bytes)
                 }
                 try step(s)
             }
@@ -198,6 +224,7 @@ public final class LivePatcher {
     /// be after the reverts; if any write fails, the machine is left exactly as before.
     @discardableResult
     public func replace(reverting ids: [Int], with batch: [BatchItem]) throws -> [ActiveRedirect] {
+        var timing = ActionTiming.Clock()
         let byID = Dictionary(uniqueKeysWithValues: active.map { ($0.id, $0) })
         let entries = try ids.map { id -> ActiveRedirect in
             guard let e = byID[id] else { throw PatchError.noSuchRedirect(id) }
@@ -211,16 +238,15 @@ public final class LivePatcher {
             if let top = topKept[e.function], top > e.id {
                 throw PatchError.notTopmost(function: e.function, id: e.id, top: top)
             }
-            for w in e.plan.writes {
-                let found = try machine.memory.read(w.address, count: w.bytes.count)
-                guard found == w.bytes else {
-                    throw PatchError.unexpectedBytes(function: e.function, address: w.address, expected: w.bytes, found: found)
-                }
+            for w in e.plan.writes where !machine.memory.holds(w.bytes, at: w.address) {
+                throw PatchError.unexpectedBytes(function: e.function, address: w.address, expected: w.bytes,
+                                                 found: try machine.memory.read(w.address, count: w.bytes.count))
             }
         }
-        var overlay: [UInt64: UInt8] = [:]
-        for e in entries { for w in e.undo.reversed() { for (i, b) in w.bytes.enumerated() { overlay[w.address + UInt64(i)] = b } } }
+        var overlay = ByteOverlay()
+        for e in entries { for w in e.undo.reversed() { overlay.set(w.address, w.bytes) } }
         let prepared = try prepare(batch: batch, overlay: overlay, excluding: reverting)
+        timing.mark(\.prepare)
         var applied: [ActiveRedirect] = []
         do {
             try executor.execute { changed in
@@ -242,11 +268,14 @@ public final class LivePatcher {
             abandon(prepared)
             throw error
         }
+        timing.mark(\.execute)
         for e in entries {
             for w in e.undo where isAllocated(w.address, in: e) { forget(w) }
             for a in e.plan.allocations { space.release(a) }
         }
         active.removeAll { reverting.contains($0.id) }
+        timing.mark(\.finish)
+        lastTiming = timing.result
         return applied
     }
 
@@ -298,7 +327,9 @@ public final class LivePatcher {
     /// executor (inside a rendezvous when vCPUs are running).
     @discardableResult
     public func apply(batch: [BatchItem]) throws -> [ActiveRedirect] {
+        var timing = ActionTiming.Clock()
         let prepared = try prepare(batch: batch)
+        timing.mark(\.prepare)
         var entries: [ActiveRedirect] = []
         do {
             try executor.execute { changed in entries = try self.commit(prepared, changed: changed) }
@@ -306,52 +337,60 @@ public final class LivePatcher {
             abandon(prepared)
             throw error
         }
+        timing.mark(\.execute)
+        timing.mark(\.finish)
+        lastTiming = timing.result
         return entries
     }
 
     /// Everything a batch needs, before any vCPU is stopped: sites, encodings, far-jump
     /// slots and stubs, and the bytes each write will replace.
     public func prepare(batch: [BatchItem]) throws -> PreparedBatch {
-        try prepare(batch: batch, overlay: [:], excluding: [])
+        try prepare(batch: batch, overlay: ByteOverlay(), excluding: [])
     }
 
     /// Prepares `batch` against memory as it will be once the redirects `excluding` are
     /// reverted: `overlay` holds the bytes their undo buffers put back.
-    func prepare(batch: [BatchItem], overlay: [UInt64: UInt8], excluding: Set<Int>) throws -> PreparedBatch {
+    func prepare(batch: [BatchItem], overlay: ByteOverlay, excluding: Set<Int>) throws -> PreparedBatch {
+        let elf = image.elf
         func read(_ address: UInt64, _ count: Int) throws -> [UInt8] {
             var bytes = try machine.memory.read(address, count: count)
-            for i in 0..<count { if let b = overlay[address + UInt64(i)] { bytes[i] = b } }
+            overlay.apply(to: &bytes, at: address)
             return bytes
         }
         var plans: [(BatchItem, PatchPlan)] = []
-        var planned = Set<String>()
-        let redirected = Dictionary(grouping: active.filter { !excluding.contains($0.id) }, by: \.function)
+        plans.reserveCapacity(batch.count)
+        // Sites by address: cheaper to hash than names, and one site per function.
+        var planned = Set<UInt64>(minimumCapacity: batch.count)
+        var redirected = Set<UInt64>(minimumCapacity: active.count)
+        for a in active where !excluding.contains(a.id) { redirected.insert(a.plan.site.address) }
         do {
             for item in batch {
-                let symbol = try function(item.function)
-                let site = try backend.patchSite(of: symbol, in: image.elf)
-                if redirected[item.function] == nil && planned.insert(item.function).inserted {
+                let site = try site(of: item.function)
+                if !redirected.contains(site.address) && planned.insert(site.address).inserted {
                     let length = min(site.room, backend.undoBufferSize)
-                    try backend.verifyUnpatched(try read(site.address, length), at: site, in: image.elf)
+                    try backend.verifyUnpatched(try read(site.address, length), at: site, in: elf)
                 }
-                plans.append((item, try backend.encode(item.target, at: site, in: image.elf, runtime: runtime, space: space)))
+                plans.append((item, try encode(item.target, at: site, in: elf)))
             }
             var undos: [[CodeWrite]] = []
+            undos.reserveCapacity(plans.count)
             let allocations = plans.flatMap { $0.1.allocations }
             for (item, plan) in plans {
                 var undo: [CodeWrite] = []
+                undo.reserveCapacity(plan.writes.count)
                 for w in plan.writes {
                     let found = try read(w.address, w.bytes.count)
-                    let ownAllocation = allocations.contains { $0.address <= w.address && w.address < $0.address + UInt64($0.size) }
-                    var expectedBytes = expected(at: w.address, count: w.bytes.count)
-                    if var e = expectedBytes {
-                        for i in 0..<e.count { if let b = overlay[w.address + UInt64(i)] { e[i] = b } }
-                        expectedBytes = e
+                    let ownAllocation = !allocations.isEmpty
+                        && allocations.contains { $0.address <= w.address && w.address < $0.address + UInt64($0.size) }
+                    if !ownAllocation, var expected = expected(at: w.address, count: w.bytes.count, in: elf) {
+                        overlay.apply(to: &expected, at: w.address)
+                        guard expected == found else {
+                            throw PatchError.unexpectedBytes(function: item.function, address: w.address, expected: expected, found: found)
+                        }
                     }
-                    if let expected = expectedBytes, expected != found, !ownAllocation {
-                        throw PatchError.unexpectedBytes(function: item.function, address: w.address, expected: expected, found: found)
-                    }
-                    undo.append(CodeWrite(address: w.address, bytes: found, purpose: "undo: \(w.purpose)", kind: w.kind))
+                    // An undo write carries the purpose of the write it undoes.
+                    undo.append(CodeWrite(address: w.address, bytes: found, purpose: w.purpose, kind: w.kind))
                 }
                 undos.append(undo)
             }
@@ -360,6 +399,17 @@ public final class LivePatcher {
             for (_, p) in plans { for a in p.allocations { space.release(a) } }
             throw error
         }
+    }
+
+    private func encode(_ target: RedirectTarget, at site: PatchSite, in elf: ELFFile) throws -> PatchPlan {
+        let key = EncodingKey(site: site.address, target: target)
+        if let known = encodings[key] { return known }
+        let plan = try backend.encode(target, at: site, in: elf, runtime: runtime, space: space)
+        if plan.allocations.isEmpty {
+            if encodings.count >= Self.encodingCacheLimit { encodings.removeAll(keepingCapacity: true) }
+            encodings[key] = plan
+        }
+        return plan
     }
 
     /// Releases what `prepare` allocated, for a batch that will not be committed.
@@ -389,19 +439,18 @@ public final class LivePatcher {
     /// Encodes a redirect without writing anything (a load-time check that a payload's
     /// functions can be patched); whatever the encoding allocated is released.
     public func check(_ item: BatchItem) throws {
-        let site = try backend.patchSite(of: try function(item.function), in: image.elf)
+        let site = try site(of: item.function)
         let plan = try backend.encode(item.target, at: site, in: image.elf, runtime: runtime, space: space)
         for a in plan.allocations { space.release(a) }
     }
 
     /// What memory should hold: bytes this patcher wrote, else the image's own bytes.
-    private func expected(at address: UInt64, count: Int) -> [UInt8]? {
-        guard var bytes = image.elf.bytes(at: address, count: count) else {
+    private func expected(at address: UInt64, count: Int, in elf: ELFFile) -> [UInt8]? {
+        guard var bytes = elf.bytes(at: address, count: count) else {
             // Not image code (allocated code): only what we wrote is known.
-            let known = (0..<count).compactMap { written[address + UInt64($0)] }
-            return known.count == count ? known : nil
+            return written.known(address, count: count)
         }
-        for i in 0..<count { if let b = written[address + UInt64(i)] { bytes[i] = b } }
+        written.apply(to: &bytes, at: address)
         return bytes
     }
 
@@ -410,7 +459,7 @@ public final class LivePatcher {
     private func write<S: Sequence>(_ writes: S, changed: (UInt64, Int) -> Void) where S.Element == CodeWrite {
         for w in writes {
             try? machine.memory.write(w.address, w.bytes)
-            for (i, b) in w.bytes.enumerated() { written[w.address + UInt64(i)] = b }
+            written.set(w.address, w.bytes)
             changed(w.address, w.bytes.count)
         }
     }
@@ -420,6 +469,25 @@ public final class LivePatcher {
     }
 
     private func forget(_ w: CodeWrite) {
-        for i in 0..<w.bytes.count { written.removeValue(forKey: w.address + UInt64(i)) }
+        written.remove(w.address, count: w.bytes.count)
+    }
+}
+
+/// Where the time of one action went, in nanoseconds: preparing (sites, encodings, checks,
+/// allocations; nothing stopped), executing (the rendezvous, or direct writes), and the
+/// bookkeeping after it (releasing what reverted redirects held).
+public struct ActionTiming: Sendable {
+    public var prepare: UInt64 = 0
+    public var execute: UInt64 = 0
+    public var finish: UInt64 = 0
+
+    struct Clock {
+        private var last = DispatchTime.now().uptimeNanoseconds
+        private(set) var result = ActionTiming()
+        mutating func mark(_ phase: WritableKeyPath<ActionTiming, UInt64>) {
+            let now = DispatchTime.now().uptimeNanoseconds
+            result[keyPath: phase] = now - last
+            last = now
+        }
     }
 }

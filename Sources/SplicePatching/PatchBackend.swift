@@ -86,7 +86,7 @@ public struct PatchPlan: Equatable, Sendable {
 }
 
 /// What a redirect is asked to do.
-public enum RedirectTarget: Equatable, Sendable {
+public enum RedirectTarget: Hashable, Sendable {
     /// Jump to new code at this address.
     case address(UInt64)
     /// `new_addr == 0`: make the function return at once, doing nothing.

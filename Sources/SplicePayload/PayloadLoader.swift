@@ -253,9 +253,10 @@ public final class PayloadLoader {
     }
 
     func items(of p: LoadedPayload) -> [LivePatcher.BatchItem] {
-        p.functions.map {
+        let file = p.payload.name.split(separator: "/").last.map(String.init) ?? ""
+        return p.functions.map {
             .init(function: $0.function.name, target: $0.newAddress.map { .address($0) } ?? .returnImmediately,
-                  label: "\(p.payload.name.split(separator: "/").last ?? ""):\($0.function.name)")
+                  label: file + ":" + $0.function.name)
         }
     }
 

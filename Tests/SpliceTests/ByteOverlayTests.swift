@@ -1,0 +1,35 @@
+@testable import SplicePatching
+import XCTest
+
+/// The granule map behind the patcher's "what must memory hold here" bookkeeping, checked
+/// against the obvious per-byte dictionary on random writes that straddle granules.
+final class ByteOverlayTests: XCTestCase {
+    func testMatchesAPerByteModelOnRandomOperations() {
+        var rng = SystemRandomNumberGenerator()
+        var overlay = ByteOverlay()
+        var model: [UInt64: UInt8] = [:]
+        let base: UInt64 = 0x1000_0000
+        for _ in 0..<20_000 {
+            let address = base + UInt64.random(in: 0..<96, using: &rng)
+            let count = Int.random(in: 1...17, using: &rng)
+            switch Int.random(in: 0..<3, using: &rng) {
+            case 0:
+                let bytes = (0..<count).map { _ in UInt8.random(in: 0...255, using: &rng) }
+                overlay.set(address, bytes)
+                for (i, b) in bytes.enumerated() { model[address + UInt64(i)] = b }
+            case 1:
+                overlay.remove(address, count: count)
+                for i in 0..<count { model[address + UInt64(i)] = nil }
+            default:
+                var seen = [UInt8](repeating: 0xee, count: count)
+                overlay.apply(to: &seen, at: address)
+                let expected = (0..<count).map { model[address + UInt64($0)] ?? 0xee }
+                XCTAssertEqual(seen, expected, "apply at 0x\(String(address, radix: 16)) count \(count)")
+                let all = (0..<count).compactMap { model[address + UInt64($0)] }
+                XCTAssertEqual(overlay.known(address, count: count), all.count == count ? all : nil)
+            }
+        }
+        for i in 0..<128 { overlay.remove(base + UInt64(i), count: 1) }
+        XCTAssertTrue(overlay.isEmpty, "removing every byte leaves no granule behind")
+    }
+}
