@@ -96,7 +96,7 @@ qemu-ppc64le "$out/oracle-ppc64le" > "$out/oracle-ppc64le.txt"
 # (what `splice build` diffs), and the patched program's oracle output. NAME:BASE means
 # the patch applies on top of patch BASE (a stacked payload depends on BASE's).
 patches=(01-greeting-len-fix: 02-scaled-plus-two: 03-greeting-sum-helper:
-         04-scaled-twice-stacked:02-scaled-plus-two 05-hooks:)
+         04-scaled-twice-stacked:02-scaled-plus-two 05-hooks: 06-shadow-write-count:)
 for spec in "${patches[@]}"; do
     name=${spec%%:*}
     base=${spec#*:}
@@ -111,9 +111,9 @@ for spec in "${patches[@]}"; do
         (cd "$work" && "${x86[@]}" "${sections[@]}" -c kernel.c -o "$dest/$stage-x86_64.o")
         (cd "$work" && "${ppc[@]}" "${sections[@]}" -c kernel.c -o "$dest/$stage-ppc64le.o")
     done
-    (cd "$work" && gcc -O2 -ffile-prefix-map="$work"=. -I. oracle.c kernel.c checked.c -o oracle-x86_64 \
+    (cd "$work" && gcc -O2 -ffile-prefix-map="$work"=. -I. oracle.c kernel.c checked.c shadow_ref.c -o oracle-x86_64 \
         && ./oracle-x86_64 > "$dest/oracle-x86_64.txt")
-    (cd "$work" && powerpc64le-linux-gnu-gcc -O2 -static -ffile-prefix-map="$work"=. -I. oracle.c kernel.c checked.c \
+    (cd "$work" && powerpc64le-linux-gnu-gcc -O2 -static -ffile-prefix-map="$work"=. -I. oracle.c kernel.c checked.c shadow_ref.c \
         -o oracle-ppc64le && qemu-ppc64le ./oracle-ppc64le > "$dest/oracle-ppc64le.txt")
     rm -rf "$work"
 done

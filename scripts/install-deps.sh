@@ -4,7 +4,7 @@
 #   scripts/install-deps.sh --samples  also the cross compiler samples/build.sh uses
 set -euo pipefail
 packages=(pkg-config libunicorn-dev libcapstone-dev libelf-dev qemu-user)
-[ "${1:-}" = "--samples" ] && packages+=(gcc gcc-powerpc64le-linux-gnu)
+[ "${1:-}" = "--samples" ] && packages+=(gcc libc6-dev gcc-powerpc64le-linux-gnu libc6-dev-ppc64el-cross patch)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -89,6 +89,10 @@ public protocol CPUArchitecture: Sendable {
     var returnValueRegister: CPURegister { get }
     /// Bytes that stop the guest if executed (filled into the sentinel page).
     var trapInstruction: [UInt8] { get }
+    /// The integer argument registers of a call, in order.
+    var argumentRegisters: [CPURegister] { get }
+    /// A function return (x86-64 `ret`, ppc64le `blr`), as bytes.
+    var returnInstruction: [UInt8] { get }
     var layout: GuestLayout { get }
 
     /// Makes a fresh engine able to run this ISA's code (once per vCPU).

@@ -54,6 +54,8 @@ public final class VCPU {
     private let stopRecord: UnsafeMutablePointer<splice_stop_record>
     private let counter: UnsafeMutablePointer<UInt64>
     private var countHook: uc_hook?
+    /// Objects C hooks point at (host calls): they live as long as the engine.
+    var hookContexts: [AnyObject] = []
 
     init(index: Int, architecture: any CPUArchitecture, memory: GuestMemory, stackTop: UInt64,
          returnSentinel: UInt64) throws {

@@ -129,6 +129,7 @@ public final class PayloadLoader {
         var contents: [Int: [UInt8]] = [:]
         for s in allocated { contents[s.index] = s.type == ELFSection.typeNoBits ? [UInt8](repeating: 0, count: Int(s.size)) : s.data }
         var stubs: [String: (address: UInt64, bytes: [UInt8])] = [:]
+        let hostSymbols = patcher.hostCalls.symbols
         func resolve(_ s: ELFSymbol, section: String, index: Int) throws -> (UInt64, external: Bool, localEntry: UInt64) {
             if s.isDefined {
                 guard let a = addresses[Int(s.sectionIndex)] else {
@@ -138,6 +139,7 @@ public final class PayloadLoader {
             }
             if s.name == ".TOC.", let toc { return (toc, false, 0) }
             if let t = image.elf.symbol(named: s.name) { return (t.value, true, t.localEntryOffset) }
+            if let h = hostSymbols[s.name] { return (h, true, 0) }
             for d in dependencies { if let v = d.exports[s.name] { return (v, true, 0) } }
             throw fail(.undefinedSymbol(symbol: s.name, section: section, relocation: index))
         }

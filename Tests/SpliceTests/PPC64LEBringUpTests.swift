@@ -65,6 +65,8 @@ struct PPC64LEWithoutBringUp: CPUArchitecture {
     var stackPointer: CPURegister { base.stackPointer }
     var returnValueRegister: CPURegister { base.returnValueRegister }
     var trapInstruction: [UInt8] { base.trapInstruction }
+    var argumentRegisters: [CPURegister] { base.argumentRegisters }
+    var returnInstruction: [UInt8] { base.returnInstruction }
     var layout: GuestLayout { base.layout }
     func bringUp(_ engine: UnicornEngine) throws {}
     func prepareCall(_ engine: UnicornEngine, memory: GuestMemory, entry: CallEntry, arguments: [UInt64],

@@ -53,7 +53,7 @@ final class PayloadTests: XCTestCase {
 
     func testEverySamplePatchMatchesThePatchedOracleAndRevertsExactly() throws {
         for isa in Self.isas {
-            for name in ["01-greeting-len-fix", "02-scaled-plus-two", "03-greeting-sum-helper", "05-hooks"] {
+            for name in ["01-greeting-len-fix", "02-scaled-plus-two", "03-greeting-sum-helper", "05-hooks", "06-shadow-write-count"] {
                 let (payload, _, report) = try Self.build(name, isa)
                 XCTAssertFalse(report.changed.isEmpty, "\(name) \(isa)")
                 let (image, loader) = try Self.machine(isa)

@@ -32,6 +32,8 @@ public struct PPC64LEArchitecture: CPUArchitecture {
     }
 
     static let maximumArguments = 16
+    public let argumentRegisters: [CPURegister] = (3...10).map { PPC64LERegisters.gpr($0) }
+    public let returnInstruction: [UInt8] = PPC64LEInstruction.bytes(PPC64LEEncoder.blr)
 
     /// ELFv2: arguments in r3..r10, the rest in the caller's parameter save area at
     /// 32(r1)+8*i; the caller's frame has a null back chain; LR is the return address;

@@ -26,6 +26,8 @@ public struct X86_64Architecture: CPUArchitecture {
         CPURegister(UC_X86_REG_R8.rawValue, "r8"), CPURegister(UC_X86_REG_R9.rawValue, "r9"),
     ]
     static let maximumArguments = 16
+    public var argumentRegisters: [CPURegister] { Self.argumentRegisters }
+    public let returnInstruction: [UInt8] = [0xc3]
 
     public func bringUp(_ engine: UnicornEngine) throws {}
 
