@@ -160,31 +160,66 @@ public final class LivePatcher {
 
     /// Reverts redirect `id`; it must be the topmost one of its function.
     public func revert(id: Int) throws {
-        guard let index = active.firstIndex(where: { $0.id == id }) else { throw PatchError.noSuchRedirect(id) }
-        let entry = active[index]
+        let entry = try revertable(id)
+        try executor.execute { changed in
+            // Again, now that nothing runs: then put the saved bytes back, newest first.
+            try self.checkInPlace(entry)
+            self.write(entry.undo.reversed(), changed: changed)
+        }
+        finishRevert(entry)
+    }
+
+    /// Reverts redirect `id` without stopping anyone: the undo writes, newest first, each
+    /// as the backend's non-stop sequence. A vCPU trapped meanwhile (x86-64 int3) is sent
+    /// where the redirect still being removed goes. On ppc64le the reverse order removes
+    /// the odd-TOC mark before the `bl`, so the mark is never there without the call.
+    public func revertNonStop(id: Int, step: (NonStopStep) throws -> Void) throws {
+        let entry = try revertable(id)
+        for s in nonStopRevertSteps(for: entry) {
+            if case let .write(address, bytes, _) = s {
+                try machine.memory.write(address, bytes)
+                written.set(address, bytes)
+            }
+            try step(s)
+        }
+        finishRevert(entry)
+    }
+
+    /// The non-stop sequence that takes `entry` back (see `revertNonStop`).
+    public func nonStopRevertSteps(for entry: ActiveRedirect) -> [NonStopStep] {
+        zip(entry.plan.writes, entry.undo).reversed().flatMap { w, undo in
+            backend.nonStopSteps(for: [undo]).map { s -> NonStopStep in
+                // While the trap is armed the redirect is still in force: trapped vCPUs take it.
+                if case let .trapArmed(address, _) = s { return .trapArmed(address, final: w.bytes) }
+                return s
+            }
+        }
+    }
+
+    /// Redirect `id`, if it may be reverted now: the topmost of its function, its writes
+    /// still in memory.
+    private func revertable(_ id: Int) throws -> ActiveRedirect {
+        guard let entry = active.first(where: { $0.id == id }) else { throw PatchError.noSuchRedirect(id) }
         if let top = active.last(where: { $0.function == entry.function }), top.id != id {
             throw PatchError.notTopmost(function: entry.function, id: id, top: top.id)
         }
-        // Memory must still hold exactly what this redirect wrote.
-        for w in entry.plan.writes {
-            let found = try machine.memory.read(w.address, count: w.bytes.count)
-            guard found == w.bytes else {
-                throw PatchError.unexpectedBytes(function: entry.function, address: w.address, expected: w.bytes, found: found)
-            }
+        try checkInPlace(entry)
+        return entry
+    }
+
+    /// Memory must still hold exactly what `entry` wrote.
+    private func checkInPlace(_ entry: ActiveRedirect) throws {
+        for w in entry.plan.writes where !machine.memory.holds(w.bytes, at: w.address) {
+            throw PatchError.unexpectedBytes(function: entry.function, address: w.address, expected: w.bytes,
+                                             found: try machine.memory.read(w.address, count: w.bytes.count))
         }
-        try executor.execute { changed in
-            // Again, now that nothing runs: then put the saved bytes back, newest first.
-            for w in entry.plan.writes {
-                let found = try self.machine.memory.read(w.address, count: w.bytes.count)
-                guard found == w.bytes else {
-                    throw PatchError.unexpectedBytes(function: entry.function, address: w.address, expected: w.bytes, found: found)
-                }
-            }
-            self.write(entry.undo.reversed(), changed: changed)
-        }
+    }
+
+    /// Bookkeeping once `entry`'s undo writes are in memory.
+    private func finishRevert(_ entry: ActiveRedirect) {
         for w in entry.undo where isAllocated(w.address, in: entry) { forget(w) }
         for a in entry.plan.allocations { space.release(a) }
-        active.remove(at: index)
+        active.removeAll { $0.id == entry.id }
     }
 
     /// Reverts every redirect, newest first.
@@ -251,10 +286,7 @@ public final class LivePatcher {
             if let top = topKept[e.function], top > e.id {
                 throw PatchError.notTopmost(function: e.function, id: e.id, top: top)
             }
-            for w in e.plan.writes where !machine.memory.holds(w.bytes, at: w.address) {
-                throw PatchError.unexpectedBytes(function: e.function, address: w.address, expected: w.bytes,
-                                                 found: try machine.memory.read(w.address, count: w.bytes.count))
-            }
+            try checkInPlace(e)
         }
         var overlay = ByteOverlay()
         for e in entries { for w in e.undo.reversed() { overlay.set(w.address, w.bytes) } }
@@ -263,12 +295,7 @@ public final class LivePatcher {
         var applied: [ActiveRedirect] = []
         do {
             try executor.execute { changed in
-                for e in entries {
-                    for w in e.plan.writes where !self.machine.memory.holds(w.bytes, at: w.address) {
-                        throw PatchError.unexpectedBytes(function: e.function, address: w.address, expected: w.bytes,
-                                                         found: try self.machine.memory.read(w.address, count: w.bytes.count))
-                    }
-                }
+                for e in entries { try self.checkInPlace(e) }
                 for e in entries { self.write(e.undo.reversed(), changed: changed) }
                 do {
                     applied = try self.commit(prepared, changed: changed)

@@ -254,7 +254,8 @@ public final class PayloadLoader {
         try runHooks(.postapply, of: p)
     }
 
-    func items(of p: LoadedPayload) -> [LivePatcher.BatchItem] {
+    /// The redirects `p` makes, as a batch for the patcher.
+    public func items(of p: LoadedPayload) -> [LivePatcher.BatchItem] {
         let file = p.payload.name.split(separator: "/").last.map(String.init) ?? ""
         return p.functions.map {
             .init(function: $0.function.name, target: $0.newAddress.map { .address($0) } ?? .returnImmediately,

@@ -18,8 +18,9 @@ final class InterleavingTests: XCTestCase {
 
     /// Runs every (boundary, step) pair for one strategy on a fresh machine each time.
     /// `call` enters the function; returns every outcome.
+    /// With `revert`, the redirect is in force first and the sequence takes it back.
     func explore(_ isa: String, _ strategy: Strategy, function: String, target: String, entry: EntryKind,
-                 boundaries: Int) throws -> [Outcome] {
+                 boundaries: Int, revert: Bool = false) throws -> [Outcome] {
         var outcomes: [Outcome] = []
         redirects = 0
         var maxSteps = 1
@@ -30,19 +31,32 @@ final class InterleavingTests: XCTestCase {
                 let image = try loadImage(path: PayloadTests.targetPath(isa))
                 let backend = try Architectures.backend(for: image.elf)
                 let patcher = try LivePatcher(image: image, backend: backend)
+                let item = LivePatcher.BatchItem(function: function, target: .address(try image.function(named: target).value))
                 let scheduler = DeterministicScheduler(machine: image.machine, backend: backend, quantum: 1)
                 let callEntry = try XCTUnwrap(image.entries(of: function).first { $0.kind == entry })
                 try scheduler.start(vcpu: 0, entry: callEntry, arguments: [10])
                 if k > 0 { try scheduler.step(0, instructions: k) } // (0 would mean "no limit" to Unicorn)
-                let item = LivePatcher.BatchItem(function: function, target: .address(try image.function(named: target).value))
+                // Reverting: the redirect went in (all at once) while the vCPU stood here.
+                let applied = revert ? try patcher.apply(batch: [item])[0] : nil
                 // The sequence of steps, per strategy.
                 var steps: [NonStopStep] = []
-                switch strategy {
-                case .nonStop:
+                switch (strategy, applied) {
+                case let (.nonStop, applied?):
+                    steps = patcher.nonStopRevertSteps(for: applied)
+                case let (.naive, applied?):
+                    // Every byte on its own, and (ppc64le) the odd-TOC mark last.
+                    let writes = applied.undo.sorted { ($0.purpose.contains("odd-TOC") ? 1 : 0) < ($1.purpose.contains("odd-TOC") ? 1 : 0) }
+                    steps = writes.flatMap { w in w.bytes.enumerated().flatMap { i, b in
+                        [NonStopStep.write(w.address + UInt64(i), [b], purpose: "byte \(i)"), .sync]
+                    } }
+                case let (.stopMachine, applied?):
+                    try scheduler.runToCompletion()
+                    steps = applied.undo.reversed().flatMap { [NonStopStep.write($0.address, $0.bytes, purpose: $0.purpose), .sync] }
+                case (.nonStop, nil):
                     let prepared = try patcher.prepare(batch: [item])
                     steps = backend.nonStopSteps(for: prepared.plans[0].writes)
                     patcher.abandon(prepared)
-                case .naive:
+                case (.naive, nil):
                     // Every byte on its own, and (ppc64le) the odd-TOC mark first.
                     let prepared = try patcher.prepare(batch: [item])
                     let writes = prepared.plans[0].writes.sorted { ($0.purpose.contains("odd-TOC") ? 0 : 1) < ($1.purpose.contains("odd-TOC") ? 0 : 1) }
@@ -50,7 +64,7 @@ final class InterleavingTests: XCTestCase {
                         [NonStopStep.write(w.address + UInt64(i), [b], purpose: "byte \(i)"), .sync]
                     } }
                     patcher.abandon(prepared)
-                case .stopMachine:
+                case (.stopMachine, nil):
                     // The rendezvous: the vCPU reaches its safe point (returns) before any write.
                     try scheduler.runToCompletion()
                     let prepared = try patcher.prepare(batch: [item])
@@ -80,10 +94,13 @@ final class InterleavingTests: XCTestCase {
         return outcomes
     }
 
-    func check(_ isa: String, function: String, target: String, entry: EntryKind, boundaries: Int, old: Int64, new: Int64) throws {
+    func check(_ isa: String, function: String, target: String, entry: EntryKind, boundaries: Int, old: Int64, new: Int64,
+               revert: Bool = false) throws {
         var torn: [Strategy: [Outcome]] = [:]
+        let what = revert ? "\(isa) revert" : isa
         for strategy in Strategy.allCases {
-            let outcomes = try explore(isa, strategy, function: function, target: target, entry: entry, boundaries: boundaries)
+            let outcomes = try explore(isa, strategy, function: function, target: target, entry: entry, boundaries: boundaries,
+                                       revert: revert)
             torn[strategy] = outcomes.filter { o in
                 if case let .returned(v) = o.result { return v != old && v != new }
                 return true
@@ -91,12 +108,12 @@ final class InterleavingTests: XCTestCase {
             if strategy == .nonStop && isa == "x86_64" {
                 XCTAssertGreaterThan(redirects, 0, "some vCPUs hit the int3 and were sent to the new code")
             }
-            print("\(isa) \(strategy.rawValue): \(outcomes.count) interleavings, \(torn[strategy]!.count) torn, \(redirects) int3 redirects"
+            print("\(what) \(strategy.rawValue): \(outcomes.count) interleavings, \(torn[strategy]!.count) torn, \(redirects) int3 redirects"
                   + (torn[strategy]!.first.map { " (e.g. \($0))" } ?? ""))
         }
-        XCTAssertFalse(torn[.naive]!.isEmpty, "\(isa): the naive byte-by-byte sequence must be caught tearing")
-        XCTAssertEqual(torn[.nonStop]!.count, 0, "\(isa): \(torn[.nonStop]!)")
-        XCTAssertEqual(torn[.stopMachine]!.count, 0, "\(isa): \(torn[.stopMachine]!)")
+        XCTAssertFalse(torn[.naive]!.isEmpty, "\(what): the naive byte-by-byte sequence must be caught tearing")
+        XCTAssertEqual(torn[.nonStop]!.count, 0, "\(what): \(torn[.nonStop]!)")
+        XCTAssertEqual(torn[.stopMachine]!.count, 0, "\(what): \(torn[.stopMachine]!)")
     }
 
     func testX86_64FiveBytePatch() throws {
@@ -107,5 +124,15 @@ final class InterleavingTests: XCTestCase {
     func testPPC64LEEnableSequence() throws {
         // Entered at the global entry (lis, addi, mflr, site, ...): the odd-TOC mark matters.
         try check("ppc64le", function: "scaled", target: "checked_double", entry: .global, boundaries: 6, old: 31, new: 20)
+    }
+
+    func testX86_64FiveBytePatchRevert() throws {
+        try check("x86_64", function: "scaled", target: "checked_double", entry: .global, boundaries: 3, old: 31, new: 20,
+                  revert: true)
+    }
+
+    func testPPC64LEDisableSequence() throws {
+        try check("ppc64le", function: "scaled", target: "checked_double", entry: .global, boundaries: 6, old: 31, new: 20,
+                  revert: true)
     }
 }

@@ -33,8 +33,21 @@ final class StackCheckTests: XCTestCase {
             try scheduler.runToCompletion()
             XCTAssertEqual(scheduler.states[0], .returned(94))
             try StackCheck.require(notLive: [scaled], machine: image.machine, vcpus: [0])
-            try patcher.applyNonStop(batch: [item]) { s in try scheduler.handle(s, changed: [(scaled.value, Int(scaled.size))]) }
+            let text = try PayloadTests.imageCode(image)
+            let applied = try patcher.applyNonStop(batch: [item]) { s in
+                try scheduler.handle(s, changed: [(scaled.value, Int(scaled.size))])
+            }
             XCTAssertEqual(try image.call("scaled", [10]).signedValue, 20, isa)
+            // And back, non-stop too: the text is as it was.
+            var steps = 0
+            try patcher.revertNonStop(id: applied[0].id) { s in
+                steps += 1
+                try scheduler.handle(s, changed: [(scaled.value, Int(scaled.size))])
+            }
+            XCTAssertGreaterThan(steps, 1, isa)
+            XCTAssertEqual(try image.call("scaled", [10]).signedValue, 31, isa)
+            XCTAssertEqual(try PayloadTests.imageCode(image), text, "\(isa): text bytes back")
+            XCTAssertTrue(patcher.active.isEmpty, isa)
         }
     }
 }
