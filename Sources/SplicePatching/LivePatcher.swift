@@ -217,9 +217,14 @@ public final class LivePatcher {
 
     /// Bookkeeping once `entry`'s undo writes are in memory.
     private func finishRevert(_ entry: ActiveRedirect) {
+        releaseHeld(by: entry)
+        active.removeAll { $0.id == entry.id }
+    }
+
+    /// Forgets what `entry` wrote into its own allocations and releases them.
+    private func releaseHeld(by entry: ActiveRedirect) {
         for w in entry.undo where isAllocated(w.address, in: entry) { forget(w) }
         for a in entry.plan.allocations { space.release(a) }
-        active.removeAll { $0.id == entry.id }
     }
 
     /// Reverts every redirect, newest first.
@@ -309,10 +314,7 @@ public final class LivePatcher {
             throw error
         }
         timing.mark(\.execute)
-        for e in entries {
-            for w in e.undo where isAllocated(w.address, in: e) { forget(w) }
-            for a in e.plan.allocations { space.release(a) }
-        }
+        for e in entries { releaseHeld(by: e) }
         active.removeAll { reverting.contains($0.id) }
         timing.mark(\.finish)
         lastTiming = timing.result
