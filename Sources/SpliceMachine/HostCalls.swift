@@ -40,13 +40,15 @@ public final class HostCalls {
 
     /// Guest address of `name`'s entry.
     public func address(of name: String) -> UInt64? {
-        functions.firstIndex { $0.name == name }.map { base + UInt64($0) * Self.entrySize }
+        functions.firstIndex { $0.name == name }.map(entry)
     }
 
     /// Name → entry address, for symbol resolution.
     public var symbols: [String: UInt64] {
-        Dictionary(uniqueKeysWithValues: functions.enumerated().map { ($1.name, base + UInt64($0) * Self.entrySize) })
+        Dictionary(uniqueKeysWithValues: functions.indices.map { (functions[$0].name, entry($0)) })
     }
+
+    private func entry(_ index: Int) -> UInt64 { base + UInt64(index) * Self.entrySize }
 
     /// Writes the entries at `base` (executable memory the caller mapped, at least
     /// `functions.count * entrySize` bytes) and hooks every vCPU. Call it while no vCPU runs.

@@ -175,13 +175,7 @@ public final class LivePatcher {
     /// the odd-TOC mark before the `bl`, so the mark is never there without the call.
     public func revertNonStop(id: Int, step: (NonStopStep) throws -> Void) throws {
         let entry = try revertable(id)
-        for s in nonStopRevertSteps(for: entry) {
-            if case let .write(address, bytes, _) = s {
-                try machine.memory.write(address, bytes)
-                written.set(address, bytes)
-            }
-            try step(s)
-        }
+        try perform(nonStopRevertSteps(for: entry), step)
         finishRevert(entry)
     }
 
@@ -251,16 +245,21 @@ public final class LivePatcher {
         }
         var entries: [ActiveRedirect] = []
         for ((item, plan), undo) in zip(zip(prepared.items, prepared.plans), prepared.undos) {
-            for s in backend.nonStopSteps(for: plan.writes) {
-                if case let .write(address, bytes, _) = s {
-                    try machine.memory.write(address, bytes)
-                    written.set(address, bytes)
-                }
-                try step(s)
-            }
+            try perform(backend.nonStopSteps(for: plan.writes), step)
             entries.append(record(item, plan, undo))
         }
         return entries
+    }
+
+    /// Makes each `.write` of a non-stop sequence (one store) and hands every step to `step`.
+    private func perform(_ steps: [NonStopStep], _ step: (NonStopStep) throws -> Void) throws {
+        for s in steps {
+            if case let .write(address, bytes, _) = s {
+                try machine.memory.write(address, bytes)
+                written.set(address, bytes)
+            }
+            try step(s)
+        }
     }
 
     /// Lists a redirect whose writes are in place.

@@ -39,6 +39,23 @@ final class ShadowVariableTests: XCTestCase {
         XCTAssertEqual(shadows.attach(object: 9, id: 2, size: 16), big[1], "the freed range is used again")
     }
 
+    /// Each host-call entry is the ISA's return followed by traps, as Capstone reads it back.
+    func testHostCallEntriesDisassembleAsReturnThenTraps() throws {
+        for (isa, ret, trap) in [("x86_64", "ret", "int3"), ("ppc64le", "blr", "trap")] {
+            let image = try loadImage(path: PayloadTests.targetPath(isa))
+            let calls = try LivePatcher(image: image, backend: try Architectures.backend(for: image.elf)).hostCalls
+            let d = try Disassembler(mode: image.machine.architecture.disassemblyMode)
+            XCTAssertEqual(calls.functions.count, 5, isa)
+            for f in calls.functions {
+                let at = try XCTUnwrap(calls.address(of: f.name))
+                XCTAssertEqual(calls.symbols[f.name], at, isa)
+                let insns = d.decode(try image.machine.memory.read(at, count: Int(HostCalls.entrySize)), address: at)
+                XCTAssertEqual(insns.first?.mnemonic, ret, "\(isa) \(f.name)")
+                XCTAssertEqual(Set(insns.dropFirst().map(\.mnemonic)), [trap], "\(isa) \(f.name): \(insns.map(\.text))")
+            }
+        }
+    }
+
     func testConcurrentCallersKeepOneVariablePerObject() throws {
         let image = try loadImage(path: PayloadTests.targetPath("x86_64"))
         let shadows = try LivePatcher(image: image, backend: try Architectures.backend(for: image.elf)).shadows
