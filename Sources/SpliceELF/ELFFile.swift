@@ -65,11 +65,30 @@ public struct ELFFile: Sendable {
     /// allocated section with contents holds them all.
     public func bytes(at address: UInt64, count: Int) -> [UInt8]? {
         // Plain ranges, not section values: the patcher asks this for every write it checks.
+        guard let (s, start) = content(at: address, count: count) else { return nil }
+        return Array(s.data[start..<start + count])
+    }
+
+    /// Whether the file's contents at `address` are exactly `bytes` (no copy).
+    public func contents(at address: UInt64, equal bytes: [UInt8]) -> Bool {
+        guard let (s, start) = content(at: address, count: bytes.count) else { return false }
+        return s.data[start..<start + bytes.count].elementsEqual(bytes)
+    }
+
+    /// Copies the contents at [address, address + count) into `bytes`, reusing its
+    /// storage; false (and `bytes` untouched) when no section holds all of it.
+    public func copyContents(at address: UInt64, count: Int, into bytes: inout [UInt8]) -> Bool {
+        guard let (s, start) = content(at: address, count: count) else { return false }
+        bytes.removeAll(keepingCapacity: true)
+        bytes.append(contentsOf: s.data[start..<start + count])
+        return true
+    }
+
+    private func content(at address: UInt64, count: Int) -> (ELFSection, Int)? {
         guard let span = contentSpans.first(where: { $0.start <= address && address < $0.end }),
               address + UInt64(count) <= span.end else { return nil }
         let s = sections[span.index]
-        let start = Int(address - s.address)
-        return Array(s.data[start..<start + count])
+        return (s, Int(address - s.address))
     }
 
     /// Allocated sections with contents: [start, end) in the address space, and the index.

@@ -60,13 +60,84 @@ public final class GuestRegion: @unchecked Sendable, CustomStringConvertible {
         address >= base && length >= 0 && address &+ UInt64(length) <= end && address &+ UInt64(length) >= address
     }
     public var description: String { "\(name) [0x\(hex(base))..0x\(hex(end))) \(permissions)" }
+
+    // Accessors for a range already known to be inside this region.
+    fileprivate func holds(_ bytes: [UInt8], at address: UInt64) -> Bool {
+        bytes.withUnsafeBytes { holds($0, at: address) }
+    }
+    fileprivate func holds(_ bytes: UnsafeRawBufferPointer, at address: UInt64) -> Bool {
+        guard let b = bytes.baseAddress else { return true }
+        return memcmp(host + Int(address - base), b, bytes.count) == 0
+    }
+    fileprivate func read(_ address: UInt64, count: Int, into bytes: inout [UInt8]) {
+        bytes.removeAll(keepingCapacity: true)
+        bytes.append(contentsOf: UnsafeRawBufferPointer(start: host + Int(address - base), count: count))
+    }
+    fileprivate func write(_ address: UInt64, _ bytes: [UInt8]) {
+        bytes.withUnsafeBytes { write(address, $0) }
+    }
+    fileprivate func write(_ address: UInt64, _ bytes: UnsafeRawBufferPointer) {
+        guard let s = bytes.baseAddress else { return }
+        (host + Int(address - base)).copyMemory(from: s, byteCount: bytes.count)
+    }
+}
+
+extension GuestMemory {
+    /// The regions as they are now, for many accesses in a row without taking the memory's
+    /// lock for each (the patcher checks thousands of places per action). Take a new view
+    /// after mapping or unmapping; a region unmapped meanwhile stays readable through it.
+    public struct View {
+        private let regions: [GuestRegion]
+        fileprivate init(regions: [GuestRegion]) { self.regions = regions }
+
+        public func region(containing address: UInt64, length: Int = 1) -> GuestRegion? {
+            regions.first { $0.contains(address, length: length) }
+        }
+        /// Whether guest memory at `address` holds exactly `bytes` (no copy).
+        public func holds(_ bytes: [UInt8], at address: UInt64) -> Bool {
+            region(containing: address, length: bytes.count)?.holds(bytes, at: address) ?? false
+        }
+        /// Reads into `bytes`, reusing its storage (no allocation when it has the capacity).
+        public func read(_ address: UInt64, count: Int, into bytes: inout [UInt8]) throws {
+            guard let r = region(containing: address, length: count) else {
+                throw GuestMemoryError.unmapped(address: address, length: count)
+            }
+            r.read(address, count: count, into: &bytes)
+        }
+        public func read(_ address: UInt64, count: Int) throws -> [UInt8] {
+            var bytes: [UInt8] = []
+            try read(address, count: count, into: &bytes)
+            return bytes
+        }
+        public func write(_ address: UInt64, _ bytes: [UInt8]) throws {
+            guard let r = region(containing: address, length: bytes.count) else {
+                throw GuestMemoryError.unmapped(address: address, length: bytes.count)
+            }
+            r.write(address, bytes)
+        }
+        // Raw-buffer forms for the patcher's inline bytes (package only).
+        package func holds(_ bytes: UnsafeRawBufferPointer, at address: UInt64) -> Bool {
+            region(containing: address, length: bytes.count)?.holds(bytes, at: address) ?? false
+        }
+        package func write(_ address: UInt64, _ bytes: UnsafeRawBufferPointer) throws {
+            guard let r = region(containing: address, length: bytes.count) else {
+                throw GuestMemoryError.unmapped(address: address, length: bytes.count)
+            }
+            r.write(address, bytes)
+        }
+    }
+
+    public func view() -> View {
+        lock.lock(); defer { lock.unlock() }
+        return View(regions: regions)
+    }
 }
 
 /// The guest's memory: named regions, read and written from the host side.
 public final class GuestMemory: @unchecked Sendable {
     public let pageSize: UInt64
     public private(set) var regions: [GuestRegion] = []
-    private let lock = NSLock()
+    fileprivate let lock = NSLock()
     /// The region of the last lookup: patching touches one or two regions many times.
     private var lastHit: GuestRegion?
 
@@ -102,8 +173,7 @@ public final class GuestMemory: @unchecked Sendable {
 
     /// Whether guest memory at `address` holds exactly `bytes` (no copy).
     public func holds(_ bytes: [UInt8], at address: UInt64) -> Bool {
-        guard let r = region(containing: address, length: bytes.count) else { return false }
-        return bytes.withUnsafeBytes { memcmp(r.host + Int(address - r.base), $0.baseAddress!, bytes.count) == 0 }
+        region(containing: address, length: bytes.count)?.holds(bytes, at: address) ?? false
     }
 
     /// Whether any part of [address, address + length) is mapped.
@@ -120,14 +190,19 @@ public final class GuestMemory: @unchecked Sendable {
         return [UInt8](UnsafeRawBufferPointer(start: start, count: count))
     }
 
+    /// Reads into `bytes`, reusing its storage (no allocation when it has the capacity).
+    public func read(_ address: UInt64, count: Int, into bytes: inout [UInt8]) throws {
+        guard let r = region(containing: address, length: count) else {
+            throw GuestMemoryError.unmapped(address: address, length: count)
+        }
+        r.read(address, count: count, into: &bytes)
+    }
+
     public func write(_ address: UInt64, _ bytes: [UInt8]) throws {
         guard let r = region(containing: address, length: bytes.count) else {
             throw GuestMemoryError.unmapped(address: address, length: bytes.count)
         }
-        bytes.withUnsafeBytes { src in
-            guard let s = src.baseAddress else { return }
-            (r.host + Int(address - r.base)).copyMemory(from: s, byteCount: bytes.count)
-        }
+        r.write(address, bytes)
     }
 
     public func readUInt64(_ address: UInt64) throws -> UInt64 {

@@ -6,6 +6,11 @@ struct ByteOverlay {
     private struct Granule {
         var value: UInt64 = 0
         var mask: UInt8 = 0
+        @inline(__always)
+        mutating func store(_ v: UInt64, keep: UInt64, mask: UInt8) {
+            value = (value & keep) | v
+            self.mask |= mask
+        }
     }
 
     private var granules: [UInt64: Granule] = [:]
@@ -27,20 +32,39 @@ struct ByteOverlay {
         }
     }
 
-    /// Records `bytes` at `address` (newer bytes win).
-    mutating func set<C: RandomAccessCollection>(_ address: UInt64, _ bytes: C) where C.Element == UInt8, C.Index == Int {
-        let base = bytes.startIndex
-        Self.forEachGranule(address, bytes.count) { key, first, n, offset in
-            Self.store(bytes, from: base + offset, count: n, at: first, into: &granules[key, default: Granule()])
-        }
+    /// The mask bits of bytes [first, first + n) of a granule (n <= 8 - first).
+    @inline(__always)
+    private static func bits(_ first: Int, _ n: Int) -> UInt8 {
+        UInt8(truncatingIfNeeded: ((1 as UInt16) << n - 1) << first)
     }
 
-    private static func store<C: RandomAccessCollection>(_ bytes: C, from start: Int, count n: Int, at first: Int,
-                                                         into g: inout Granule) where C.Element == UInt8, C.Index == Int {
-        for i in 0..<n {
-            let shift = UInt64(8 * (first + i))
-            g.value = (g.value & ~(0xff << shift)) | UInt64(bytes[start + i]) << shift
-            g.mask |= 1 << UInt8(first + i)
+    /// The value bits of the bytes `mask` selects.
+    @inline(__always)
+    private static func byteMask(_ mask: UInt8) -> UInt64 {
+        var m: UInt64 = 0
+        for i in 0..<8 where mask & (1 << i) != 0 { m |= 0xff << (8 * UInt64(i)) }
+        return m
+    }
+
+    /// Little-endian load of `n` bytes starting at `p`, shifted to byte `first`.
+    @inline(__always)
+    private static func load(_ p: UnsafeRawBufferPointer, _ start: Int, _ n: Int, at first: Int) -> UInt64 {
+        var v: UInt64 = 0
+        for i in 0..<n { v |= UInt64(p[start + i]) << (8 * UInt64(first + i)) }
+        return v
+    }
+
+    /// Records `bytes` at `address` (newer bytes win).
+    mutating func set(_ address: UInt64, _ bytes: [UInt8]) {
+        bytes.withUnsafeBytes { set(address, $0) }
+    }
+
+    mutating func set(_ address: UInt64, _ p: UnsafeRawBufferPointer) {
+        Self.forEachGranule(address, p.count) { key, first, n, offset in
+            let mask = Self.bits(first, n)
+            let keep = ~Self.byteMask(mask)
+            let v = Self.load(p, offset, n, at: first)
+            granules[key, default: Granule()].store(v, keep: keep, mask: mask)
         }
     }
 
@@ -48,7 +72,7 @@ struct ByteOverlay {
     mutating func remove(_ address: UInt64, count: Int) {
         Self.forEachGranule(address, count) { key, first, n, _ in
             guard var g = granules[key] else { return }
-            for i in 0..<n { g.mask &= ~(1 << UInt8(first + i)) }
+            g.mask &= ~Self.bits(first, n)
             granules[key] = g.mask == 0 ? nil : g
         }
     }
@@ -56,25 +80,36 @@ struct ByteOverlay {
     /// Replaces the bytes of `bytes` (which start at `address`) that this overlay knows.
     func apply(to bytes: inout [UInt8], at address: UInt64) {
         guard !granules.isEmpty else { return }
-        Self.forEachGranule(address, bytes.count) { key, first, n, offset in
-            guard let g = granules[key] else { return }
-            for i in 0..<n where g.mask & (1 << UInt8(first + i)) != 0 {
-                bytes[offset + i] = UInt8(truncatingIfNeeded: g.value >> UInt64(8 * (first + i)))
+        bytes.withUnsafeMutableBufferPointer { p in
+            Self.forEachGranule(address, p.count) { key, first, n, offset in
+                guard let g = granules[key] else { return }
+                let known = g.mask & Self.bits(first, n)
+                guard known != 0 else { return }
+                for i in 0..<n where known & (1 << UInt8(first + i)) != 0 {
+                    p[offset + i] = UInt8(truncatingIfNeeded: g.value >> UInt64(8 * (first + i)))
+                }
             }
         }
     }
 
     /// The bytes at [address, address + count) when every one of them is known, else nil.
     func known(_ address: UInt64, count: Int) -> [UInt8]? {
-        var bytes = [UInt8](repeating: 0, count: count)
+        var bytes: [UInt8] = []
+        return known(address, count: count, into: &bytes) ? bytes : nil
+    }
+
+    /// Puts the bytes at [address, address + count) into `bytes` (reusing its storage) when
+    /// every one of them is known; false otherwise (`bytes` then holds no meaning).
+    func known(_ address: UInt64, count: Int, into bytes: inout [UInt8]) -> Bool {
+        guard !granules.isEmpty else { return false }
+        bytes.removeAll(keepingCapacity: true)
         var complete = true
-        Self.forEachGranule(address, count) { key, first, n, offset in
+        Self.forEachGranule(address, count) { key, first, n, _ in
             guard complete, let g = granules[key] else { complete = false; return }
-            for i in 0..<n {
-                guard g.mask & (1 << UInt8(first + i)) != 0 else { complete = false; return }
-                bytes[offset + i] = UInt8(truncatingIfNeeded: g.value >> UInt64(8 * (first + i)))
-            }
+            let wanted = Self.bits(first, n)
+            guard g.mask & wanted == wanted else { complete = false; return }
+            for i in 0..<n { bytes.append(UInt8(truncatingIfNeeded: g.value >> UInt64(8 * (first + i)))) }
         }
-        return complete ? bytes : nil
+        return complete
     }
 }

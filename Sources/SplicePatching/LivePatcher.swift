@@ -3,23 +3,48 @@ import Dispatch
 import SpliceMachine
 
 /// One redirect (or NOP patch) in force. A class: REPLACE moves thousands of them around.
-public final class ActiveRedirect: Sendable {
-    public let id: Int
+/// Made when a batch is prepared; listed, and given its id, once its writes are in memory.
+public final class ActiveRedirect: @unchecked Sendable {
+    /// Set once, when the redirect goes in force (0 while only prepared).
+    public fileprivate(set) var id: Int
     public let function: String
     public let target: RedirectTarget
     /// The target's name when it has one (a function of the image, or a label).
     public let targetName: String?
-    public let plan: PatchPlan
-    /// What each write replaced, in write order: the undo buffers.
-    public let undo: [CodeWrite]
+    public var plan: PatchPlan { encoding.plan }
+    /// The plan (shared by every redirect of this site to this target) and its writes packed.
+    let encoding: Encoding
+    /// The plan's writes, and what each of them replaced (the undo buffers), in write
+    /// order, packed for the checks and writes made while vCPUs are stopped.
+    var packedWrites: [PackedWrite] { encoding.packed }
+    let packedUndo: [PackedWrite]
 
-    init(id: Int, function: String, target: RedirectTarget, targetName: String?, plan: PatchPlan, undo: [CodeWrite]) {
+    /// What each write replaced, in write order: the undo buffers. An undo write carries
+    /// the purpose of the write it undoes.
+    public var undo: [CodeWrite] {
+        zip(plan.writes, packedUndo).map { CodeWrite(address: $0.address, bytes: $1.bytes, purpose: $0.purpose, kind: $0.kind) }
+    }
+
+    init(id: Int, function: String, target: RedirectTarget, targetName: String?, encoding: Encoding,
+         packedUndo: [PackedWrite]) {
         self.id = id
         self.function = function
         self.target = target
         self.targetName = targetName
+        self.encoding = encoding
+        self.packedUndo = packedUndo
+    }
+}
+
+/// A plan as encoded once for a site and target, with its writes packed.
+final class Encoding {
+    let target: RedirectTarget
+    let plan: PatchPlan
+    let packed: [PackedWrite]
+    init(target: RedirectTarget, plan: PatchPlan) {
+        self.target = target
         self.plan = plan
-        self.undo = undo
+        packed = plan.writes.map { PackedWrite(address: $0.address, bytes: $0.bytes) }
     }
 }
 
@@ -55,17 +80,21 @@ public final class LivePatcher {
     public private(set) var lastTiming = ActionTiming()
     /// Bytes this patcher wrote, by guest address: what memory must hold there now.
     private var written = ByteOverlay()
-    /// Patch sites by function (a site depends only on the image's bytes).
-    private var sites: [String: PatchSite] = [:]
-    /// Encodings that allocated nothing, by site and target: they depend only on the image
-    /// and the runtime, so applying the same payload again (REPLACE back and forth) reuses
-    /// them. Bounded; cleared when full.
-    private var encodings: [EncodingKey: PatchPlan] = [:]
-    private struct EncodingKey: Hashable {
-        let site: UInt64
-        let target: RedirectTarget
+    /// What is known about each function's patch site, by function name: one look-up per
+    /// function of a batch.
+    private var sites: [String: SiteEntry] = [:]
+    private final class SiteEntry {
+        /// Found from the image's bytes: it never changes.
+        let site: PatchSite
+        /// The image's bytes at the site (as much as a patch may overwrite), once they were
+        /// accepted by the backend as an unpatched form.
+        var verifiedImageBytes: [UInt8]?
+        /// Encodings that allocated nothing, newest last: they depend only on the image and
+        /// the runtime, so applying the same payload again (REPLACE back and forth) reuses them.
+        var encodings: [Encoding] = []
+        static let encodingLimit = 4
+        init(site: PatchSite) { self.site = site }
     }
-    static let encodingCacheLimit = 1 << 16
 
     public var machine: Machine { image.machine }
 
@@ -89,7 +118,7 @@ public final class LivePatcher {
                                              permissions: [.read, .execute])
         hostCalls = try HostCalls(machine: image.machine, base: entries.base, functions: functions)
         let start = try backend.prepare(image)
-        try executor.execute { changed in self.write(start, changed: changed) }
+        try executor.execute { changed in self.write(start, changed: changed, memory: self.machine.memory.view()) }
         runtime = try backend.installRuntime(for: image, space: self.space)
     }
 
@@ -141,11 +170,13 @@ public final class LivePatcher {
     }
 
     /// The patch site of `function` as the backend sees it.
-    public func site(of function: String) throws -> PatchSite {
+    public func site(of function: String) throws -> PatchSite { try siteEntry(of: function).site }
+
+    private func siteEntry(of function: String) throws -> SiteEntry {
         if let known = sites[function] { return known }
-        let site = try backend.patchSite(of: try self.function(function), in: image.elf)
-        sites[function] = site
-        return site
+        let entry = SiteEntry(site: try backend.patchSite(of: try self.function(function), in: image.elf))
+        sites[function] = entry
+        return entry
     }
 
     public func redirects(of function: String) -> [ActiveRedirect] { active.filter { $0.function == function } }
@@ -163,8 +194,9 @@ public final class LivePatcher {
         let entry = try revertable(id)
         try executor.execute { changed in
             // Again, now that nothing runs: then put the saved bytes back, newest first.
-            try self.checkInPlace(entry)
-            self.write(entry.undo.reversed(), changed: changed)
+            let memory = self.machine.memory.view()
+            try self.checkInPlace(entry, memory)
+            self.write(entry.packedUndo.reversed(), changed: changed, memory: memory)
         }
         finishRevert(entry)
     }
@@ -197,15 +229,16 @@ public final class LivePatcher {
         if let top = active.last(where: { $0.function == entry.function }), top.id != id {
             throw PatchError.notTopmost(function: entry.function, id: id, top: top.id)
         }
-        try checkInPlace(entry)
+        try checkInPlace(entry, machine.memory.view())
         return entry
     }
 
     /// Memory must still hold exactly what `entry` wrote.
-    private func checkInPlace(_ entry: ActiveRedirect) throws {
-        for w in entry.plan.writes where !machine.memory.holds(w.bytes, at: w.address) {
+    private func checkInPlace(_ entry: ActiveRedirect, _ memory: GuestMemory.View) throws {
+        if entry.packedWrites.allSatisfy({ p in p.withBytes { memory.holds($0, at: p.address) } }) { return }
+        for w in entry.plan.writes where !memory.holds(w.bytes, at: w.address) {
             throw PatchError.unexpectedBytes(function: entry.function, address: w.address, expected: w.bytes,
-                                             found: try machine.memory.read(w.address, count: w.bytes.count))
+                                             found: try memory.read(w.address, count: w.bytes.count))
         }
     }
 
@@ -217,7 +250,8 @@ public final class LivePatcher {
 
     /// Forgets what `entry` wrote into its own allocations and releases them.
     private func releaseHeld(by entry: ActiveRedirect) {
-        for w in entry.undo where isAllocated(w.address, in: entry) { forget(w) }
+        guard !entry.plan.allocations.isEmpty else { return }
+        for w in entry.plan.writes where isAllocated(w.address, in: entry) { forget(w) }
         for a in entry.plan.allocations { space.release(a) }
     }
 
@@ -234,21 +268,20 @@ public final class LivePatcher {
     @discardableResult
     public func applyNonStop(batch: [BatchItem], step: (NonStopStep) throws -> Void) throws -> [ActiveRedirect] {
         let prepared = try prepare(batch: batch)
-        for ((item, plan), undo) in zip(zip(prepared.items, prepared.plans), prepared.undos) {
-            for (w, before) in zip(plan.writes, undo) {
-                let found = try machine.memory.read(w.address, count: w.bytes.count)
+        for e in prepared.entries {
+            for before in e.undo {
+                let found = try machine.memory.read(before.address, count: before.bytes.count)
                 guard found == before.bytes else {
                     abandon(prepared)
-                    throw PatchError.unexpectedBytes(function: item.function, address: w.address, expected: before.bytes, found: found)
+                    throw PatchError.unexpectedBytes(function: e.function, address: before.address, expected: before.bytes, found: found)
                 }
             }
         }
-        var entries: [ActiveRedirect] = []
-        for ((item, plan), undo) in zip(zip(prepared.items, prepared.plans), prepared.undos) {
-            try perform(backend.nonStopSteps(for: plan.writes), step)
-            entries.append(record(item, plan, undo))
+        for e in prepared.entries {
+            try perform(backend.nonStopSteps(for: e.plan.writes), step)
+            record(e)
         }
-        return entries
+        return prepared.entries
     }
 
     /// Makes each `.write` of a non-stop sequence (one store) and hands every step to `step`.
@@ -262,13 +295,11 @@ public final class LivePatcher {
         }
     }
 
-    /// Lists a redirect whose writes are in place.
-    private func record(_ item: BatchItem, _ plan: PatchPlan, _ undo: [CodeWrite]) -> ActiveRedirect {
-        let entry = ActiveRedirect(id: nextID, function: item.function, target: item.target, targetName: item.label,
-                                   plan: plan, undo: undo)
+    /// Lists a prepared redirect whose writes are in place.
+    private func record(_ entry: ActiveRedirect) {
+        entry.id = nextID
         nextID += 1
         active.append(entry)
-        return entry
     }
 
     /// REPLACE: reverts `ids` (newest first) and applies `batch`, in one execution (one
@@ -285,26 +316,28 @@ public final class LivePatcher {
         let reverting = Set(ids)
         var topKept: [String: Int] = [:] // newest redirect of each function that stays
         for a in active where !reverting.contains(a.id) { topKept[a.function] = a.id }
+        let memory = machine.memory.view()
         for e in entries {
             // Whatever is stacked on top of e must be reverted too.
             if let top = topKept[e.function], top > e.id {
                 throw PatchError.notTopmost(function: e.function, id: e.id, top: top)
             }
-            try checkInPlace(e)
+            try checkInPlace(e, memory)
         }
         var overlay = ByteOverlay()
-        for e in entries { for w in e.undo.reversed() { overlay.set(w.address, w.bytes) } }
+        for e in entries { for p in e.packedUndo.reversed() { p.withBytes { overlay.set(p.address, $0) } } }
         let prepared = try prepare(batch: batch, overlay: overlay, excluding: reverting)
         timing.mark(\.prepare)
         var applied: [ActiveRedirect] = []
         do {
             try executor.execute { changed in
-                for e in entries { try self.checkInPlace(e) }
-                for e in entries { self.write(e.undo.reversed(), changed: changed) }
+                let memory = self.machine.memory.view()
+                for e in entries { try self.checkInPlace(e, memory) }
+                for e in entries { self.write(e.packedUndo.reversed(), changed: changed, memory: memory) }
                 do {
                     applied = try self.commit(prepared, changed: changed)
                 } catch {
-                    for e in entries.reversed() { self.write(e.plan.writes, changed: changed) } // as before
+                    for e in entries.reversed() { self.write(e.packedWrites, changed: changed, memory: memory) } // as before
                     throw error
                 }
             }
@@ -336,7 +369,7 @@ public final class LivePatcher {
             var plan = active[i].plan
             plan.allocations += extraAllocations
             active[i] = ActiveRedirect(id: active[i].id, function: name, target: target, targetName: targetName,
-                                       plan: plan, undo: active[i].undo)
+                                       encoding: Encoding(target: target, plan: plan), packedUndo: active[i].packedUndo)
             return active[i]
         }
         return entries[0]
@@ -356,10 +389,12 @@ public final class LivePatcher {
 
     /// A batch encoded, allocated and checked, not yet written.
     public struct PreparedBatch {
-        public let items: [BatchItem]
-        public let plans: [PatchPlan]
+        /// The redirects as they will be listed once the batch is committed.
+        let entries: [ActiveRedirect]
+        public var items: [BatchItem] { entries.map { BatchItem(function: $0.function, target: $0.target, label: $0.targetName) } }
+        public var plans: [PatchPlan] { entries.map(\.plan) }
         /// For each plan, what each write will replace (checked again at commit).
-        public let undos: [[CodeWrite]]
+        public var undos: [[CodeWrite]] { entries.map(\.undo) }
     }
 
     /// Applies several redirects as one: every site is found, every plan encoded and every
@@ -394,12 +429,16 @@ public final class LivePatcher {
     /// reverted: `overlay` holds the bytes their undo buffers put back.
     func prepare(batch: [BatchItem], overlay: ByteOverlay, excluding: Set<Int>) throws -> PreparedBatch {
         let elf = image.elf
-        func read(_ address: UInt64, _ count: Int) throws -> [UInt8] {
-            var bytes = try machine.memory.read(address, count: count)
-            overlay.apply(to: &bytes, at: address)
-            return bytes
+        // Scratch buffers, reused: checking 1,000 functions allocates only what it keeps.
+        var current: [UInt8] = [], expected: [UInt8] = []
+        current.reserveCapacity(32)
+        expected.reserveCapacity(32)
+        var memory = machine.memory.view()
+        func read(_ address: UInt64, _ count: Int) throws {
+            try memory.read(address, count: count, into: &current)
+            overlay.apply(to: &current, at: address)
         }
-        var plans: [(BatchItem, PatchPlan)] = []
+        var plans: [(item: BatchItem, encoding: Encoding)] = []
         plans.reserveCapacity(batch.count)
         // Sites by address: cheaper to hash than names, and one site per function.
         var planned = Set<UInt64>(minimumCapacity: batch.count)
@@ -407,74 +446,97 @@ public final class LivePatcher {
         for a in active where !excluding.contains(a.id) { redirected.insert(a.plan.site.address) }
         do {
             for item in batch {
-                let site = try site(of: item.function)
+                let entry = try siteEntry(of: item.function)
+                let site = entry.site
                 if !redirected.contains(site.address) && planned.insert(site.address).inserted {
-                    let length = min(site.room, backend.undoBufferSize)
-                    try backend.verifyUnpatched(try read(site.address, length), at: site, in: elf)
+                    try read(site.address, min(site.room, backend.undoBufferSize))
+                    try verifyUnpatched(current, at: entry, in: elf)
                 }
-                plans.append((item, try encode(item.target, at: site, in: elf)))
+                plans.append((item, try encode(item.target, at: entry, in: elf)))
             }
-            var undos: [[CodeWrite]] = []
-            undos.reserveCapacity(plans.count)
-            let allocations = plans.flatMap { $0.1.allocations }
-            for (item, plan) in plans {
-                var undo: [CodeWrite] = []
+            var entries: [ActiveRedirect] = []
+            entries.reserveCapacity(plans.count)
+            let allocations = plans.flatMap { $0.encoding.plan.allocations }
+            if !allocations.isEmpty { memory = machine.memory.view() } // encoding may have mapped code
+            for (item, encoding) in plans {
+                let plan = encoding.plan
+                var undo: [PackedWrite] = []
                 undo.reserveCapacity(plan.writes.count)
                 for w in plan.writes {
-                    let found = try read(w.address, w.bytes.count)
+                    if overlay.known(w.address, count: w.bytes.count, into: &current) {
+                        // The reverts put these bytes back (their writes were checked in place).
+                        undo.append(PackedWrite(address: w.address, bytes: current))
+                        continue
+                    }
+                    try read(w.address, w.bytes.count)
                     let ownAllocation = !allocations.isEmpty
                         && allocations.contains { $0.address <= w.address && w.address < $0.address + UInt64($0.size) }
-                    if !ownAllocation, var expected = expected(at: w.address, count: w.bytes.count, in: elf) {
+                    if !ownAllocation, self.expected(at: w.address, count: w.bytes.count, in: elf, into: &expected) {
                         overlay.apply(to: &expected, at: w.address)
-                        guard expected == found else {
-                            throw PatchError.unexpectedBytes(function: item.function, address: w.address, expected: expected, found: found)
+                        guard expected == current else {
+                            throw PatchError.unexpectedBytes(function: item.function, address: w.address, expected: expected, found: current)
                         }
                     }
-                    // An undo write carries the purpose of the write it undoes.
-                    undo.append(CodeWrite(address: w.address, bytes: found, purpose: w.purpose, kind: w.kind))
+                    undo.append(PackedWrite(address: w.address, bytes: current))
                 }
-                undos.append(undo)
+                entries.append(ActiveRedirect(id: 0, function: item.function, target: item.target, targetName: item.label,
+                                              encoding: encoding, packedUndo: undo))
             }
-            return PreparedBatch(items: plans.map(\.0), plans: plans.map(\.1), undos: undos)
+            return PreparedBatch(entries: entries)
         } catch {
-            for (_, p) in plans { for a in p.allocations { space.release(a) } }
+            for p in plans { for a in p.encoding.plan.allocations { space.release(a) } }
             throw error
         }
     }
 
-    private func encode(_ target: RedirectTarget, at site: PatchSite, in elf: ELFFile) throws -> PatchPlan {
-        let key = EncodingKey(site: site.address, target: target)
-        if let known = encodings[key] { return known }
-        let plan = try backend.encode(target, at: site, in: elf, runtime: runtime, space: space)
-        if plan.allocations.isEmpty {
-            if encodings.count >= Self.encodingCacheLimit { encodings.removeAll(keepingCapacity: true) }
-            encodings[key] = plan
+    /// The backend's check that `current` (at `site`) is an unpatched form. The answer for
+    /// the image's own bytes is remembered per site: REPLACE checks every site again.
+    private func verifyUnpatched(_ current: [UInt8], at entry: SiteEntry, in elf: ELFFile) throws {
+        if current == entry.verifiedImageBytes { return }
+        try backend.verifyUnpatched(current, at: entry.site, in: elf)
+        if elf.contents(at: entry.site.address, equal: current) { entry.verifiedImageBytes = current }
+    }
+
+    private func encode(_ target: RedirectTarget, at entry: SiteEntry, in elf: ELFFile) throws -> Encoding {
+        for known in entry.encodings where known.target == target { return known }
+        let encoding = Encoding(target: target,
+                                plan: try backend.encode(target, at: entry.site, in: elf, runtime: runtime, space: space))
+        if encoding.plan.allocations.isEmpty {
+            if entry.encodings.count >= SiteEntry.encodingLimit { entry.encodings.removeFirst() }
+            entry.encodings.append(encoding)
         }
-        return plan
+        return encoding
     }
 
     /// Releases what `prepare` allocated, for a batch that will not be committed.
     public func abandon(_ prepared: PreparedBatch) {
-        for p in prepared.plans { for a in p.allocations { space.release(a) } }
+        for e in prepared.entries { for a in e.plan.allocations { space.release(a) } }
     }
 
     /// Writes a prepared batch (called by the executor, while nothing runs). Each place is
     /// verified again against what `prepare` saw; if the k-th does not match, the writes
     /// of the first k−1 are undone before this throws, so nothing stays half-applied.
     func commit(_ prepared: PreparedBatch, changed: (UInt64, Int) -> Void) throws -> [ActiveRedirect] {
-        var done: [CodeWrite] = []
-        for ((item, plan), undo) in zip(zip(prepared.items, prepared.plans), prepared.undos) {
-            for (w, before) in zip(plan.writes, undo) {
-                guard machine.memory.holds(before.bytes, at: w.address) else {
-                    write(done.reversed(), changed: changed)
-                    let found = (try? machine.memory.read(w.address, count: w.bytes.count)) ?? []
-                    throw PatchError.unexpectedBytes(function: item.function, address: w.address, expected: before.bytes, found: found)
+        let entries = prepared.entries
+        let memory = machine.memory.view()
+        for k in entries.indices {
+            let e = entries[k]
+            let undo = e.packedUndo
+            for i in undo.indices {
+                guard undo[i].withBytes({ memory.holds($0, at: undo[i].address) }) else {
+                    // Undo what this commit wrote, newest first: this entry's first i writes,
+                    // then every earlier entry's.
+                    write(undo[..<i].reversed(), changed: changed, memory: memory)
+                    for d in entries[..<k].reversed() { write(d.packedUndo.reversed(), changed: changed, memory: memory) }
+                    let found = (try? memory.read(undo[i].address, count: undo[i].count)) ?? []
+                    throw PatchError.unexpectedBytes(function: e.function, address: undo[i].address, expected: undo[i].bytes,
+                                                     found: found)
                 }
-                write([w], changed: changed)
-                done.append(before)
+                write(e.packedWrites[i], changed: changed, memory: memory)
             }
         }
-        return zip(zip(prepared.items, prepared.plans), prepared.undos).map { record($0.0, $0.1, $1) }
+        for e in entries { record(e) }
+        return entries
     }
 
     /// Encodes a redirect without writing anything (a load-time check that a payload's
@@ -485,24 +547,35 @@ public final class LivePatcher {
         for a in plan.allocations { space.release(a) }
     }
 
-    /// What memory should hold: bytes this patcher wrote, else the image's own bytes.
-    private func expected(at address: UInt64, count: Int, in elf: ELFFile) -> [UInt8]? {
-        guard var bytes = elf.bytes(at: address, count: count) else {
-            // Not image code (allocated code): only what we wrote is known.
-            return written.known(address, count: count)
+    /// What memory should hold at [address, address + count), into `bytes`: what this
+    /// patcher wrote, else the image's own bytes. False when that is not known (allocated
+    /// code this patcher did not write).
+    private func expected(at address: UInt64, count: Int, in elf: ELFFile, into bytes: inout [UInt8]) -> Bool {
+        guard elf.copyContents(at: address, count: count, into: &bytes) else {
+            return written.known(address, count: count, into: &bytes)
         }
         written.apply(to: &bytes, at: address)
-        return bytes
+        return true
     }
 
     /// Writes in order and reports each changed range. Every place was read (so it is
     /// mapped) before; a write cannot fail half-way.
-    private func write<S: Sequence>(_ writes: S, changed: (UInt64, Int) -> Void) where S.Element == CodeWrite {
-        for w in writes {
-            try? machine.memory.write(w.address, w.bytes)
-            written.set(w.address, w.bytes)
-            changed(w.address, w.bytes.count)
+    private func write<S: Sequence>(_ writes: S, changed: (UInt64, Int) -> Void, memory: GuestMemory.View)
+    where S.Element == CodeWrite {
+        for w in writes { write(PackedWrite(address: w.address, bytes: w.bytes), changed: changed, memory: memory) }
+    }
+
+    private func write<S: Sequence>(_ writes: S, changed: (UInt64, Int) -> Void, memory: GuestMemory.View)
+    where S.Element == PackedWrite {
+        for w in writes { write(w, changed: changed, memory: memory) }
+    }
+
+    private func write(_ w: PackedWrite, changed: (UInt64, Int) -> Void, memory: GuestMemory.View) {
+        w.withBytes { bytes in
+            try? memory.write(w.address, bytes)
+            written.set(w.address, bytes)
         }
+        changed(w.address, w.count)
     }
 
     private func isAllocated(_ address: UInt64, in entry: ActiveRedirect) -> Bool {

@@ -32,4 +32,19 @@ final class ByteOverlayTests: XCTestCase {
         for i in 0..<128 { overlay.remove(base + UInt64(i), count: 1) }
         XCTAssertTrue(overlay.isEmpty, "removing every byte leaves no granule behind")
     }
+
+    /// Packed writes hold up to 16 bytes inline and spill longer ones: both give back
+    /// exactly the bytes they were made from.
+    func testPackedWriteRoundTrips() {
+        for count in 0...40 {
+            let bytes = (0..<count).map { UInt8(truncatingIfNeeded: $0 &* 37 &+ 11) }
+            let w = PackedWrite(address: 0x4000 + UInt64(count), bytes: bytes)
+            XCTAssertEqual(w.bytes, bytes, "\(count) bytes")
+            XCTAssertEqual(w.count, count)
+            XCTAssertEqual(w.address, 0x4000 + UInt64(count))
+            var overlay = ByteOverlay()
+            w.withBytes { overlay.set(w.address, $0) }
+            XCTAssertEqual(overlay.known(w.address, count: count), count == 0 ? nil : bytes)
+        }
+    }
 }

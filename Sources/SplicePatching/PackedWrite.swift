@@ -1,0 +1,36 @@
+/// The address and bytes of one write, held inline when there are at most 16 bytes (every
+/// write a redirect makes, except long NOP fills). The patcher checks and writes these
+/// while every vCPU is stopped: inline bytes need no reference counting and no heap block
+/// of their own, which is most of what 1,000 functions would otherwise cost there.
+struct PackedWrite {
+    let address: UInt64
+    let count: Int
+    private var low: UInt64 = 0
+    private var high: UInt64 = 0
+    /// The bytes when they do not fit inline.
+    private var spill: [UInt8]?
+
+    static let inlineCapacity = 16
+
+    init(address: UInt64, bytes: [UInt8]) {
+        self.address = address
+        count = bytes.count
+        if bytes.count > Self.inlineCapacity {
+            spill = bytes
+        } else {
+            var pair: (UInt64, UInt64) = (0, 0)
+            withUnsafeMutableBytes(of: &pair) { $0.copyBytes(from: bytes) }
+            (low, high) = pair
+        }
+    }
+
+    /// The bytes, for `body` only.
+    @inline(__always)
+    func withBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        if let spill { return try spill.withUnsafeBytes(body) }
+        var pair = (low, high)
+        return try withUnsafeBytes(of: &pair) { try body(UnsafeRawBufferPointer(rebasing: $0[0..<count])) }
+    }
+
+    var bytes: [UInt8] { withBytes { Array($0) } }
+}
