@@ -91,7 +91,15 @@ extension GuestMemory {
         fileprivate init(regions: [GuestRegion]) { self.regions = regions }
 
         public func region(containing address: UInt64, length: Int = 1) -> GuestRegion? {
-            regions.first { $0.contains(address, length: length) }
+            // Regions are sorted by base and do not overlap: the last one starting at or
+            // below `address` is the only candidate.
+            var low = 0, high = regions.count
+            while low < high {
+                let mid = (low + high) / 2
+                if regions[mid].base <= address { low = mid + 1 } else { high = mid }
+            }
+            guard low > 0, regions[low - 1].contains(address, length: length) else { return nil }
+            return regions[low - 1]
         }
         /// Whether guest memory at `address` holds exactly `bytes` (no copy).
         public func holds(_ bytes: [UInt8], at address: UInt64) -> Bool {

@@ -12,6 +12,8 @@ public final class ActiveRedirect: @unchecked Sendable {
     /// The target's name when it has one (a function of the image, or a label).
     public let targetName: String?
     public var plan: PatchPlan { encoding.plan }
+    /// Marked while a REPLACE that reverts it is prepared and executed.
+    fileprivate var reverting = false
     /// The plan (shared by every redirect of this site to this target) and its writes packed.
     let encoding: Encoding
     /// The plan's writes, and what each of them replaced (the undo buffers), in write
@@ -83,12 +85,16 @@ public final class LivePatcher {
     /// What is known about each function's patch site, by function name: one look-up per
     /// function of a batch.
     private var sites: [String: SiteEntry] = [:]
+    /// Numbers the batches `prepare` checks (see `SiteEntry.checkedInBatch`).
+    private var batchNumber = 0
     private final class SiteEntry {
         /// Found from the image's bytes: it never changes.
         let site: PatchSite
-        /// The image's bytes at the site (as much as a patch may overwrite), once they were
-        /// accepted by the backend as an unpatched form.
-        var verifiedImageBytes: [UInt8]?
+        /// The last bytes at the site (as much as a patch may overwrite) the backend
+        /// accepted as an unpatched form: its answer depends on nothing else.
+        var verifiedBytes: [UInt8]?
+        /// The number of the last batch that checked this site (a batch checks it once).
+        var checkedInBatch = 0
         /// Encodings that allocated nothing, newest last: they depend only on the image and
         /// the runtime, so applying the same payload again (REPLACE back and forth) reuses them.
         var encodings: [Encoding] = []
@@ -225,7 +231,7 @@ public final class LivePatcher {
     /// Redirect `id`, if it may be reverted now: the topmost of its function, its writes
     /// still in memory.
     private func revertable(_ id: Int) throws -> ActiveRedirect {
-        guard let entry = active.first(where: { $0.id == id }) else { throw PatchError.noSuchRedirect(id) }
+        guard let entry = activeEntry(id) else { throw PatchError.noSuchRedirect(id) }
         if let top = active.last(where: { $0.function == entry.function }), top.id != id {
             throw PatchError.notTopmost(function: entry.function, id: id, top: top.id)
         }
@@ -308,14 +314,18 @@ public final class LivePatcher {
     @discardableResult
     public func replace(reverting ids: [Int], with batch: [BatchItem]) throws -> [ActiveRedirect] {
         var timing = ActionTiming.Clock()
-        let byID = Dictionary(uniqueKeysWithValues: active.map { ($0.id, $0) })
-        let entries = try ids.map { id -> ActiveRedirect in
-            guard let e = byID[id] else { throw PatchError.noSuchRedirect(id) }
-            return e
-        }.sorted { $0.id > $1.id }
-        let reverting = Set(ids)
+        var entries: [ActiveRedirect] = []
+        entries.reserveCapacity(ids.count)
+        defer { for e in entries { e.reverting = false } }
+        for id in ids {
+            guard let e = activeEntry(id) else { throw PatchError.noSuchRedirect(id) }
+            if e.reverting { continue } // named twice
+            e.reverting = true
+            entries.append(e)
+        }
+        entries.sort { $0.id > $1.id }
         var topKept: [String: Int] = [:] // newest redirect of each function that stays
-        for a in active where !reverting.contains(a.id) { topKept[a.function] = a.id }
+        for a in active where !a.reverting { topKept[a.function] = a.id }
         let memory = machine.memory.view()
         for e in entries {
             // Whatever is stacked on top of e must be reverted too.
@@ -326,7 +336,7 @@ public final class LivePatcher {
         }
         var overlay = ByteOverlay()
         for e in entries { for p in e.packedUndo.reversed() { p.withBytes { overlay.set(p.address, $0) } } }
-        let prepared = try prepare(batch: batch, overlay: overlay, excluding: reverting)
+        let prepared = try prepare(batch: batch, overlay: overlay)
         timing.mark(\.prepare)
         var applied: [ActiveRedirect] = []
         do {
@@ -347,13 +357,23 @@ public final class LivePatcher {
         }
         timing.mark(\.execute)
         for e in entries { releaseHeld(by: e) }
-        active.removeAll { reverting.contains($0.id) }
+        active.removeAll { $0.reverting }
         timing.mark(\.finish)
         lastTiming = timing.result
         return applied
     }
 
     // MARK: Internals
+
+    /// The active redirect `id`: `active` is in id order (ids grow as redirects are listed).
+    private func activeEntry(_ id: Int) -> ActiveRedirect? {
+        var low = 0, high = active.count
+        while low < high {
+            let mid = (low + high) / 2
+            if active[mid].id < id { low = mid + 1 } else { high = mid }
+        }
+        return low < active.count && active[low].id == id ? active[low] : nil
+    }
 
     private func function(_ name: String) throws -> ELFSymbol {
         guard let s = image.elf.symbol(named: name), s.isFunction else { throw PatchError.noSuchFunction(name) }
@@ -422,12 +442,12 @@ public final class LivePatcher {
     /// Everything a batch needs, before any vCPU is stopped: sites, encodings, far-jump
     /// slots and stubs, and the bytes each write will replace.
     public func prepare(batch: [BatchItem]) throws -> PreparedBatch {
-        try prepare(batch: batch, overlay: ByteOverlay(), excluding: [])
+        try prepare(batch: batch, overlay: ByteOverlay())
     }
 
-    /// Prepares `batch` against memory as it will be once the redirects `excluding` are
-    /// reverted: `overlay` holds the bytes their undo buffers put back.
-    func prepare(batch: [BatchItem], overlay: ByteOverlay, excluding: Set<Int>) throws -> PreparedBatch {
+    /// Prepares `batch` against memory as it will be once the redirects marked `reverting`
+    /// are reverted: `overlay` holds the bytes their undo buffers put back.
+    func prepare(batch: [BatchItem], overlay: ByteOverlay) throws -> PreparedBatch {
         let elf = image.elf
         // Scratch buffers, reused: checking 1,000 functions allocates only what it keeps.
         var current: [UInt8] = [], expected: [UInt8] = []
@@ -438,28 +458,29 @@ public final class LivePatcher {
             try memory.read(address, count: count, into: &current)
             overlay.apply(to: &current, at: address)
         }
-        var plans: [(item: BatchItem, encoding: Encoding)] = []
-        plans.reserveCapacity(batch.count)
-        // Sites by address: cheaper to hash than names, and one site per function.
-        var planned = Set<UInt64>(minimumCapacity: batch.count)
+        var entries: [ActiveRedirect] = []
+        entries.reserveCapacity(batch.count)
+        var allocated: [CodeAllocation] = []
         var redirected = Set<UInt64>(minimumCapacity: active.count)
-        for a in active where !excluding.contains(a.id) { redirected.insert(a.plan.site.address) }
+        for a in active where !a.reverting { redirected.insert(a.plan.site.address) }
+        batchNumber += 1
         do {
             for item in batch {
                 let entry = try siteEntry(of: item.function)
                 let site = entry.site
-                if !redirected.contains(site.address) && planned.insert(site.address).inserted {
+                // Each site once per batch; a site already redirected was checked then.
+                if entry.checkedInBatch != batchNumber && !redirected.contains(site.address) {
+                    entry.checkedInBatch = batchNumber
                     try read(site.address, min(site.room, backend.undoBufferSize))
                     try verifyUnpatched(current, at: entry, in: elf)
                 }
-                plans.append((item, try encode(item.target, at: entry, in: elf)))
-            }
-            var entries: [ActiveRedirect] = []
-            entries.reserveCapacity(plans.count)
-            let allocations = plans.flatMap { $0.encoding.plan.allocations }
-            if !allocations.isEmpty { memory = machine.memory.view() } // encoding may have mapped code
-            for (item, encoding) in plans {
+                let encoding = try encode(item.target, at: entry, in: elf)
                 let plan = encoding.plan
+                let allocations = plan.allocations
+                if !allocations.isEmpty {
+                    allocated += allocations
+                    memory = machine.memory.view() // encoding may have mapped code
+                }
                 var undo: [PackedWrite] = []
                 undo.reserveCapacity(plan.writes.count)
                 for w in plan.writes {
@@ -469,6 +490,7 @@ public final class LivePatcher {
                         continue
                     }
                     try read(w.address, w.bytes.count)
+                    // Freshly allocated code holds nothing anyone expects.
                     let ownAllocation = !allocations.isEmpty
                         && allocations.contains { $0.address <= w.address && w.address < $0.address + UInt64($0.size) }
                     if !ownAllocation, self.expected(at: w.address, count: w.bytes.count, in: elf, into: &expected) {
@@ -484,7 +506,7 @@ public final class LivePatcher {
             }
             return PreparedBatch(entries: entries)
         } catch {
-            for p in plans { for a in p.encoding.plan.allocations { space.release(a) } }
+            for a in allocated { space.release(a) }
             throw error
         }
     }
@@ -492,9 +514,9 @@ public final class LivePatcher {
     /// The backend's check that `current` (at `site`) is an unpatched form. The answer for
     /// the image's own bytes is remembered per site: REPLACE checks every site again.
     private func verifyUnpatched(_ current: [UInt8], at entry: SiteEntry, in elf: ELFFile) throws {
-        if current == entry.verifiedImageBytes { return }
+        if current == entry.verifiedBytes { return }
         try backend.verifyUnpatched(current, at: entry.site, in: elf)
-        if elf.contents(at: entry.site.address, equal: current) { entry.verifiedImageBytes = current }
+        entry.verifiedBytes = current
     }
 
     private func encode(_ target: RedirectTarget, at entry: SiteEntry, in elf: ELFFile) throws -> Encoding {

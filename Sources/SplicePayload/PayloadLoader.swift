@@ -22,6 +22,15 @@ public final class LoadedPayload {
     public let hooks: [PayloadFormat.HookKind: [UInt64]]
     public internal(set) var redirects: [ActiveRedirect] = []
     public var isApplied: Bool { !redirects.isEmpty }
+    /// The redirects the payload makes, as a batch for the patcher (made once: REPLACE
+    /// applies the same payload many times).
+    public private(set) lazy var items: [LivePatcher.BatchItem] = {
+        let file = payload.name.split(separator: "/").last.map(String.init) ?? ""
+        return functions.map {
+            .init(function: $0.function.name, target: $0.newAddress.map { .address($0) } ?? .returnImmediately,
+                  label: file + ":" + $0.function.name)
+        }
+    }()
 
     init(payload: Payload, regions: [GuestRegion], sectionAddresses: [Int: UInt64], exports: [String: UInt64],
          toc: UInt64?, functions: [Resolved], hooks: [PayloadFormat.HookKind: [UInt64]]) {
@@ -255,13 +264,7 @@ public final class PayloadLoader {
     }
 
     /// The redirects `p` makes, as a batch for the patcher.
-    public func items(of p: LoadedPayload) -> [LivePatcher.BatchItem] {
-        let file = p.payload.name.split(separator: "/").last.map(String.init) ?? ""
-        return p.functions.map {
-            .init(function: $0.function.name, target: $0.newAddress.map { .address($0) } ?? .returnImmediately,
-                  label: file + ":" + $0.function.name)
-        }
-    }
+    public func items(of p: LoadedPayload) -> [LivePatcher.BatchItem] { p.items }
 
     /// Reverts the payload's redirects; refused unless all of them are on top.
     public func revert(_ p: LoadedPayload) throws {

@@ -76,6 +76,22 @@ public final class Rendezvous: PatchExecutor {
     /// thousands of 5-byte pieces.
     private var coalesced: [(UInt64, Int)] = []
 
+    /// Records a changed range, merged into one of the last few when it is within a page
+    /// of it: writes come in address order per region, so `ranges` stays short.
+    private func noteChanged(_ address: UInt64, _ length: Int) {
+        let end = address + UInt64(length)
+        for i in ranges.indices.suffix(4) {
+            let (a, n) = ranges[i]
+            let e = a + UInt64(n)
+            if address <= e + 4096 && a <= end + 4096 {
+                let lo = min(a, address)
+                ranges[i] = (lo, Int(max(e, end) - lo))
+                return
+            }
+        }
+        ranges.append((address, length))
+    }
+
     static func coalesce(_ ranges: [(UInt64, Int)]) -> [(UInt64, Int)] {
         var out: [(UInt64, UInt64)] = []
         for (a, n) in ranges.sorted(by: { $0.0 < $1.0 }) {
@@ -141,7 +157,7 @@ public final class Rendezvous: PatchExecutor {
                 } else {
                     trace.interruptsOff = Self.now() - requestTime
                     do {
-                        try work? { self.ranges.append(($0, $1)) }
+                        try work? { self.noteChanged($0, $1) }
                     } catch {
                         workError = error
                     }

@@ -5,12 +5,19 @@ import XCTest
 /// against the obvious per-byte dictionary on random writes that straddle granules.
 final class ByteOverlayTests: XCTestCase {
     func testMatchesAPerByteModelOnRandomOperations() {
+        // A narrow window (few granules, much overwriting) and a wide one (thousands of
+        // granules: the table grows, probe runs collide, deletions shift members back).
+        check(window: 96, operations: 20_000)
+        check(window: 1 << 16, operations: 60_000)
+    }
+
+    private func check(window: UInt64, operations: Int) {
         var rng = SystemRandomNumberGenerator()
         var overlay = ByteOverlay()
         var model: [UInt64: UInt8] = [:]
         let base: UInt64 = 0x1000_0000
-        for _ in 0..<20_000 {
-            let address = base + UInt64.random(in: 0..<96, using: &rng)
+        for _ in 0..<operations {
+            let address = base + UInt64.random(in: 0..<window, using: &rng)
             let count = Int.random(in: 1...17, using: &rng)
             switch Int.random(in: 0..<3, using: &rng) {
             case 0:
@@ -29,7 +36,7 @@ final class ByteOverlayTests: XCTestCase {
                 XCTAssertEqual(overlay.known(address, count: count), all.count == count ? all : nil)
             }
         }
-        for i in 0..<128 { overlay.remove(base + UInt64(i), count: 1) }
+        for a in stride(from: base, to: base + window + 32, by: 8) { overlay.remove(a, count: 8) }
         XCTAssertTrue(overlay.isEmpty, "removing every byte leaves no granule behind")
     }
 
