@@ -13,6 +13,8 @@ public final class MachineRunner {
 
     public let machine: Machine
     public let rendezvous: Rendezvous
+    /// The guest's return-to-guest function: the only place a vCPU joins a rendezvous.
+    public let safePoint: UInt64
     private let lock = NSLock()
     private var states: [Int: State] = [:]
     private var stopping: Int32 = 0
@@ -23,6 +25,7 @@ public final class MachineRunner {
     public init(machine: Machine, safePoint: UInt64, rendezvous: Rendezvous = Rendezvous()) throws {
         self.machine = machine
         self.rendezvous = rendezvous
+        self.safePoint = safePoint
         rendezvous.machine = machine
         for cpu in machine.vcpus { try cpu.installSafePoint(at: safePoint, pending: rendezvous.pending) }
     }
@@ -55,7 +58,9 @@ public final class MachineRunner {
                     final = .faulted(f)
                 case let .stopped(at):
                     pc = at
-                    if splice_flag_load(rendezvous.pending) != 0 {
+                    // Stopped anywhere else (a stop request) while a rendezvous is pending:
+                    // run on to the safe point, where its records are complete.
+                    if at == safePoint && splice_flag_load(rendezvous.pending) != 0 {
                         rendezvous.participate(index) { ranges in
                             for (a, n) in ranges { try? cpu.dropTranslations(at: a, length: n) }
                         }
