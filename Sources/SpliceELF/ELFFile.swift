@@ -69,12 +69,6 @@ public struct ELFFile: Sendable {
         return Array(s.data[start..<start + count])
     }
 
-    /// Whether the file's contents at `address` are exactly `bytes` (no copy).
-    public func contents(at address: UInt64, equal bytes: [UInt8]) -> Bool {
-        guard let (s, start) = content(at: address, count: bytes.count) else { return false }
-        return s.data[start..<start + bytes.count].elementsEqual(bytes)
-    }
-
     /// Copies the contents at [address, address + count) into `bytes`, reusing its
     /// storage; false (and `bytes` untouched) when no section holds all of it.
     public func copyContents(at address: UInt64, count: Int, into bytes: inout [UInt8]) -> Bool {

@@ -91,15 +91,7 @@ extension GuestMemory {
         fileprivate init(regions: [GuestRegion]) { self.regions = regions }
 
         public func region(containing address: UInt64, length: Int = 1) -> GuestRegion? {
-            // Regions are sorted by base and do not overlap: the last one starting at or
-            // below `address` is the only candidate.
-            var low = 0, high = regions.count
-            while low < high {
-                let mid = (low + high) / 2
-                if regions[mid].base <= address { low = mid + 1 } else { high = mid }
-            }
-            guard low > 0, regions[low - 1].contains(address, length: length) else { return nil }
-            return regions[low - 1]
+            GuestMemory.region(in: regions, containing: address, length: length)
         }
         /// Whether guest memory at `address` holds exactly `bytes` (no copy).
         public func holds(_ bytes: [UInt8], at address: UInt64) -> Bool {
@@ -117,12 +109,6 @@ extension GuestMemory {
             try read(address, count: count, into: &bytes)
             return bytes
         }
-        public func write(_ address: UInt64, _ bytes: [UInt8]) throws {
-            guard let r = region(containing: address, length: bytes.count) else {
-                throw GuestMemoryError.unmapped(address: address, length: bytes.count)
-            }
-            r.write(address, bytes)
-        }
         // Raw-buffer forms for the patcher's inline bytes (package only).
         package func holds(_ bytes: UnsafeRawBufferPointer, at address: UInt64) -> Bool {
             region(containing: address, length: bytes.count)?.holds(bytes, at: address) ?? false
@@ -133,6 +119,18 @@ extension GuestMemory {
             }
             r.write(address, bytes)
         }
+    }
+
+    /// The region of `regions` (sorted by base, not overlapping) holding all of
+    /// [address, address + length): only the last one starting at or below `address` can.
+    fileprivate static func region(in regions: [GuestRegion], containing address: UInt64, length: Int) -> GuestRegion? {
+        var low = 0, high = regions.count
+        while low < high {
+            let mid = (low + high) / 2
+            if regions[mid].base <= address { low = mid + 1 } else { high = mid }
+        }
+        guard low > 0, regions[low - 1].contains(address, length: length) else { return nil }
+        return regions[low - 1]
     }
 
     public func view() -> View {
@@ -174,7 +172,7 @@ public final class GuestMemory: @unchecked Sendable {
     public func region(containing address: UInt64, length: Int = 1) -> GuestRegion? {
         lock.lock(); defer { lock.unlock() }
         if let r = lastHit, r.contains(address, length: length) { return r }
-        let r = regions.first { $0.contains(address, length: length) }
+        let r = Self.region(in: regions, containing: address, length: length)
         if r != nil { lastHit = r }
         return r
     }
@@ -196,14 +194,6 @@ public final class GuestMemory: @unchecked Sendable {
         }
         let start = r.host + Int(address - r.base)
         return [UInt8](UnsafeRawBufferPointer(start: start, count: count))
-    }
-
-    /// Reads into `bytes`, reusing its storage (no allocation when it has the capacity).
-    public func read(_ address: UInt64, count: Int, into bytes: inout [UInt8]) throws {
-        guard let r = region(containing: address, length: count) else {
-            throw GuestMemoryError.unmapped(address: address, length: count)
-        }
-        r.read(address, count: count, into: &bytes)
     }
 
     public func write(_ address: UInt64, _ bytes: [UInt8]) throws {
