@@ -52,4 +52,29 @@ final class AtomicityTests: XCTestCase {
             XCTAssertEqual(try patcher.apply(batch: names.map { .init(function: $0, target: .address(try image.function(named: "add").value)) }).count, 4)
         }
     }
+
+    /// REPLACE naming a redirect that does not exist is refused before anything is
+    /// prepared or written, and leaves no redirect marked as being reverted: the same
+    /// REPLACE without the bad id then works. An id named twice is reverted once.
+    func testReplaceWithAnUnknownIdChangesNothing() throws {
+        for isa in PayloadTests.isas {
+            let image = try loadImage(path: PayloadTests.targetPath(isa))
+            let patcher = try LivePatcher(image: image, backend: try Architectures.backend(for: image.elf))
+            let add = try image.function(named: "add").value
+            let fib = try image.function(named: "fib").value
+            let first = try patcher.apply(batch: ["scaled", "fib"].map { .init(function: $0, target: .address(add)) })
+            let text = try image.regions.filter { $0.permissions.contains(.execute) }
+                .map { try image.machine.memory.read($0.base, count: Int($0.size)) }
+            let ids = first.map(\.id)
+            XCTAssertThrowsError(try patcher.replace(reverting: ids + [9999], with: [.init(function: "scaled", target: .address(fib))])) {
+                guard case PatchError.noSuchRedirect(9999)? = $0 as? PatchError else { return XCTFail("\(isa): \($0)") }
+            }
+            XCTAssertEqual(patcher.active.map(\.id), ids, "\(isa): the listed redirects are untouched")
+            XCTAssertEqual(try image.regions.filter { $0.permissions.contains(.execute) }
+                .map { try image.machine.memory.read($0.base, count: Int($0.size)) }, text, "\(isa): no byte changed")
+            let replaced = try patcher.replace(reverting: ids + [ids[0]], with: [.init(function: "scaled", target: .address(fib))])
+            XCTAssertEqual(patcher.active.map(\.id), replaced.map(\.id), "\(isa): both old redirects reverted, once each")
+            XCTAssertEqual(try image.call("scaled", [10]).signedValue, 55, "\(isa): scaled now runs fib")
+        }
+    }
 }
