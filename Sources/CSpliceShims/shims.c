@@ -84,12 +84,21 @@ uc_err splice_hook_faults(uc_engine *uc, uc_hook hooks[3], splice_stop_record *r
 
 static void on_safe_point(uc_engine *uc, uint64_t address, uint32_t size, void *user) {
     (void)address; (void)size;
-    if (__atomic_load_n((const int *)user, __ATOMIC_ACQUIRE))
+    splice_safe_point *point = user;
+    if (__atomic_load_n(point->pending, __ATOMIC_ACQUIRE) || __atomic_load_n(&point->sync, __ATOMIC_ACQUIRE))
         uc_emu_stop(uc);
 }
 
-uc_err splice_hook_safe_point(uc_engine *uc, uc_hook *hh, uint64_t address, const int *pending) {
-    return uc_hook_add(uc, hh, UC_HOOK_CODE, (void *)on_safe_point, (void *)pending, address, address);
+uc_err splice_hook_safe_point(uc_engine *uc, uc_hook *hh, uint64_t address, splice_safe_point *point) {
+    return uc_hook_add(uc, hh, UC_HOOK_CODE, (void *)on_safe_point, point, address, address);
+}
+
+void splice_safe_point_request_sync(splice_safe_point *point) {
+    __atomic_store_n(&point->sync, 1, __ATOMIC_RELEASE);
+}
+
+int splice_safe_point_take_sync(splice_safe_point *point) {
+    return __atomic_exchange_n(&point->sync, 0, __ATOMIC_ACQ_REL);
 }
 
 void splice_flag_store(int *flag, int value) { __atomic_store_n(flag, value, __ATOMIC_RELEASE); }

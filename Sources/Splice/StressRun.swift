@@ -5,19 +5,29 @@ import Foundation
 /// After every cycle, inside a rendezvous (every vCPU parked at its safe point with its
 /// records complete), each vCPU's last records are checked: scaled(x) and
 /// apply_unary(0, x) must be the old (3x+1) or the new (3x+2) value.
+///
+/// With the non-stop engine nothing stops the vCPUs together while patching: each cycle
+/// applies and reverts both payloads' redirects through `NonStopEngine` (the check after
+/// the cycle still parks them, to read complete records).
 public enum StressRun {
+    public enum Engine: String, Codable, Sendable { case stop, nonstop }
+
     public struct Report: Codable, Sendable {
         public var architecture: String
         public var vcpus: Int
         public var cycles: Int
+        public var engine: Engine
         public var applies = 0, reverts = 0, replaces = 0, rendezvous = 0
+        /// Non-stop engine: syncs made, grace periods waited, vCPUs sent on from an armed
+        /// trap, and vCPUs that hit a trap already taken back (re-translated, ran on).
+        public var syncs = 0, gracePeriods = 0, trapsTaken = 0, staleTraps = 0
         public var recordsChecked = 0, wrongResults = 0, faults = 0
         public var iterations: UInt64 = 0
         public var textIdenticalAtEnd = false
         public var seconds = 0.0
     }
 
-    public static func run(samples: String, isa: String, vcpus: Int, cycles: Int) throws -> Report {
+    public static func run(samples: String, isa: String, vcpus: Int, cycles: Int, engine: Engine = .stop) throws -> Report {
         let imagePath = samples + "/" + (isa == "x86_64" ? Samples.x86_64 : Samples.ppc64le)
         let elf = try ELFFile(contentsOf: imagePath)
         let backend = try Architectures.backend(for: elf)
@@ -41,7 +51,19 @@ public enum StressRun {
         let workload = try image.entries(of: "workload")[0]
         func ring(_ i: Int) -> UInt64 { rings.base + UInt64(i) * 0x1000 }
         for i in 0..<vcpus { try runner.start(vcpu: i, entry: workload, arguments: [Int64(ring(i)), 0]) }
-        var report = Report(architecture: machine.architecture.name, vcpus: vcpus, cycles: cycles)
+        var report = Report(architecture: machine.architecture.name, vcpus: vcpus, cycles: cycles, engine: engine)
+        let nonStop = NonStopEngine(runner: runner, patcher: patcher)
+        func nonStopCycle(_ items: [LivePatcher.BatchItem]) throws {
+            let applied = try nonStop.apply(items)
+            report.applies += 1
+            report.syncs += nonStop.lastTrace.syncs
+            for r in applied.reversed() {
+                try nonStop.revert(id: r.id)
+                report.syncs += nonStop.lastTrace.syncs
+                report.gracePeriods += nonStop.lastTrace.grace
+            }
+            report.reverts += 1
+        }
         let start = DispatchTime.now().uptimeNanoseconds
         func validate() throws {
             try runner.rendezvous.execute { _ in
@@ -59,7 +81,12 @@ public enum StressRun {
                 }
             }
         }
-        for _ in 0..<cycles {
+        for _ in 0..<cycles where engine == .nonstop {
+            try nonStopCycle(loader.items(of: p02))
+            try nonStopCycle(loader.items(of: cumulative))
+            try validate()
+        }
+        for _ in 0..<cycles where engine == .stop {
             try loader.apply(p02); report.applies += 1
             try loader.revert(p02); report.reverts += 1
             try loader.replace(with: cumulative); report.replaces += 1
@@ -69,6 +96,8 @@ public enum StressRun {
         }
         report.seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
         report.rendezvous = runner.rendezvous.completed
+        report.trapsTaken = runner.trapsTaken
+        report.staleTraps = runner.staleTraps
         runner.stop()
         for i in 0..<vcpus {
             if case .faulted = runner.state(of: i) { report.faults += 1 }

@@ -54,6 +54,8 @@ public final class VCPU {
     private let stopRecord: UnsafeMutablePointer<splice_stop_record>
     private let counter: UnsafeMutablePointer<UInt64>
     private var countHook: uc_hook?
+    /// Safe points installed (address, rendezvous flag, sync request); the last one is current.
+    private var safePoints: [(address: UInt64, point: UnsafeMutablePointer<splice_safe_point>)] = []
     /// Objects C hooks point at (host calls): they live as long as the engine.
     var hookContexts: [AnyObject] = []
 
@@ -81,6 +83,7 @@ public final class VCPU {
     deinit {
         stopRecord.deallocate()
         counter.deallocate()
+        for s in safePoints { s.point.deallocate() }
     }
 
     func map(_ region: GuestRegion) throws {
@@ -176,9 +179,34 @@ public final class VCPU {
     /// Stops this vCPU when it is about to execute `address` while `*pending` is nonzero
     /// (the return-to-guest safe point of a rendezvous).
     public func installSafePoint(at address: UInt64, pending: UnsafeMutablePointer<Int32>) throws {
+        if let i = safePoints.firstIndex(where: { $0.address == address }) {
+            // A new runner on the same machine: the hook obeys the new flag.
+            safePoints[i].point.pointee.pending = UnsafePointer(pending)
+            safePoints.append(safePoints.remove(at: i))
+            return
+        }
+        let point = UnsafeMutablePointer<splice_safe_point>.allocate(capacity: 1)
+        point.initialize(to: splice_safe_point(pending: pending, sync: 0))
         var hook: uc_hook = 0
-        try check(splice_hook_safe_point(engine.handle, &hook, address, pending), "uc_hook_add(safe point)")
+        guard splice_hook_safe_point(engine.handle, &hook, address, point) == UC_ERR_OK else {
+            point.deallocate()
+            try check(UC_ERR_ARG, "uc_hook_add(safe point)")
+            return
+        }
+        safePoints.append((address, point))
         try dropTranslatedCode() // a hook only instruments code translated after it exists
+    }
+
+    /// Asks this vCPU to stop at its safe point (the current one) even with no rendezvous
+    /// pending: a non-stop sync. Any thread.
+    public func requestSafePointStop() {
+        if let p = safePoints.last?.point { splice_safe_point_request_sync(p) }
+    }
+
+    /// Whether a safe-point stop was requested since the last call (and clears it). Call it
+    /// on the thread that runs this vCPU.
+    public func takeSafePointStopRequest() -> Bool {
+        safePoints.last.map { splice_safe_point_take_sync($0.point) != 0 } ?? false
     }
 
     /// Drops this engine's translated code for [address, address + length). Call it on the

@@ -213,14 +213,23 @@ public final class LivePatcher {
     /// the odd-TOC mark before the `bl`, so the mark is never there without the call.
     public func revertNonStop(id: Int, step: (NonStopStep) throws -> Void) throws {
         let entry = try revertable(id)
-        try perform(nonStopRevertSteps(for: entry), step)
+        var log: [(UInt64, [UInt8])] = []
+        do {
+            try perform(nonStopRevertSteps(for: entry), step, log: &log)
+        } catch {
+            rollBack(log, step)
+            throw error
+        }
         finishRevert(entry)
     }
 
-    /// The non-stop sequence that takes `entry` back (see `revertNonStop`).
+    /// The non-stop sequence that takes `entry` back (see `revertNonStop`). Data the
+    /// backend's runtime code reads (a ppc64le table entry) is changed only after every
+    /// vCPU has passed a quiescent point: one may still be between a call the earlier
+    /// steps removed and its read of that data.
     public func nonStopRevertSteps(for entry: ActiveRedirect) -> [NonStopStep] {
         zip(entry.plan.writes, entry.undo).reversed().flatMap { w, undo in
-            backend.nonStopSteps(for: [undo]).map { s -> NonStopStep in
+            (undo.kind == .data ? [NonStopStep.quiesce] : []) + backend.nonStopSteps(for: [undo]).map { s -> NonStopStep in
                 // While the trap is armed the redirect is still in force: trapped vCPUs take it.
                 if case let .trapArmed(address, _) = s { return .trapArmed(address, final: w.bytes) }
                 return s
@@ -283,22 +292,42 @@ public final class LivePatcher {
                 }
             }
         }
-        for e in prepared.entries {
-            try perform(backend.nonStopSteps(for: e.plan.writes), step)
-            record(e)
+        var log: [(UInt64, [UInt8])] = []
+        do {
+            for e in prepared.entries { try perform(backend.nonStopSteps(for: e.plan.writes), step, log: &log) }
+        } catch {
+            rollBack(log, step)
+            abandon(prepared)
+            throw error
         }
+        for e in prepared.entries { record(e) }
         return prepared.entries
     }
 
-    /// Makes each `.write` of a non-stop sequence (one store) and hands every step to `step`.
-    private func perform(_ steps: [NonStopStep], _ step: (NonStopStep) throws -> Void) throws {
+    /// Makes each `.write` of a non-stop sequence (one store) and hands every step to `step`;
+    /// `log` gets what each write replaced.
+    private func perform(_ steps: [NonStopStep], _ step: (NonStopStep) throws -> Void,
+                         log: inout [(UInt64, [UInt8])]) throws {
         for s in steps {
             if case let .write(address, bytes, _) = s {
+                log.append((address, try machine.memory.read(address, count: bytes.count)))
                 try machine.memory.write(address, bytes)
                 written.set(address, bytes)
             }
             try step(s)
         }
+    }
+
+    /// A non-stop sequence failed part-way (a sync could not complete): every store it made
+    /// is taken back, newest first, and one more sync makes every vCPU see that.
+    private func rollBack(_ log: [(UInt64, [UInt8])], _ step: (NonStopStep) throws -> Void) {
+        guard !log.isEmpty else { return }
+        for (address, old) in log.reversed() {
+            try? machine.memory.write(address, old)
+            written.set(address, old)
+        }
+        for (address, old) in log { try? step(.write(address, old, purpose: "roll back")) }
+        try? step(.sync)
     }
 
     /// Lists a prepared redirect whose writes are in place.

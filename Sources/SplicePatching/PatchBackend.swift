@@ -167,6 +167,9 @@ public enum NonStopStep: Equatable, Sendable {
     /// From here until the next sync a vCPU may trap at this address (x86 int3): the
     /// engine sends it to where `trapRedirect` says.
     case trapArmed(UInt64, final: [UInt8])
+    /// Every vCPU passes a quiescent point (its return-to-guest safe point, where it is in
+    /// no patchable function) before the next step.
+    case quiesce
 }
 
 /// Per-machine state of a backend's runtime code (addresses of what it emitted). Only

@@ -88,6 +88,10 @@ public final class DeterministicScheduler {
         case .sync:
             for (a, n) in changed { try machine.codeChanged(at: a, length: n) }
         case .write: break
+        case .quiesce:
+            // This scheduler has no safe points: the caller places vCPUs, and the
+            // exhaustive tests place them at every boundary. A sync is all it can do.
+            for (a, n) in changed { try machine.codeChanged(at: a, length: n) }
         }
     }
 

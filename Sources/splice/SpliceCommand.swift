@@ -490,14 +490,23 @@ struct Stress: ParsableCommand {
         abstract: "Apply / revert / replace payloads over and over while N vCPUs run, checking every result.")
     @Option(help: "x86_64 or ppc64le.") var isa = "x86_64"
     @Option(help: "Running vCPUs.") var vcpus = 4
-    @Option(help: "Cycles (each: apply, revert, replace, replace back, revert).") var cycles = 1000
+    @Option(help: "Cycles (stop: apply, revert, replace, replace back, revert; nonstop: apply and revert each payload).")
+    var cycles = 1000
+    @Option(help: "stop (rendezvous) or nonstop (int3 protocol / word writes, vCPUs never stopped together).")
+    var engine = "stop"
     @Flag(help: "Print JSON.") var json = false
 
     func run() throws {
-        let r = try reportingErrors { try StressRun.run(samples: try Samples.directory(), isa: isa, vcpus: vcpus, cycles: cycles) }
+        guard let e = StressRun.Engine(rawValue: engine) else { throw ValidationError("--engine is stop or nonstop") }
+        let r = try reportingErrors {
+            try StressRun.run(samples: try Samples.directory(), isa: isa, vcpus: vcpus, cycles: cycles, engine: e)
+        }
         if json { try printJSON(r); return }
-        print("splice stress: \(r.architecture), \(r.vcpus) vCPUs, \(r.cycles) cycles in \(String(format: "%.1f", r.seconds)) s")
+        print("splice stress: \(r.architecture), \(r.vcpus) vCPUs, \(r.cycles) cycles, \(r.engine.rawValue) engine, in \(String(format: "%.1f", r.seconds)) s")
         print("  applies \(r.applies), reverts \(r.reverts), replaces \(r.replaces); \(r.rendezvous) rendezvous")
+        if e == .nonstop {
+            print("  non-stop: \(r.syncs) syncs, \(r.gracePeriods) grace periods, \(r.trapsTaken) vCPUs sent on from a trap, \(r.staleTraps) stale traps")
+        }
         print("  guest iterations \(r.iterations); records checked \(r.recordsChecked); wrong results \(r.wrongResults); faults \(r.faults)")
         print("  text byte-identical to the start after the last revert: \(r.textIdenticalAtEnd ? "yes" : "NO")")
         if r.wrongResults > 0 || r.faults > 0 || !r.textIdenticalAtEnd { throw ExitCode(1) }

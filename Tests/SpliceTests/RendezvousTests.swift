@@ -44,7 +44,7 @@ final class RendezvousTests: XCTestCase {
 
     /// Loads the kernel with `vcpus` vCPUs, loads `payloads` (not applied), starts the
     /// workload on every vCPU except those in `spinning`, which spin on a flag instead.
-    func start(_ isa: String, vcpus: Int, payloads: [Payload], spinning: Set<Int> = []) throws -> (Running, [LoadedPayload]) {
+    static func start(_ isa: String, vcpus: Int, payloads: [Payload], spinning: Set<Int> = []) throws -> (Running, [LoadedPayload]) {
         let elf = try ELFFile(contentsOf: PayloadTests.targetPath(isa))
         let machine = try Machine(architecture: try Architectures.forELF(elf), vcpuCount: vcpus)
         let image = try machine.load(elf)
@@ -71,7 +71,7 @@ final class RendezvousTests: XCTestCase {
     func testApplyRevertWhileFourVCPUsRun() throws {
         for isa in PayloadTests.isas {
             let (p02, _, _) = try PayloadTests.build("02-scaled-plus-two", isa)
-            let (r, loaded) = try start(isa, vcpus: 4, payloads: [p02])
+            let (r, loaded) = try Self.start(isa, vcpus: 4, payloads: [p02])
             // This test is about atomicity, not timing: 4 busy vCPU threads share 2 host
             // cores, so give slow scheduling room (the EBUSY test checks the 30 ms default).
             r.runner.rendezvous.timeoutMicroseconds = 1_000_000
@@ -110,7 +110,7 @@ final class RendezvousTests: XCTestCase {
     func testAVCPUThatNeverArrivesMakesTheActionFailWithEBUSY() throws {
         for isa in PayloadTests.isas {
             let (p02, _, _) = try PayloadTests.build("02-scaled-plus-two", isa)
-            let (r, loaded) = try start(isa, vcpus: 2, payloads: [p02], spinning: [0])
+            let (r, loaded) = try Self.start(isa, vcpus: 2, payloads: [p02], spinning: [0])
             let lp = loaded[0]
             let timeout = r.runner.rendezvous.timeoutMicroseconds
             let before = try r.code()
@@ -156,7 +156,7 @@ final class RendezvousTests: XCTestCase {
         for isa in PayloadTests.isas {
             let (p02, _, _) = try PayloadTests.build("02-scaled-plus-two", isa)
             let cumulative = try ReplaceTests.cumulative(isa)
-            let (r, loaded) = try start(isa, vcpus: 4, payloads: [p02, cumulative])
+            let (r, loaded) = try Self.start(isa, vcpus: 4, payloads: [p02, cumulative])
             r.runner.rendezvous.timeoutMicroseconds = 1_000_000
             try r.loader.apply(loaded[0])
             for _ in 0..<20 {
@@ -185,7 +185,7 @@ final class RendezvousTests: XCTestCase {
     func testPayloadWithHooksLoadedAndUnloadedWhileVCPUsRun() throws {
         for isa in PayloadTests.isas {
             let (p05, _, _) = try PayloadTests.build("05-hooks", isa)
-            let (r, _) = try start(isa, vcpus: 2, payloads: [])
+            let (r, _) = try Self.start(isa, vcpus: 2, payloads: [])
             r.runner.rendezvous.timeoutMicroseconds = 1_000_000
             let slot = try XCTUnwrap(r.image.elf.symbol(named: "observed_toc")).value
             Thread.sleep(forTimeInterval: 0.01)
@@ -210,7 +210,7 @@ final class RendezvousTests: XCTestCase {
     /// Far code and a far-jump slot are mapped (and released) in every engine while the
     /// vCPUs run: the code space goes through the rendezvous too.
     func testFarRedirectWithSlotsWhileVCPUsRun() throws {
-        let (r, _) = try start("x86_64", vcpus: 4, payloads: [])
+        let (r, _) = try Self.start("x86_64", vcpus: 4, payloads: [])
         r.runner.rendezvous.timeoutMicroseconds = 1_000_000
         let pristine = try r.code()
         let regions = r.image.machine.memory.regions.map(\.name)

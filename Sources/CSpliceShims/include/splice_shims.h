@@ -46,9 +46,22 @@ typedef struct {
  * stop the engine. The record must outlive the hooks. */
 uc_err splice_hook_faults(uc_engine *uc, uc_hook hooks[3], splice_stop_record *record);
 
-/* Stops the engine when it is about to execute `address` while *pending is nonzero: the
- * vCPU's return-to-guest safe point. Costs one callback per pass, none elsewhere. */
-uc_err splice_hook_safe_point(uc_engine *uc, uc_hook *hh, uint64_t address, const int *pending);
+/* A vCPU's return-to-guest safe point: the rendezvous flag it obeys (shared by all vCPUs)
+ * and its own sync request (a non-stop sync, seed 001's IPI, delivered here). */
+typedef struct {
+    const int *pending;
+    int sync;
+} splice_safe_point;
+
+/* Stops the engine when it is about to execute `address` while *pending or sync is
+ * nonzero. Costs one callback per pass, none elsewhere. A stop made here resumes exactly:
+ * Unicorn syncs the PC before a code hook runs. (A uc_emu_stop from another thread, or
+ * from a block hook, does not: 2.0.1 then skips restoring the PC of the interrupted
+ * block chain and a resume re-executes code; see probes/async_stop.c.) */
+uc_err splice_hook_safe_point(uc_engine *uc, uc_hook *hh, uint64_t address, splice_safe_point *point);
+/* Raise / take (read and clear) a vCPU's sync request. */
+void splice_safe_point_request_sync(splice_safe_point *point);
+int splice_safe_point_take_sync(splice_safe_point *point);
 
 /* Atomic access to the pending flag from Swift. */
 void splice_flag_store(int *flag, int value);

@@ -1,0 +1,87 @@
+import Foundation
+import SpliceMachine
+import SplicePatching
+
+/// The second engine (seed 001): patches a machine whose vCPUs run free, without ever
+/// stopping them together. Each write of the backend's non-stop sequence is one store;
+/// each sync has every vCPU drop its translated code for what changed, at its own next
+/// safe point, and run on (`MachineRunner.sync`). On x86-64 that is the int3 protocol:
+/// while the trap is armed a vCPU that hits it continues at the new code. On ppc64le every
+/// store is one aligned word, in the order that keeps the odd-TOC mark consistent, and a
+/// revert changes the runtime's table entry only after a grace period (a sync: every vCPU
+/// has been at its safe point since, so none is still between a removed call and its read).
+///
+/// Before the first store every vCPU must answer a sync: one that does not (interrupts
+/// off) fails the action with nothing written. If a later sync cannot complete, every
+/// store already made is taken back and the action fails: memory is as before.
+public final class NonStopEngine {
+    public let runner: MachineRunner
+    public let patcher: LivePatcher
+    /// How long one sync may take.
+    public var timeout: TimeInterval = 1
+
+    /// What the last action did.
+    public struct Trace: Sendable {
+        public var writes = 0
+        public var syncs = 0
+        public var grace = 0
+        public var trapsArmed = 0
+        public var nanoseconds: UInt64 = 0
+    }
+    public private(set) var lastTrace = Trace()
+
+    private var changed: [(UInt64, Int)] = []
+    private var trace = Trace()
+
+    public init(runner: MachineRunner, patcher: LivePatcher) {
+        self.runner = runner
+        self.patcher = patcher
+    }
+
+    /// Applies `batch` while the vCPUs run.
+    @discardableResult
+    public func apply(_ batch: [LivePatcher.BatchItem]) throws -> [ActiveRedirect] {
+        try run { try patcher.applyNonStop(batch: batch) { try self.handle($0) } }
+    }
+
+    /// Reverts redirect `id` while the vCPUs run.
+    public func revert(id: Int) throws {
+        try run { try patcher.revertNonStop(id: id) { try self.handle($0) } }
+    }
+
+    private func run<T>(_ body: () throws -> T) throws -> T {
+        let start = DispatchTime.now().uptimeNanoseconds
+        trace = Trace()
+        changed = []
+        defer {
+            runner.disarmTraps()
+            trace.nanoseconds = DispatchTime.now().uptimeNanoseconds - start
+            lastTrace = trace
+        }
+        trace.syncs += 1
+        try runner.sync(dropping: [], timeout: timeout)
+        return try body()
+    }
+
+    private func handle(_ step: NonStopStep) throws {
+        switch step {
+        case let .write(address, bytes, _):
+            changed.append((address, bytes.count))
+            trace.writes += 1
+        case .sync:
+            let ranges = changed
+            changed = []
+            trace.syncs += 1
+            try runner.sync(dropping: ranges, timeout: timeout)
+        case let .trapArmed(address, final):
+            guard let target = patcher.backend.trapRedirect(at: address, final: final) else {
+                throw PatchError.noBackend("a trap at 0x\(String(address, radix: 16)) with no place to send a vCPU")
+            }
+            runner.armTrap(at: address, continueAt: target)
+            trace.trapsArmed += 1
+        case .quiesce:
+            trace.grace += 1
+            try runner.sync(dropping: [], timeout: timeout)
+        }
+    }
+}

@@ -1,0 +1,144 @@
+import Foundation
+import Splice
+import XCTest
+
+/// The non-stop engine (seed 001) on free-running vCPUs: nothing stops them together;
+/// every sync is taken by each vCPU at its own safe point.
+final class NonStopEngineTests: XCTestCase {
+    typealias Running = RendezvousTests.Running
+
+    /// Every record of every vCPU is the old or the new value; no vCPU faulted.
+    func checkRecords(_ r: Running, _ isa: String) throws {
+        for i in 0..<r.vcpus {
+            XCTAssertEqual(r.runner.state(of: i), .stopped, "\(isa) vCPU \(i)")
+            let (n, pairs) = try r.records(i)
+            XCTAssertGreaterThan(n, 0, "\(isa) vCPU \(i) ran")
+            for (x, s, u) in pairs {
+                let old = Int64(x) * 3 + 1, new = Int64(x) * 3 + 2
+                XCTAssertTrue(s == old || s == new, "\(isa) vCPU \(i): scaled(\(x)) = \(s)")
+                XCTAssertTrue(u == old || u == new, "\(isa) vCPU \(i): apply_unary(0, \(x)) = \(u)")
+            }
+        }
+    }
+
+    func testApplyRevertWhileVCPUsRunFree() throws {
+        for isa in PayloadTests.isas {
+            let (p02, _, _) = try PayloadTests.build("02-scaled-plus-two", isa)
+            let (r, loaded) = try RendezvousTests.start(isa, vcpus: 3, payloads: [p02])
+            let engine = NonStopEngine(runner: r.runner, patcher: r.patcher)
+            engine.timeout = 5 // 3 busy vCPU threads on 2 host cores
+            let pristine = try r.code()
+            let rendezvousBefore = r.runner.rendezvous.completed
+            Thread.sleep(forTimeInterval: 0.02)
+            var syncs = 0
+            for _ in 0..<30 {
+                let applied = try engine.apply(r.loader.items(of: loaded[0]))
+                syncs += engine.lastTrace.syncs
+                XCTAssertNotEqual(try r.code(), pristine, isa)
+                for a in applied.reversed() { try engine.revert(id: a.id); syncs += engine.lastTrace.syncs }
+                XCTAssertEqual(try r.code(), pristine, "\(isa): text as at the start after each revert")
+            }
+            // End applied, let every vCPU run the new code for a while.
+            _ = try engine.apply(r.loader.items(of: loaded[0]))
+            let appliedAt = try (0..<r.vcpus).map { try r.records($0).iterations }
+            Thread.sleep(forTimeInterval: 0.05)
+            XCTAssertEqual(r.runner.rendezvous.completed, rendezvousBefore, "\(isa): no rendezvous was used")
+            let trapsTaken = r.runner.trapsTaken
+            r.runner.stop()
+            try checkRecords(r, isa)
+            for i in 0..<r.vcpus {
+                let (n, _) = try r.records(i)
+                XCTAssertGreaterThan(n, appliedAt[i] + 1, "\(isa) vCPU \(i) ran on after the last apply")
+                let newest = try r.image.machine.memory.read(r.ring(i) + 8 + UInt64(24 * Int((n - 1) % 64)), count: 16)
+                let x = newest[0..<8].enumerated().reduce(Int64(0)) { $0 | Int64($1.element) << (8 * Int64($1.offset)) }
+                let s = newest[8..<16].enumerated().reduce(Int64(0)) { $0 | Int64($1.element) << (8 * Int64($1.offset)) }
+                XCTAssertEqual(s, x * 3 + 2, "\(isa) vCPU \(i): the new code after the last apply")
+            }
+            if isa == "x86_64" {
+                // Three vCPUs calling scaled() in a loop meet the armed int3 during 61 applies
+                // and reverts: the protocol's trap path ran, and sent them on.
+                XCTAssertGreaterThan(trapsTaken, 0, "x86_64: no vCPU ever met an armed trap")
+            }
+            XCTAssertEqual(r.runner.staleTraps, 0, isa)
+            print("\(isa): non-stop: 61 actions, \(syncs) syncs, \(trapsTaken) vCPUs sent on from a trap; last: \(engine.lastTrace)")
+        }
+    }
+
+    func testAVCPUThatNeverReachesItsSafePointFailsTheActionWithNothingWritten() throws {
+        for isa in PayloadTests.isas {
+            let (p02, _, _) = try PayloadTests.build("02-scaled-plus-two", isa)
+            let (r, loaded) = try RendezvousTests.start(isa, vcpus: 2, payloads: [p02], spinning: [0])
+            let engine = NonStopEngine(runner: r.runner, patcher: r.patcher)
+            engine.timeout = 0.05
+            let before = try r.code()
+            XCTAssertThrowsError(try engine.apply(r.loader.items(of: loaded[0]))) { error in
+                XCTAssertEqual((error as? MachineRunner.SyncTimeout)?.vcpus, [0], "\(isa): \(error)")
+                XCTAssertTrue("\(error)".contains("vCPU 0 did not pass its safe point within 50 ms"), "\(error)")
+            }
+            XCTAssertTrue(r.patcher.active.isEmpty, isa)
+            XCTAssertEqual(try r.code(), before, "\(isa): nothing written")
+            // Release the spinner: it returns, and the same action goes through.
+            try r.image.machine.memory.writeUInt64(r.spinFlag, 0)
+            guard case .returned = r.runner.wait(for: 0, timeout: 2) else { return XCTFail("\(isa): spinner did not return") }
+            engine.timeout = 5
+            let applied = try engine.apply(r.loader.items(of: loaded[0]))
+            XCTAssertEqual(applied.count, r.patcher.active.count)
+            Thread.sleep(forTimeInterval: 0.02)
+            r.runner.stop()
+            let (n, _) = try r.records(1)
+            let newest = try r.image.machine.memory.read(r.ring(1) + 8 + UInt64(24 * Int((n - 1) % 64)), count: 16)
+            let x = newest[0..<8].enumerated().reduce(Int64(0)) { $0 | Int64($1.element) << (8 * Int64($1.offset)) }
+            let v = newest[8..<16].enumerated().reduce(Int64(0)) { $0 | Int64($1.element) << (8 * Int64($1.offset)) }
+            XCTAssertEqual(v, x * 3 + 2, "\(isa): vCPU 1 runs the new code")
+        }
+    }
+
+    struct InjectedSyncFailure: Error, Equatable { var sync: Int }
+
+    /// A sync that fails at any point of a non-stop sequence (apply or revert) leaves memory
+    /// byte-for-byte as before the action, and the patcher's table as before.
+    func testASyncFailingAtAnyStepIsRolledBack() throws {
+        for isa in PayloadTests.isas {
+            let (p02, _, _) = try PayloadTests.build("02-scaled-plus-two", isa)
+            let (image, loader) = try PayloadTests.machine(isa)
+            let patcher = loader.patcher
+            func snapshot() throws -> [String: UInt64] { try PayloadTests.memory(image) }
+            let loaded = try loader.load(p02)
+            let items = loader.items(of: loaded)
+            let pristine = try snapshot()
+            // How many syncs a whole apply makes.
+            var total = 0
+            let applied = try patcher.applyNonStop(batch: items) { if case .sync = $0 { total += 1 } }
+            let appliedState = try snapshot()
+            XCTAssertNotEqual(appliedState, pristine)
+            for a in applied.reversed() { try patcher.revertNonStop(id: a.id) { _ in } }
+            XCTAssertEqual(try snapshot(), pristine, "\(isa): non-stop revert restores everything")
+            XCTAssertGreaterThan(total, 2, isa)
+            for failing in 0..<total {
+                var n = 0
+                XCTAssertThrowsError(try patcher.applyNonStop(batch: items) { step in
+                    if case .sync = step { n += 1; if n - 1 == failing { throw InjectedSyncFailure(sync: failing) } }
+                }) { XCTAssertEqual($0 as? InjectedSyncFailure, InjectedSyncFailure(sync: failing), isa) }
+                XCTAssertEqual(try snapshot(), pristine, "\(isa): apply failing at sync \(failing)")
+                XCTAssertTrue(patcher.active.isEmpty, "\(isa): apply failing at sync \(failing)")
+            }
+            // Now revert, failing at each sync of the revert sequence of the last redirect.
+            let again = try patcher.applyNonStop(batch: items) { _ in }
+            XCTAssertEqual(try snapshot(), appliedState, isa)
+            let last = try XCTUnwrap(again.last)
+            var revertSyncs = 0
+            for s in patcher.nonStopRevertSteps(for: last) { if case .sync = s { revertSyncs += 1 } }
+            for failing in 0..<revertSyncs {
+                var n = 0
+                XCTAssertThrowsError(try patcher.revertNonStop(id: last.id) { step in
+                    if case .sync = step { n += 1; if n - 1 == failing { throw InjectedSyncFailure(sync: failing) } }
+                }) { XCTAssertEqual($0 as? InjectedSyncFailure, InjectedSyncFailure(sync: failing), isa) }
+                XCTAssertEqual(try snapshot(), appliedState, "\(isa): revert failing at sync \(failing)")
+                XCTAssertEqual(patcher.active.map(\.id), again.map(\.id), isa)
+            }
+            for a in again.reversed() { try patcher.revertNonStop(id: a.id) { _ in } }
+            XCTAssertEqual(try snapshot(), pristine, isa)
+            print("\(isa): roll-back checked at each of \(total) apply syncs and \(revertSyncs) revert syncs")
+        }
+    }
+}
