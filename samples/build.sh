@@ -51,6 +51,11 @@ x86=(gcc "${common[@]}" -no-pie -fno-pic -fcf-protection=none -mno-red-zone)
     -o "$out/checked-x86_64-pfe.o"
 "${x86[@]}" -fpatchable-function-entry=5 "$rt/x86_64/start.S" "$src/kernel.c" "$out/checked-x86_64-pfe.o" \
     -o "$out/kernel-x86_64-pfe.elf"
+# x86-64 with frame pointers in every function (leaf ones too, no shrink-wrapping): the
+# stack check follows the rbp chain here instead of scanning the whole stack.
+fp=(-fno-omit-frame-pointer -mno-omit-leaf-frame-pointer -fno-shrink-wrap)
+"${x86[@]}" "${fp[@]}" -c "$src/checked.c" -fcf-protection=branch -mmanual-endbr -o "$out/checked-x86_64-fp.o"
+"${x86[@]}" "${fp[@]}" "$rt/x86_64/start.S" "$src/kernel.c" "$out/checked-x86_64-fp.o" -o "$out/kernel-x86_64-fp.elf"
 rm -f "$out"/checked-x86_64*.o
 
 # ppc64le (ELFv2), -mprofile-kernel: every function has `mflr r0; bl _mcount` right after

@@ -5,6 +5,8 @@ import Foundation
 public enum Samples {
     public static let x86_64 = "kernel-x86_64.elf"
     public static let x86_64Fentry = "kernel-x86_64-fentry.elf"
+    /// Built with frame pointers: the stack check follows the rbp chain.
+    public static let x86_64FramePointers = "kernel-x86_64-fp.elf"
     public static let ppc64le = "kernel-ppc64le.elf"
 
     public struct NotFound: Error, CustomStringConvertible {

@@ -117,6 +117,8 @@ public protocol CPUArchitecture: Sendable {
     func prologueSites(of symbol: ELFSymbol, code: [UInt8], in image: ELFFile) -> [PrologueSite]
 
     /// Code addresses live on a stopped vCPU: its PC first, then the return addresses on
-    /// its stack, innermost first (`stackTop`: where the vCPU's stack starts).
-    func liveCodeAddresses(_ engine: UnicornEngine, memory: GuestMemory, stackTop: UInt64) throws -> [UInt64]
+    /// its stack, innermost first (`stackTop`: where the vCPU's stack starts; `functions`:
+    /// where the running code's functions are, for ISAs whose walk reads prologues).
+    func liveCodeAddresses(_ engine: UnicornEngine, memory: GuestMemory, stackTop: UInt64,
+                           functions: FunctionMap?) throws -> [UInt64]
 }

@@ -216,8 +216,8 @@ public final class VCPU {
     }
 
     /// The code addresses live on this (stopped) vCPU: PC, then return addresses.
-    public func liveCodeAddresses(memory: GuestMemory) throws -> [UInt64] {
-        try architecture.liveCodeAddresses(engine, memory: memory, stackTop: stackTop + 256)
+    public func liveCodeAddresses(memory: GuestMemory, functions: FunctionMap? = nil) throws -> [UInt64] {
+        try architecture.liveCodeAddresses(engine, memory: memory, stackTop: stackTop + 256, functions: functions)
     }
 
     /// Asks the running engine to stop; safe from any thread (a request made before the

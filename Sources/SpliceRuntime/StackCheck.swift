@@ -23,12 +23,15 @@ public enum StackCheck {
         }
     }
 
-    /// The frames of `machine`'s vCPUs (`vcpus`) that lie in one of `functions`.
-    public static func liveFrames(of functions: [ELFSymbol], machine: Machine, vcpus: [Int]) throws -> [LiveFrame] {
+    /// The frames of `machine`'s vCPUs (`vcpus`) that lie in one of `functions`. `code`:
+    /// the running code's functions, for a walk that reads prologues (x86-64 frame
+    /// pointers); without it x86-64 scans the whole stack.
+    public static func liveFrames(of functions: [ELFSymbol], machine: Machine, vcpus: [Int],
+                                  code: FunctionMap? = nil) throws -> [LiveFrame] {
         var frames: [LiveFrame] = []
         for index in vcpus {
             let cpu = try machine.vcpu(index)
-            for (depth, address) in try cpu.liveCodeAddresses(memory: machine.memory).enumerated() {
+            for (depth, address) in try cpu.liveCodeAddresses(memory: machine.memory, functions: code).enumerated() {
                 if let f = functions.first(where: { address >= $0.value && address < $0.value + $0.size }) {
                     frames.append(LiveFrame(vcpu: index, function: f.name, address: address, depth: depth))
                 }
@@ -38,8 +41,9 @@ public enum StackCheck {
     }
 
     /// Throws `FunctionLive` if any of `functions` is on a stack of `vcpus`.
-    public static func require(notLive functions: [ELFSymbol], machine: Machine, vcpus: [Int]) throws {
-        let frames = try liveFrames(of: functions, machine: machine, vcpus: vcpus)
+    public static func require(notLive functions: [ELFSymbol], machine: Machine, vcpus: [Int],
+                               code: FunctionMap? = nil) throws {
+        let frames = try liveFrames(of: functions, machine: machine, vcpus: vcpus, code: code)
         if !frames.isEmpty { throw FunctionLive(frames: frames) }
     }
 }

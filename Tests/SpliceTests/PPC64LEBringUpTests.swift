@@ -82,7 +82,7 @@ struct PPC64LEWithoutBringUp: CPUArchitecture {
     func prologueSites(of symbol: ELFSymbol, code: [UInt8], in image: ELFFile) -> [PrologueSite] {
         base.prologueSites(of: symbol, code: code, in: image)
     }
-    func liveCodeAddresses(_ engine: UnicornEngine, memory: GuestMemory, stackTop: UInt64) throws -> [UInt64] {
-        try base.liveCodeAddresses(engine, memory: memory, stackTop: stackTop)
+    func liveCodeAddresses(_ engine: UnicornEngine, memory: GuestMemory, stackTop: UInt64, functions: FunctionMap?) throws -> [UInt64] {
+        try base.liveCodeAddresses(engine, memory: memory, stackTop: stackTop, functions: functions)
     }
 }

@@ -101,7 +101,8 @@ public struct PPC64LEArchitecture: CPUArchitecture {
     /// The PC, LR (a function that has not saved it yet is still live through it), then
     /// the ELFv2 back chain: each frame's LR save slot (16 bytes into the caller's frame)
     /// holds a return address.
-    public func liveCodeAddresses(_ engine: UnicornEngine, memory: GuestMemory, stackTop: UInt64) throws -> [UInt64] {
+    public func liveCodeAddresses(_ engine: UnicornEngine, memory: GuestMemory, stackTop: UInt64,
+                                  functions: FunctionMap?) throws -> [UInt64] {
         var out = [try engine.read(programCounter), try engine.read(PPC64LERegisters.lr)]
         var frame = try engine.read(stackPointer)
         var seen = 0

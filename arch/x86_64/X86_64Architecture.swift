@@ -79,18 +79,117 @@ public struct X86_64Architecture: CPUArchitecture {
         X86_64Prologue.sites(of: symbol, code: code, in: image)
     }
 
-    /// The PC, then every 8-byte word from rsp up to the stack top that points into
-    /// executable memory: conservative (code built without frame pointers leaves no chain
-    /// to follow), so it may name a stale return address but never misses a live one.
-    public func liveCodeAddresses(_ engine: UnicornEngine, memory: GuestMemory, stackTop: UInt64) throws -> [UInt64] {
-        var out = [try engine.read(programCounter)]
-        var sp = try engine.read(stackPointer)
-        while sp + 8 <= stackTop {
-            let word = try memory.readUInt64(sp)
-            if let r = memory.region(containing: word), r.permissions.contains(.execute) { out.append(word) }
-            sp += 8
+    /// The PC, then the return addresses. With `functions` the walk follows the rbp
+    /// chain (code built with frame pointers): where the PC stands in its function's
+    /// prologue or epilogue says where the return address is (`X86_64Frame`). Code built
+    /// without frame pointers leaves no chain: from the first frame the walk cannot read,
+    /// every 8-byte word up to the stack top that points into executable memory is taken
+    /// (conservative: it may name a stale return address but never misses a live one).
+    public func liveCodeAddresses(_ engine: UnicornEngine, memory: GuestMemory, stackTop: UInt64,
+                                  functions: FunctionMap?) throws -> [UInt64] {
+        try stackWalk(engine, memory: memory, stackTop: stackTop, functions: functions).addresses
+    }
+
+    /// `liveCodeAddresses`, how many of them were read frame by frame (the rest come from
+    /// the conservative scan), and the stack address the scan started at (nil: none).
+    public func stackWalk(_ engine: UnicornEngine, memory: GuestMemory, stackTop: UInt64,
+                          functions: FunctionMap?) throws -> (addresses: [UInt64], framesRead: Int, scannedFrom: UInt64?) {
+        var pc = try engine.read(programCounter)
+        var rsp = try engine.read(stackPointer)
+        var rbp = try engine.read(X86_64Frame.rbp)
+        var out = [pc]
+        func scan(from sp: UInt64) throws -> [UInt64] {
+            var words: [UInt64] = [], sp = sp
+            while sp + 8 <= stackTop {
+                let word = try memory.readUInt64(sp)
+                if let r = memory.region(containing: word), r.permissions.contains(.execute) { words.append(word) }
+                sp += 8
+            }
+            return words
         }
-        return out
+        guard let functions else { return (out + (try scan(from: rsp)), out.count, rsp) }
+        while out.count < 4096 {
+            // Code the map does not know (a payload, the caller's sentinel): scan on from here.
+            guard let f = functions.function(containing: pc),
+                  let frame = try X86_64Frame.state(of: f, at: pc, memory: memory) else {
+                return (out + (try scan(from: rsp)), out.count, rsp)
+            }
+            let (slot, callerRSP, callerRBP): (UInt64, UInt64, UInt64)
+            switch frame {
+            case .returnAddressAtSP: (slot, callerRSP, callerRBP) = (rsp, rsp &+ 8, rbp)
+            case .rbpPushed: (slot, callerRSP, callerRBP) = (rsp &+ 8, rsp &+ 16, try memory.readUInt64(rsp))
+            case .framed: (slot, callerRSP, callerRBP) = (rbp &+ 8, rbp &+ 16, try memory.readUInt64(rbp))
+            }
+            // A chain goes up the stack; anything else is not a frame we can read.
+            guard callerRSP > rsp, callerRSP <= stackTop else { return (out + (try scan(from: rsp)), out.count, rsp) }
+            let ra = try memory.readUInt64(slot)
+            // A return address outside executable memory ends the chain (nothing called this).
+            guard let r = memory.region(containing: ra), r.permissions.contains(.execute) else { return (out, out.count, nil) }
+            out.append(ra)
+            (pc, rsp, rbp) = (ra, callerRSP, callerRBP)
+        }
+        return (out, out.count, nil)
+    }
+}
+
+/// Where an x86-64 frame keeps its return address at a given PC, for code built with
+/// frame pointers (`push rbp; mov rbp, rsp` after the landing pad and patch slot, no
+/// shrink-wrapping).
+enum X86_64Frame: Equatable {
+    /// Before `push rbp`, after `pop rbp` / `leave`, or in a frameless function that has not
+    /// moved rsp: the return address is at rsp, rbp is the caller's.
+    case returnAddressAtSP
+    /// After `push rbp`, up to `mov rbp, rsp`: at rsp + 8, the caller's rbp at rsp.
+    case rbpPushed
+    /// In the body: at rbp + 8, the caller's rbp at rbp.
+    case framed
+
+    static let rbp = CPURegister(UC_X86_REG_RBP.rawValue, "rbp")
+
+    /// The frame state of function `f` at `pc`, from its instructions up to `pc` (decoded in
+    /// address order); nil when it cannot be told (no instruction starts at `pc`, a
+    /// frameless function that moved rsp).
+    static func state(of f: ELFSymbol, at pc: UInt64, memory: GuestMemory) throws -> X86_64Frame? {
+        let length = min(f.size, max(pc - f.value, 48) + 16) // the whole prologue, even at its start
+        let code = try memory.read(f.value, count: Int(length))
+        let insns = try Disassembler(mode: .x86_64).decode(code, address: f.value)
+        guard let here = insns.firstIndex(where: { $0.address == pc }) else { return nil }
+        // The prologue: only the landing pad and a patch slot (nops, a call to __fentry__)
+        // may come before `push rbp`.
+        var i = 0
+        while i < insns.count, ["endbr64", "nop", "call"].contains(insns[i].mnemonic) { i += 1 }
+        // The compiler may schedule other instructions between the two (none touching rsp
+        // or rbp: `mov rax, rdi`).
+        var set: Int?
+        if i < insns.count, insns[i].text == "push rbp" {
+            var j = i + 1
+            while j < insns.count, j <= i + 4, insns[j].text != "mov rbp, rsp",
+                  !insns[j].operands.contains("rsp"), !insns[j].operands.contains("rbp"),
+                  !["push", "pop", "call", "ret", "jmp", "leave", "enter"].contains(insns[j].mnemonic),
+                  !insns[j].mnemonic.hasPrefix("j") { j += 1 }
+            if j < insns.count, insns[j].text == "mov rbp, rsp" { set = j }
+        }
+        guard let set else {
+            let movesSP = insns[..<here].contains {
+                ["push", "pop", "leave", "enter"].contains($0.mnemonic) || $0.operands.hasPrefix("rsp,")
+            }
+            return movesSP ? nil : .returnAddressAtSP
+        }
+        if here <= i { return .returnAddressAtSP }
+        if here <= set { return .rbpPushed }
+        var state = X86_64Frame.framed
+        for insn in insns[(set + 1)..<here] {
+            switch (state, insn.mnemonic) {
+            case (.framed, "leave"):
+                state = .returnAddressAtSP
+            case (.framed, "pop") where insn.text == "pop rbp":
+                state = .returnAddressAtSP
+            case (.returnAddressAtSP, "ret"), (.returnAddressAtSP, "jmp"):
+                state = .framed // code after an early epilogue is still the framed body
+            default: break
+            }
+        }
+        return state
     }
 }
 
