@@ -111,6 +111,7 @@ public final class MachineRunner {
     /// range changed since; a vCPU late for one sync drops them all at the next).
     private var acknowledged: [Int: Int] = [:]
     private var undropped: [Int: [(UInt64, Int)]] = [:]
+    private var inspection: ((Int, VCPU) -> Void)?
     /// Armed traps: where a vCPU that hits one continues.
     private var traps: [UInt64: UInt64] = [:]
     private var trapsTakenCount = 0
@@ -140,10 +141,16 @@ public final class MachineRunner {
     /// also where a real CPU would take the IPI with interrupts on, and a vCPU there is in
     /// no patchable function: one that acknowledges has left whatever old code it was in
     /// when the sync began, and can only enter the changed code afresh.
-    public func sync(dropping ranges: [(UInt64, Int)], timeout: TimeInterval = 1) throws {
+    ///
+    /// `inspect`, if given, is run by each vCPU on its own thread while stopped at its safe
+    /// point for this sync (its registers and stack can be read there).
+    public func sync(dropping ranges: [(UInt64, Int)], timeout: TimeInterval = 1,
+                     inspect: ((Int, VCPU) -> Void)? = nil) throws {
         syncLock.lock()
         syncGeneration += 1
         let generation = syncGeneration
+        inspection = inspect
+        defer { syncLock.lock(); inspection = nil; syncLock.unlock() }
         let running = (0..<machine.vcpus.count).filter { state(of: $0) == .running }
         for i in running { undropped[i, default: []].append(contentsOf: ranges) }
         syncLock.unlock()
@@ -167,8 +174,10 @@ public final class MachineRunner {
         syncLock.lock()
         let generation = syncGeneration
         let ranges = undropped.removeValue(forKey: index) ?? []
+        let inspect = inspection
         syncLock.unlock()
         for (a, n) in ranges { try? cpu.dropTranslations(at: a, length: n) }
+        inspect?(index, cpu)
         syncLock.lock()
         acknowledged[index] = generation
         syncLock.broadcast()

@@ -1,5 +1,6 @@
 import Foundation
 import SpliceMachine
+import SpliceELF
 import SplicePatching
 
 /// The second engine (seed 001): patches a machine whose vCPUs run free, without ever
@@ -11,8 +12,9 @@ import SplicePatching
 /// revert changes the runtime's table entry only after a grace period (a sync: every vCPU
 /// has been at its safe point since, so none is still between a removed call and its read).
 ///
-/// Before the first store every vCPU must answer a sync: one that does not (interrupts
-/// off) fails the action with nothing written. If a later sync cannot complete, every
+/// Before the first store every vCPU must answer a sync (walking its stack for the
+/// functions an apply replaces): one that does not (interrupts off) fails the action with
+/// nothing written, and so does a function live on some vCPU's stack. If a later sync cannot complete, every
 /// store already made is taken back and the action fails: memory is as before.
 public final class NonStopEngine {
     public let runner: MachineRunner
@@ -38,18 +40,22 @@ public final class NonStopEngine {
         self.patcher = patcher
     }
 
-    /// Applies `batch` while the vCPUs run.
+    /// Applies `batch` while the vCPUs run. First every vCPU, at its safe point, walks its
+    /// own stack (seed 002: a function being replaced "is expected not to be on any CPU
+    /// stack"): if one of the batch's functions is live anywhere the apply is refused with
+    /// `StackCheck.FunctionLive`, the frames named, nothing written.
     @discardableResult
     public func apply(_ batch: [LivePatcher.BatchItem]) throws -> [ActiveRedirect] {
-        try run { try patcher.applyNonStop(batch: batch) { try self.handle($0) } }
+        let functions = try batch.map { try patcher.image.function(named: $0.function) }
+        return try run(checkingStacksFor: functions) { try patcher.applyNonStop(batch: batch) { try self.handle($0) } }
     }
 
     /// Reverts redirect `id` while the vCPUs run.
     public func revert(id: Int) throws {
-        try run { try patcher.revertNonStop(id: id) { try self.handle($0) } }
+        try run(checkingStacksFor: []) { try patcher.revertNonStop(id: id) { try self.handle($0) } }
     }
 
-    private func run<T>(_ body: () throws -> T) throws -> T {
+    private func run<T>(checkingStacksFor functions: [ELFSymbol], _ body: () throws -> T) throws -> T {
         let start = DispatchTime.now().uptimeNanoseconds
         trace = Trace()
         changed = []
@@ -59,7 +65,19 @@ public final class NonStopEngine {
             lastTrace = trace
         }
         trace.syncs += 1
-        try runner.sync(dropping: [], timeout: timeout)
+        let machine = runner.machine, code = patcher.image.functionMap
+        let found = NSLock()
+        var live: [StackCheck.LiveFrame] = [], walkError: Error?
+        try runner.sync(dropping: [], timeout: timeout, inspect: functions.isEmpty ? nil : { index, _ in
+            let result = Result { try StackCheck.liveFrames(of: functions, machine: machine, vcpus: [index], code: code) }
+            found.lock(); defer { found.unlock() }
+            switch result {
+            case let .success(frames): live += frames
+            case let .failure(error): walkError = error
+            }
+        })
+        if let walkError { throw walkError }
+        if !live.isEmpty { throw StackCheck.FunctionLive(frames: live.sorted { ($0.vcpu, $0.depth) < ($1.vcpu, $1.depth) }) }
         return try body()
     }
 

@@ -93,6 +93,30 @@ final class NonStopEngineTests: XCTestCase {
         }
     }
 
+    /// Before writing, every vCPU walks its own stack at its safe point: `workload` (the
+    /// loop that calls the safe point) is live on all of them, so a non-stop apply of it is
+    /// refused with each frame named and nothing written; `gcd`, never called, goes in.
+    func testANonStopApplyOfALiveFunctionIsRefusedWithTheFramesNamed() throws {
+        for isa in PayloadTests.isas {
+            let (r, _) = try RendezvousTests.start(isa, vcpus: 2, payloads: [])
+            let engine = NonStopEngine(runner: r.runner, patcher: r.patcher)
+            engine.timeout = 5
+            let before = try r.code()
+            let target = RedirectTarget.address(try r.image.function(named: "identity").value)
+            XCTAssertThrowsError(try engine.apply([LivePatcher.BatchItem(function: "workload", target: target)])) { error in
+                let frames = (error as? StackCheck.FunctionLive)?.frames ?? []
+                XCTAssertEqual(Set(frames.map(\.vcpu)), [0, 1], "\(isa): \(error)")
+                XCTAssertTrue(frames.allSatisfy { $0.function == "workload" && $0.depth > 0 }, "\(isa): \(error)")
+                XCTAssertTrue("\(error)".contains("vCPU 0: workload (return address 0x"), "\(isa): \(error)")
+            }
+            XCTAssertEqual(try r.code(), before, "\(isa): nothing written")
+            XCTAssertTrue(r.patcher.active.isEmpty, isa)
+            let applied = try engine.apply([LivePatcher.BatchItem(function: "gcd", target: target)])
+            XCTAssertEqual(applied.count, 1, isa)
+            r.runner.stop()
+        }
+    }
+
     struct InjectedSyncFailure: Error, Equatable { var sync: Int }
 
     /// A sync that fails at any point of a non-stop sequence (apply or revert) leaves memory
