@@ -125,7 +125,7 @@ done
 
 if [ $check -eq 1 ]; then
     status=0
-    for f in kernel-x86_64.elf kernel-x86_64-fentry.elf kernel-x86_64-pfe.elf kernel-ppc64le.elf kernel-many-x86_64.elf kernel-many-ppc64le.elf patch-ppc64le.elf kernel-x86_64.o kernel-ppc64le.o oracle-x86_64.txt oracle-ppc64le.txt; do
+    for f in kernel-x86_64.elf kernel-x86_64-fentry.elf kernel-x86_64-pfe.elf kernel-x86_64-fp.elf kernel-ppc64le.elf kernel-many-x86_64.elf kernel-many-ppc64le.elf patch-ppc64le.elf kernel-x86_64.o kernel-ppc64le.o oracle-x86_64.txt oracle-ppc64le.txt; do
         if cmp -s "$out/$f" "$here/build/$f"; then echo "same: $f"; else echo "DIFFERENT: $f"; status=1; fi
     done
     if diff -r -q "$out/patches" "$here/build/patches"; then echo "same: patches/"; else status=1; fi
