@@ -49,9 +49,7 @@ final class NonStopEngineTests: XCTestCase {
             for i in 0..<r.vcpus {
                 let (n, _) = try r.records(i)
                 XCTAssertGreaterThan(n, appliedAt[i] + 1, "\(isa) vCPU \(i) ran on after the last apply")
-                let newest = try r.image.machine.memory.read(r.ring(i) + 8 + UInt64(24 * Int((n - 1) % 64)), count: 16)
-                let x = newest[0..<8].enumerated().reduce(Int64(0)) { $0 | Int64($1.element) << (8 * Int64($1.offset)) }
-                let s = newest[8..<16].enumerated().reduce(Int64(0)) { $0 | Int64($1.element) << (8 * Int64($1.offset)) }
+                let (x, s) = try r.newestRecord(i)
                 XCTAssertEqual(s, x * 3 + 2, "\(isa) vCPU \(i): the new code after the last apply")
             }
             if isa == "x86_64" {
@@ -85,10 +83,7 @@ final class NonStopEngineTests: XCTestCase {
             XCTAssertEqual(applied.count, r.patcher.active.count)
             Thread.sleep(forTimeInterval: 0.02)
             r.runner.stop()
-            let (n, _) = try r.records(1)
-            let newest = try r.image.machine.memory.read(r.ring(1) + 8 + UInt64(24 * Int((n - 1) % 64)), count: 16)
-            let x = newest[0..<8].enumerated().reduce(Int64(0)) { $0 | Int64($1.element) << (8 * Int64($1.offset)) }
-            let v = newest[8..<16].enumerated().reduce(Int64(0)) { $0 | Int64($1.element) << (8 * Int64($1.offset)) }
+            let (x, v) = try r.newestRecord(1)
             XCTAssertEqual(v, x * 3 + 2, "\(isa): vCPU 1 runs the new code")
         }
     }

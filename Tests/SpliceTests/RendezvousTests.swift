@@ -33,6 +33,14 @@ final class RendezvousTests: XCTestCase {
             return (n, pairs)
         }
 
+        /// vCPU `i`'s newest complete record: x and scaled(x).
+        func newestRecord(_ i: Int) throws -> (x: Int64, scaled: Int64) {
+            let n = try image.machine.memory.readUInt64(ring(i))
+            let base = ring(i) + 8 + UInt64(24 * Int((n - 1) % 64))
+            return (Int64(bitPattern: try image.machine.memory.readUInt64(base)),
+                    Int64(bitPattern: try image.machine.memory.readUInt64(base + 8)))
+        }
+
         func code() throws -> [String: [UInt8]] {
             var out: [String: [UInt8]] = [:]
             for r in image.machine.memory.regions where r.permissions.contains(.execute) && !r.name.hasPrefix("payload") {
@@ -96,9 +104,7 @@ final class RendezvousTests: XCTestCase {
                     XCTAssertTrue(u == old || u == new, "\(isa) vCPU \(i): apply_unary(0, \(x)) = \(u)")
                 }
                 // The newest complete record was made after the last apply: new.
-                let newest = try r.image.machine.memory.read(r.ring(i) + 8 + UInt64(24 * Int((n - 1) % 64)), count: 16)
-                let x = newest[0..<8].enumerated().reduce(Int64(0)) { $0 | Int64($1.element) << (8 * Int64($1.offset)) }
-                let s = newest[8..<16].enumerated().reduce(Int64(0)) { $0 | Int64($1.element) << (8 * Int64($1.offset)) }
+                let (x, s) = try r.newestRecord(i)
                 XCTAssertEqual(s, x * 3 + 2, "\(isa) vCPU \(i)")
             }
             try r.loader.revert(lp) // vCPUs stopped: direct
@@ -143,10 +149,7 @@ final class RendezvousTests: XCTestCase {
             XCTAssertTrue(lp.isApplied)
             Thread.sleep(forTimeInterval: 0.02)
             r.runner.stop()
-            let (n, _) = try r.records(1)
-            let newest = try r.image.machine.memory.read(r.ring(1) + 8 + UInt64(24 * Int((n - 1) % 64)), count: 16)
-            let x = Int64(newest[0]) | Int64(newest[1]) << 8
-            let v = newest[8..<16].enumerated().reduce(Int64(0)) { $0 | Int64($1.element) << (8 * Int64($1.offset)) }
+            let (x, v) = try r.newestRecord(1)
             XCTAssertEqual(v, x * 3 + 2, "\(isa): vCPU 1 runs the new code")
             print("\(isa): EBUSY: master gave up at \(aborts.map { Int($0) }) µs, last requester told at \(Int(elapsed)) µs (timeout \(timeout) µs, \(trace.vcpus) vCPUs)")
         }
