@@ -6,9 +6,9 @@ import Foundation
 /// records complete), each vCPU's last records are checked: scaled(x) and
 /// apply_unary(0, x) must be the old (3x+1) or the new (3x+2) value.
 ///
-/// With the non-stop engine nothing stops the vCPUs together while patching: each cycle
-/// applies and reverts both payloads' redirects through `NonStopEngine` (the check after
-/// the cycle still parks them, to read complete records).
+/// With the non-stop engine the same cycle goes through `NonStopEngine`: nothing stops the
+/// vCPUs together while patching (the check after the cycle still parks them, to read
+/// complete records).
 public enum StressRun {
     public enum Engine: String, Codable, Sendable { case stop, nonstop }
 
@@ -53,17 +53,7 @@ public enum StressRun {
         for i in 0..<vcpus { try runner.start(vcpu: i, entry: workload, arguments: [Int64(ring(i)), 0]) }
         var report = Report(architecture: machine.architecture.name, vcpus: vcpus, cycles: cycles, engine: engine)
         let nonStop = NonStopEngine(runner: runner, patcher: patcher)
-        func nonStopCycle(_ items: [LivePatcher.BatchItem]) throws {
-            let applied = try nonStop.apply(items)
-            report.applies += 1
-            report.syncs += nonStop.lastTrace.syncs
-            for r in applied.reversed() {
-                try nonStop.revert(id: r.id)
-                report.syncs += nonStop.lastTrace.syncs
-                report.gracePeriods += nonStop.lastTrace.grace
-            }
-            report.reverts += 1
-        }
+        if engine == .nonstop { loader.engine = nonStop }
         let start = DispatchTime.now().uptimeNanoseconds
         func validate() throws {
             try runner.rendezvous.execute { _ in
@@ -81,12 +71,7 @@ public enum StressRun {
                 }
             }
         }
-        for _ in 0..<cycles where engine == .nonstop {
-            try nonStopCycle(loader.items(of: p02))
-            try nonStopCycle(loader.items(of: cumulative))
-            try validate()
-        }
-        for _ in 0..<cycles where engine == .stop {
+        for _ in 0..<cycles {
             try loader.apply(p02); report.applies += 1
             try loader.revert(p02); report.reverts += 1
             try loader.replace(with: cumulative); report.replaces += 1
@@ -94,6 +79,8 @@ public enum StressRun {
             try loader.revert(p02); report.reverts += 1
             try validate()
         }
+        report.syncs = nonStop.totals.syncs
+        report.gracePeriods = nonStop.totals.grace
         report.seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
         report.rendezvous = runner.rendezvous.completed
         report.trapsTaken = runner.trapsTaken

@@ -344,27 +344,8 @@ public final class LivePatcher {
     public func replace(reverting ids: [Int], with batch: [BatchItem]) throws -> [ActiveRedirect] {
         var timing = ActionTiming.Clock()
         var entries: [ActiveRedirect] = []
-        entries.reserveCapacity(ids.count)
         defer { for e in entries { e.reverting = false } }
-        for id in ids {
-            guard let e = activeEntry(id) else { throw PatchError.noSuchRedirect(id) }
-            if e.reverting { continue } // named twice
-            e.reverting = true
-            entries.append(e)
-        }
-        entries.sort { $0.id > $1.id }
-        var topKept: [String: Int] = [:] // newest redirect of each function that stays
-        for a in active where !a.reverting { topKept[a.function] = a.id }
-        let memory = machine.memory.view()
-        for e in entries {
-            // Whatever is stacked on top of e must be reverted too.
-            if let top = topKept[e.function], top > e.id {
-                throw PatchError.notTopmost(function: e.function, id: e.id, top: top)
-            }
-            try checkInPlace(e, memory)
-        }
-        var overlay = ByteOverlay()
-        for e in entries { for p in e.packedUndo.reversed() { p.withBytes { overlay.set(p.address, $0) } } }
+        let overlay = try markReverting(ids, into: &entries)
         let prepared = try prepare(batch: batch, overlay: overlay)
         timing.mark(\.prepare)
         var applied: [ActiveRedirect] = []
@@ -390,6 +371,99 @@ public final class LivePatcher {
         timing.mark(\.finish)
         lastTiming = timing.result
         return applied
+    }
+
+    /// Marks redirects `ids` as being reverted by a REPLACE, into `entries` newest first
+    /// (the caller clears the marks), after checking each may go: nothing kept stacked on
+    /// top of it, its writes still in memory. Returns the bytes their undo buffers put back.
+    private func markReverting(_ ids: [Int], into entries: inout [ActiveRedirect]) throws -> ByteOverlay {
+        entries.reserveCapacity(ids.count)
+        for id in ids {
+            guard let e = activeEntry(id) else { throw PatchError.noSuchRedirect(id) }
+            if e.reverting { continue } // named twice
+            e.reverting = true
+            entries.append(e)
+        }
+        entries.sort { $0.id > $1.id }
+        var topKept: [String: Int] = [:] // newest redirect of each function that stays
+        for a in active where !a.reverting { topKept[a.function] = a.id }
+        let memory = machine.memory.view()
+        for e in entries {
+            // Whatever is stacked on top of e must be reverted too.
+            if let top = topKept[e.function], top > e.id {
+                throw PatchError.notTopmost(function: e.function, id: e.id, top: top)
+            }
+            try checkInPlace(e, memory)
+        }
+        var overlay = ByteOverlay()
+        for e in entries { for p in e.packedUndo.reversed() { p.withBytes { overlay.set(p.address, $0) } } }
+        return overlay
+    }
+
+    /// REPLACE without stopping anyone: reverts `ids` and applies `batch` as non-stop
+    /// sequences (see `applyNonStop`). A function that one reverted redirect and one new
+    /// redirect both patch, with writes of the same places and sizes, goes straight from the
+    /// old target to the new one (x86-64: one int3 protocol on the jump; ppc64le: the site
+    /// table entry), so a call of it runs the old or the new code, never the original.
+    /// Other functions are reverted (newest first), then the new ones applied. Across
+    /// functions there is no single instant of change: that is what the rendezvous is for.
+    /// If a sync fails, every store made is taken back: memory is as before.
+    @discardableResult
+    public func replaceNonStop(reverting ids: [Int], with batch: [BatchItem],
+                               step: (NonStopStep) throws -> Void) throws -> [ActiveRedirect] {
+        var entries: [ActiveRedirect] = []
+        defer { for e in entries { e.reverting = false } }
+        let overlay = try markReverting(ids, into: &entries)
+        let prepared = try prepare(batch: batch, overlay: overlay)
+        var log: [(UInt64, [UInt8])] = []
+        do {
+            try perform(nonStopTransitionSteps(from: entries, to: prepared.entries), step, log: &log)
+        } catch {
+            rollBack(log, step)
+            abandon(prepared)
+            throw error
+        }
+        for e in entries { releaseHeld(by: e) }
+        active.removeAll { $0.reverting }
+        for e in prepared.entries { record(e) }
+        return prepared.entries
+    }
+
+    /// The non-stop sequence of a REPLACE (see `replaceNonStop`): `reverted` newest first.
+    func nonStopTransitionSteps(from reverted: [ActiveRedirect], to new: [ActiveRedirect]) -> [NonStopStep] {
+        var oldOf: [String: [ActiveRedirect]] = [:], newCount: [String: Int] = [:]
+        for e in reverted { oldOf[e.function, default: []].append(e) }
+        for n in new { newCount[n.function, default: 0] += 1 }
+        var direct = Set<String>()
+        var ownCode: [CodeWrite] = [], retarget: [NonStopStep] = []
+        for n in new {
+            guard newCount[n.function] == 1, let olds = oldOf[n.function], olds.count == 1,
+                  let pairs = samePlaces(olds[0], n) else { continue }
+            direct.insert(n.function)
+            ownCode += n.plan.writes.filter { isAllocated($0.address, in: n) }
+            for (old, w) in pairs where old.bytes != w.bytes { retarget += backend.nonStopSteps(for: [w]) }
+        }
+        var steps: [NonStopStep] = []
+        for e in reverted where !direct.contains(e.function) { steps += nonStopRevertSteps(for: e) }
+        if !ownCode.isEmpty {
+            // New code nothing jumps to yet: written as it is, then one sync, so no vCPU
+            // keeps a translation of whatever was at those addresses before.
+            steps += ownCode.map { .write($0.address, $0.bytes, purpose: $0.purpose) } + [.sync]
+        }
+        steps += retarget
+        for n in new where !direct.contains(n.function) { steps += backend.nonStopSteps(for: n.plan.writes) }
+        return steps
+    }
+
+    /// The writes of `old` and `new` outside their own allocations, paired, if they are to
+    /// the same places with the same sizes and kinds.
+    private func samePlaces(_ old: ActiveRedirect, _ new: ActiveRedirect) -> [(CodeWrite, CodeWrite)]? {
+        let a = old.plan.writes.filter { !isAllocated($0.address, in: old) }
+        let b = new.plan.writes.filter { !isAllocated($0.address, in: new) }
+        guard a.count == b.count,
+              zip(a, b).allSatisfy({ $0.address == $1.address && $0.bytes.count == $1.bytes.count && $0.kind == $1.kind })
+        else { return nil }
+        return Array(zip(a, b))
     }
 
     // MARK: Internals

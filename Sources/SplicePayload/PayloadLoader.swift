@@ -59,7 +59,17 @@ public final class PayloadLoader {
     var image: LoadedImage { patcher.image }
     var backend: any PatchBackend { patcher.backend }
 
-    public init(patcher: LivePatcher) { self.patcher = patcher }
+    /// Where the actions go: the patcher itself (the rendezvous engine) unless set to
+    /// another engine on the same patcher (the non-stop engine). Placing and removing a
+    /// payload's memory always goes through the patcher's executor: Unicorn changes the
+    /// memory map only of engines that are not running.
+    public var engine: any PatchEngine {
+        didSet { precondition(engine.patcher === patcher, "an engine on another patcher") }
+    }
+    public init(patcher: LivePatcher) {
+        self.patcher = patcher
+        engine = patcher
+    }
 
     // MARK: Load
 
@@ -247,17 +257,17 @@ public final class PayloadLoader {
     public func apply(_ p: LoadedPayload) throws {
         guard !p.isApplied else { return }
         try runHooks(.preapply, of: p)
-        p.redirects = try patcher.apply(batch: items(of: p))
+        p.redirects = try engine.apply(batch: items(of: p))
         try runHooks(.postapply, of: p)
     }
 
-    /// REPLACE: reverts every applied payload and applies `p`, in one execution (one
-    /// rendezvous while vCPUs run). Either all of it happens or nothing.
+    /// REPLACE: reverts every applied payload and applies `p`, in one action (one
+    /// rendezvous while vCPUs run, or one non-stop sequence). Either all of it happens or nothing.
     public func replace(with p: LoadedPayload) throws {
         let others = payloads.filter { $0.isApplied && $0 !== p }
         for o in others { try runHooks(.prerevert, of: o) }
         try runHooks(.preapply, of: p)
-        p.redirects = try patcher.replace(reverting: others.flatMap { $0.redirects.map(\.id) }, with: items(of: p))
+        p.redirects = try engine.replace(reverting: others.flatMap { $0.redirects.map(\.id) }, with: items(of: p))
         for o in others { o.redirects = [] }
         for o in others { try runHooks(.postrevert, of: o) }
         try runHooks(.postapply, of: p)
@@ -266,7 +276,7 @@ public final class PayloadLoader {
     /// The redirects `p` makes, as a batch for the patcher.
     public func items(of p: LoadedPayload) -> [LivePatcher.BatchItem] { p.items }
 
-    /// Reverts the payload's redirects; refused unless all of them are on top.
+    /// Reverts the payload's redirects, all in one action; refused unless all of them are on top.
     public func revert(_ p: LoadedPayload) throws {
         guard p.isApplied else { return }
         for r in p.redirects {
@@ -275,7 +285,7 @@ public final class PayloadLoader {
             }
         }
         try runHooks(.prerevert, of: p)
-        for r in p.redirects.reversed() { try patcher.revert(id: r.id) }
+        _ = try engine.replace(reverting: p.redirects.map(\.id), with: [])
         p.redirects = []
         try runHooks(.postrevert, of: p)
     }
@@ -291,11 +301,11 @@ public final class PayloadLoader {
         payloads.removeAll { $0 === p }
     }
 
-    /// Calls each hook of `kind` in the guest, in order, on vCPU 0.
+    /// Calls each hook of `kind` in the guest, in order, where the engine says it is safe.
     func runHooks(_ kind: PayloadFormat.HookKind, of p: LoadedPayload) throws {
         for address in p.hooks[kind] ?? [] {
             do {
-                _ = try patcher.executor.callGuest(CallEntry(kind: .global, address: address), [])
+                _ = try engine.callGuest(CallEntry(kind: .global, address: address), [])
             } catch {
                 throw PayloadError(p.payload.name, .patch("\(kind.rawValue) hook at 0x\(String(address, radix: 16)) failed: \(error)"))
             }

@@ -15,7 +15,9 @@ import SplicePayload
 ///
 /// Anything else is refused and changes nothing. An action that fails keeps the state
 /// and records a negative errno in `rc` (the seed's "negative errno" status). Actions
-/// complete before the call returns (while vCPUs run, inside one rendezvous each).
+/// complete before the call returns. While vCPUs run, apply / revert / replace are one
+/// rendezvous each, or one non-stop sequence when the loader's engine is a
+/// `NonStopEngine`; check and unload place or remove memory, always in a rendezvous.
 public final class LivePatchService {
     public enum State: String, Sendable, CaseIterable, Codable {
         case loaded = "LOADED", checked = "CHECKED", applied = "APPLIED", reverted = "REVERTED"
@@ -129,10 +131,19 @@ public final class LivePatchService {
             e.rc = 0
             version += 1
         } catch {
-            e.rc = (error as? Rendezvous.Failure).map { $0.errno } ?? Self.EINVAL
+            e.rc = Self.errno(of: error)
             version += 1
             throw Failure.actionFailed(id: id, action: action, errno: e.rc, reason: "\(error)")
         }
+    }
+
+    /// -EBUSY when the machine could not be brought to do it now (a rendezvous or a
+    /// non-stop sync timed out, a function to replace is on a stack): the same action
+    /// may succeed later. -EINVAL for everything else.
+    static func errno(of error: Error) -> Int32 {
+        if let r = error as? Rendezvous.Failure { return r.errno }
+        if error is MachineRunner.SyncTimeout || error is StackCheck.FunctionLive { return EBUSY }
+        return EINVAL
     }
 
     private func entry(_ id: String) throws -> Entry {

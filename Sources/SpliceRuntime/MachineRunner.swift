@@ -168,6 +168,21 @@ public final class MachineRunner {
         }
     }
 
+    /// Runs `body` with the index of one running vCPU, on that vCPU's thread while it is
+    /// stopped at its safe point (the first to get there during a sync; the others only
+    /// pass theirs). With no vCPU running, runs it here with vCPU 0.
+    public func onOneVCPU<T>(timeout: TimeInterval = 1, _ body: @escaping (Int) throws -> T) throws -> T {
+        let claimed = NSLock()
+        var result: Result<T, Error>?
+        try sync(dropping: [], timeout: timeout) { index, _ in
+            claimed.lock(); defer { claimed.unlock() }
+            if result == nil { result = Result { try body(index) } }
+        }
+        if let result { return try result.get() }
+        // Nothing was running (or everything stopped meanwhile): no engine is in use.
+        return try body(0)
+    }
+
     /// On a vCPU thread stopped at its safe point with a sync requested: drops what
     /// changed and acknowledges.
     private func acknowledgeSync(_ index: Int, _ cpu: VCPU) {

@@ -16,7 +16,7 @@ import SplicePatching
 /// functions an apply replaces): one that does not (interrupts off) fails the action with
 /// nothing written, and so does a function live on some vCPU's stack. If a later sync cannot complete, every
 /// store already made is taken back and the action fails: memory is as before.
-public final class NonStopEngine {
+public final class NonStopEngine: PatchEngine {
     public let runner: MachineRunner
     public let patcher: LivePatcher
     /// How long one sync may take.
@@ -31,6 +31,9 @@ public final class NonStopEngine {
         public var nanoseconds: UInt64 = 0
     }
     public private(set) var lastTrace = Trace()
+    /// Every action's trace added up, and how many actions there were.
+    public private(set) var totals = Trace()
+    public private(set) var actions = 0
 
     private var changed: [(UInt64, Int)] = []
     private var trace = Trace()
@@ -45,7 +48,7 @@ public final class NonStopEngine {
     /// stack"): if one of the batch's functions is live anywhere the apply is refused with
     /// `StackCheck.FunctionLive`, the frames named, nothing written.
     @discardableResult
-    public func apply(_ batch: [LivePatcher.BatchItem]) throws -> [ActiveRedirect] {
+    public func apply(batch: [LivePatcher.BatchItem]) throws -> [ActiveRedirect] {
         let functions = try batch.map { try patcher.image.function(named: $0.function) }
         return try run(checkingStacksFor: functions) { try patcher.applyNonStop(batch: batch) { try self.handle($0) } }
     }
@@ -53,6 +56,26 @@ public final class NonStopEngine {
     /// Reverts redirect `id` while the vCPUs run.
     public func revert(id: Int) throws {
         try run(checkingStacksFor: []) { try patcher.revertNonStop(id: id) { try self.handle($0) } }
+    }
+
+    /// REPLACE while the vCPUs run (`LivePatcher.replaceNonStop`): a function both the old
+    /// and the new redirects patch goes from the old code to the new directly. The
+    /// functions of `batch` are checked on every stack first, as for an apply.
+    @discardableResult
+    public func replace(reverting ids: [Int], with batch: [LivePatcher.BatchItem]) throws -> [ActiveRedirect] {
+        let functions = try batch.map { try patcher.image.function(named: $0.function) }
+        return try run(checkingStacksFor: functions) {
+            try patcher.replaceNonStop(reverting: ids, with: batch) { try self.handle($0) }
+        }
+    }
+
+    /// A hook runs on one vCPU while it is stopped at its safe point (its registers saved
+    /// and restored); the others only pass theirs. With no vCPU running, on vCPU 0 here.
+    public func callGuest(_ entry: CallEntry, _ arguments: [Int64]) throws -> Int64 {
+        let machine = runner.machine
+        return try runner.onOneVCPU(timeout: timeout) { index in
+            try machine.callPreserving(entry, arguments, vcpu: index).signedValue
+        }
     }
 
     private func run<T>(checkingStacksFor functions: [ELFSymbol], _ body: () throws -> T) throws -> T {
@@ -63,6 +86,12 @@ public final class NonStopEngine {
             runner.disarmTraps()
             trace.nanoseconds = DispatchTime.now().uptimeNanoseconds - start
             lastTrace = trace
+            totals.writes += trace.writes
+            totals.syncs += trace.syncs
+            totals.grace += trace.grace
+            totals.trapsArmed += trace.trapsArmed
+            totals.nanoseconds += trace.nanoseconds
+            actions += 1
         }
         trace.syncs += 1
         let machine = runner.machine, code = patcher.image.functionMap

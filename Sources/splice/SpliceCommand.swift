@@ -490,7 +490,7 @@ struct Stress: ParsableCommand {
         abstract: "Apply / revert / replace payloads over and over while N vCPUs run, checking every result.")
     @Option(help: "x86_64 or ppc64le.") var isa = "x86_64"
     @Option(help: "Running vCPUs.") var vcpus = 4
-    @Option(help: "Cycles (stop: apply, revert, replace, replace back, revert; nonstop: apply and revert each payload).")
+    @Option(help: "Cycles; each one applies, reverts, replaces, replaces back and reverts.")
     var cycles = 1000
     @Option(help: "stop (rendezvous) or nonstop (int3 protocol / word writes, vCPUs never stopped together).")
     var engine = "stop"

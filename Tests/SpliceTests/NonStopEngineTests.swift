@@ -32,14 +32,14 @@ final class NonStopEngineTests: XCTestCase {
             Thread.sleep(forTimeInterval: 0.02)
             var syncs = 0
             for _ in 0..<30 {
-                let applied = try engine.apply(r.loader.items(of: loaded[0]))
+                let applied = try engine.apply(batch: r.loader.items(of: loaded[0]))
                 syncs += engine.lastTrace.syncs
                 XCTAssertNotEqual(try r.code(), pristine, isa)
                 for a in applied.reversed() { try engine.revert(id: a.id); syncs += engine.lastTrace.syncs }
                 XCTAssertEqual(try r.code(), pristine, "\(isa): text as at the start after each revert")
             }
             // End applied, let every vCPU run the new code for a while.
-            _ = try engine.apply(r.loader.items(of: loaded[0]))
+            _ = try engine.apply(batch: r.loader.items(of: loaded[0]))
             let appliedAt = try (0..<r.vcpus).map { try r.records($0).iterations }
             Thread.sleep(forTimeInterval: 0.05)
             XCTAssertEqual(r.runner.rendezvous.completed, rendezvousBefore, "\(isa): no rendezvous was used")
@@ -69,7 +69,7 @@ final class NonStopEngineTests: XCTestCase {
             let engine = NonStopEngine(runner: r.runner, patcher: r.patcher)
             engine.timeout = 0.05
             let before = try r.code()
-            XCTAssertThrowsError(try engine.apply(r.loader.items(of: loaded[0]))) { error in
+            XCTAssertThrowsError(try engine.apply(batch: r.loader.items(of: loaded[0]))) { error in
                 XCTAssertEqual((error as? MachineRunner.SyncTimeout)?.vcpus, [0], "\(isa): \(error)")
                 XCTAssertTrue("\(error)".contains("vCPU 0 did not pass its safe point within 50 ms"), "\(error)")
             }
@@ -79,7 +79,7 @@ final class NonStopEngineTests: XCTestCase {
             try r.image.machine.memory.writeUInt64(r.spinFlag, 0)
             guard case .returned = r.runner.wait(for: 0, timeout: 2) else { return XCTFail("\(isa): spinner did not return") }
             engine.timeout = 5
-            let applied = try engine.apply(r.loader.items(of: loaded[0]))
+            let applied = try engine.apply(batch: r.loader.items(of: loaded[0]))
             XCTAssertEqual(applied.count, r.patcher.active.count)
             Thread.sleep(forTimeInterval: 0.02)
             r.runner.stop()
@@ -98,7 +98,7 @@ final class NonStopEngineTests: XCTestCase {
             engine.timeout = 5
             let before = try r.code()
             let target = RedirectTarget.address(try r.image.function(named: "identity").value)
-            XCTAssertThrowsError(try engine.apply([LivePatcher.BatchItem(function: "workload", target: target)])) { error in
+            XCTAssertThrowsError(try engine.apply(batch: [LivePatcher.BatchItem(function: "workload", target: target)])) { error in
                 let frames = (error as? StackCheck.FunctionLive)?.frames ?? []
                 XCTAssertEqual(Set(frames.map(\.vcpu)), [0, 1], "\(isa): \(error)")
                 XCTAssertTrue(frames.allSatisfy { $0.function == "workload" && $0.depth > 0 }, "\(isa): \(error)")
@@ -106,7 +106,7 @@ final class NonStopEngineTests: XCTestCase {
             }
             XCTAssertEqual(try r.code(), before, "\(isa): nothing written")
             XCTAssertTrue(r.patcher.active.isEmpty, isa)
-            let applied = try engine.apply([LivePatcher.BatchItem(function: "gcd", target: target)])
+            let applied = try engine.apply(batch: [LivePatcher.BatchItem(function: "gcd", target: target)])
             XCTAssertEqual(applied.count, 1, isa)
             r.runner.stop()
         }

@@ -99,11 +99,20 @@ public struct X86_64PatchBackend: PatchBackend {
         }
     }
 
-    /// A vCPU trapped on the int3 of an in-flight `jmp rel32` goes where the jump goes.
+    /// A vCPU trapped on the int3 of an in-flight write goes where the finished write would
+    /// take it: where a `jmp rel32` or `jmp [rip]` + abs64 goes, or past a NOP fill. A `ret`
+    /// has no such place (nil: the non-stop engine refuses it before writing).
     public func trapRedirect(at address: UInt64, final: [UInt8]) -> UInt64? {
-        guard final.count == X86_64TrampolineEncoder.nearJumpSize, final[0] == 0xe9 else { return nil }
-        let rel = Int32(bitPattern: UInt32(final[1]) | UInt32(final[2]) << 8 | UInt32(final[3]) << 16 | UInt32(final[4]) << 24)
-        return UInt64(bitPattern: Int64(bitPattern: address + 5) &+ Int64(rel))
+        typealias E = X86_64TrampolineEncoder
+        if final.count == E.nearJumpSize, final[0] == 0xe9 {
+            let rel = Int32(bitPattern: UInt32(final[1]) | UInt32(final[2]) << 8 | UInt32(final[3]) << 16 | UInt32(final[4]) << 24)
+            return UInt64(bitPattern: Int64(bitPattern: address + 5) &+ Int64(rel))
+        }
+        if final.count == E.absoluteJumpSize, final.prefix(6) == E.absoluteJump(to: 0).prefix(6) {
+            return final.suffix(8).reversed().reduce(0) { $0 << 8 | UInt64($1) }
+        }
+        if final == E.nopFill(final.count) { return address + UInt64(final.count) }
+        return nil
     }
 
     /// A NOP range must cover whole instructions inside the function, keep the endbr64,
