@@ -160,11 +160,15 @@ final class ReplaceTests: XCTestCase {
     /// A cumulative payload: from the pristine kernel to kernel + 02 + 04 (it patches
     /// scaled again, and scaled_twice).
     static func cumulative(_ isa: String) throws -> Payload {
+        try Payload(bytes: try cumulativeBytes(isa), name: "cumulative-\(isa).lp")
+    }
+
+    static func cumulativeBytes(_ isa: String) throws -> [UInt8] {
         let target = try ELFFile(contentsOf: PayloadTests.targetPath(isa))
         let b = PayloadBuilder(original: try ELFFile(contentsOf: samplePath("patches/01-greeting-len-fix/orig-\(isa).o")),
                                patched: try ELFFile(contentsOf: samplePath("patches/04-scaled-twice-stacked/patched-\(isa).o")),
                                target: target, backend: try Architectures.backend(for: target))
-        return try Payload(bytes: try b.build().bytes, name: "cumulative-\(isa).lp")
+        return try b.build().bytes
     }
 
     func testReplaceRevertsEverythingAndAppliesTheNewOneAtOnce() throws {
