@@ -14,6 +14,8 @@ public final class ActiveRedirect: @unchecked Sendable {
     public var plan: PatchPlan { encoding.plan }
     /// Marked while a REPLACE that reverts it is prepared and executed.
     fileprivate var reverting = false
+    /// Marked while a REPLACE whose new redirect takes it over in place is executed.
+    fileprivate var takenOver = false
     /// The plan (shared by every redirect of this site to this target) and its writes packed.
     let encoding: Encoding
     /// The plan's writes, and what each of them replaced (the undo buffers), in write
@@ -46,7 +48,7 @@ final class Encoding {
     init(target: RedirectTarget, plan: PatchPlan) {
         self.target = target
         self.plan = plan
-        packed = plan.writes.map { PackedWrite(address: $0.address, bytes: $0.bytes) }
+        packed = plan.writes.map { PackedWrite(address: $0.address, bytes: $0.bytes, kind: $0.kind) }
     }
 }
 
@@ -344,20 +346,23 @@ public final class LivePatcher {
     public func replace(reverting ids: [Int], with batch: [BatchItem]) throws -> [ActiveRedirect] {
         var timing = ActionTiming.Clock()
         var entries: [ActiveRedirect] = []
-        defer { for e in entries { e.reverting = false } }
+        defer { for e in entries { e.reverting = false; e.takenOver = false } }
         let overlay = try markReverting(ids, into: &entries)
         let prepared = try prepare(batch: batch, overlay: overlay)
+        let previous = takeOvers(from: entries, by: prepared.entries, withOwnCode: false)
         timing.mark(\.prepare)
         var applied: [ActiveRedirect] = []
         do {
             try executor.execute { changed in
                 let memory = self.machine.memory.view()
                 for e in entries { try self.checkInPlace(e, memory) }
-                for e in entries { self.write(e.packedUndo.reversed(), changed: changed, memory: memory) }
+                for e in entries where !e.takenOver { self.write(e.packedUndo.reversed(), changed: changed, memory: memory) }
                 do {
-                    applied = try self.commit(prepared, changed: changed)
+                    applied = try self.commit(prepared, changed: changed, previous: previous)
                 } catch {
-                    for e in entries.reversed() { self.write(e.packedWrites, changed: changed, memory: memory) } // as before
+                    for e in entries.reversed() where !e.takenOver {
+                        self.write(e.packedWrites, changed: changed, memory: memory) // as before
+                    }
                     throw error
                 }
             }
@@ -431,39 +436,62 @@ public final class LivePatcher {
 
     /// The non-stop sequence of a REPLACE (see `replaceNonStop`): `reverted` newest first.
     func nonStopTransitionSteps(from reverted: [ActiveRedirect], to new: [ActiveRedirect]) -> [NonStopStep] {
-        var oldOf: [String: [ActiveRedirect]] = [:], newCount: [String: Int] = [:]
-        for e in reverted { oldOf[e.function, default: []].append(e) }
-        for n in new { newCount[n.function, default: 0] += 1 }
-        var direct = Set<String>()
+        let previous = takeOvers(from: reverted, by: new, withOwnCode: true)
+        defer { for e in reverted { e.takenOver = false } }
         var ownCode: [CodeWrite] = [], retarget: [NonStopStep] = []
-        for n in new {
-            guard newCount[n.function] == 1, let olds = oldOf[n.function], olds.count == 1,
-                  let pairs = samePlaces(olds[0], n) else { continue }
-            direct.insert(n.function)
+        for (n, old) in zip(new, previous) {
+            guard let old else { continue }
             ownCode += n.plan.writes.filter { isAllocated($0.address, in: n) }
-            for (old, w) in pairs where old.bytes != w.bytes { retarget += backend.nonStopSteps(for: [w]) }
+            for (w, was) in zip(placedWrites(of: n), placedWrites(of: old)) where w.bytes != was.bytes {
+                retarget += backend.nonStopSteps(for: [w])
+            }
         }
         var steps: [NonStopStep] = []
-        for e in reverted where !direct.contains(e.function) { steps += nonStopRevertSteps(for: e) }
+        for e in reverted where !e.takenOver { steps += nonStopRevertSteps(for: e) }
         if !ownCode.isEmpty {
             // New code nothing jumps to yet: written as it is, then one sync, so no vCPU
             // keeps a translation of whatever was at those addresses before.
             steps += ownCode.map { .write($0.address, $0.bytes, purpose: $0.purpose) } + [.sync]
         }
         steps += retarget
-        for n in new where !direct.contains(n.function) { steps += backend.nonStopSteps(for: n.plan.writes) }
+        for (n, old) in zip(new, previous) where old == nil { steps += backend.nonStopSteps(for: n.plan.writes) }
         return steps
     }
 
-    /// The writes of `old` and `new` outside their own allocations, paired, if they are to
-    /// the same places with the same sizes and kinds.
-    private func samePlaces(_ old: ActiveRedirect, _ new: ActiveRedirect) -> [(CodeWrite, CodeWrite)]? {
-        let a = old.plan.writes.filter { !isAllocated($0.address, in: old) }
-        let b = new.plan.writes.filter { !isAllocated($0.address, in: new) }
-        guard a.count == b.count,
-              zip(a, b).allSatisfy({ $0.address == $1.address && $0.bytes.count == $1.bytes.count && $0.kind == $1.kind })
-        else { return nil }
-        return Array(zip(a, b))
+    /// The writes of `r` other code can reach: those outside its own allocations.
+    private func placedWrites(of r: ActiveRedirect) -> [CodeWrite] {
+        r.plan.allocations.isEmpty ? r.plan.writes : r.plan.writes.filter { !isAllocated($0.address, in: r) }
+    }
+
+    /// For each new redirect of a REPLACE, the reverted one it takes over in place, if any
+    /// (those are marked `takenOver`): the only one of its function on both sides, writing
+    /// the same places with the same sizes and kinds (outside their own allocations, which
+    /// only `withOwnCode` allows).
+    func takeOvers(from reverted: [ActiveRedirect], by new: [ActiveRedirect], withOwnCode: Bool) -> [ActiveRedirect?] {
+        guard !reverted.isEmpty else { return [] }
+        var oldOf: [String: ActiveRedirect] = [:], ambiguous = Set<String>()
+        oldOf.reserveCapacity(reverted.count)
+        for e in reverted where oldOf.updateValue(e, forKey: e.function) != nil { ambiguous.insert(e.function) }
+        var seen = Set<String>(minimumCapacity: new.count)
+        for n in new where !seen.insert(n.function).inserted { ambiguous.insert(n.function) }
+        return new.map { n in
+            guard !ambiguous.contains(n.function), let old = oldOf[n.function],
+                  withOwnCode || (old.plan.allocations.isEmpty && n.plan.allocations.isEmpty) else { return nil }
+            if old.plan.allocations.isEmpty && n.plan.allocations.isEmpty {
+                // The common case, on the packed writes alone.
+                let a = old.packedWrites, b = n.packedWrites
+                guard a.count == b.count,
+                      zip(a, b).allSatisfy({ $0.address == $1.address && $0.count == $1.count && $0.isCode == $1.isCode })
+                else { return nil }
+            } else {
+                let a = placedWrites(of: old), b = placedWrites(of: n)
+                guard a.count == b.count,
+                      zip(a, b).allSatisfy({ $0.address == $1.address && $0.bytes.count == $1.bytes.count && $0.kind == $1.kind })
+                else { return nil }
+            }
+            old.takenOver = true
+            return old
+        }
     }
 
     // MARK: Internals
@@ -589,7 +617,7 @@ public final class LivePatcher {
                 for w in plan.writes {
                     if overlay.known(w.address, count: w.bytes.count, into: &current) {
                         // The reverts put these bytes back (their writes were checked in place).
-                        undo.append(PackedWrite(address: w.address, bytes: current))
+                        undo.append(PackedWrite(address: w.address, bytes: current, kind: w.kind))
                         continue
                     }
                     try read(w.address, w.bytes.count)
@@ -602,7 +630,7 @@ public final class LivePatcher {
                             throw PatchError.unexpectedBytes(function: item.function, address: w.address, expected: expected, found: current)
                         }
                     }
-                    undo.append(PackedWrite(address: w.address, bytes: current))
+                    undo.append(PackedWrite(address: w.address, bytes: current, kind: w.kind))
                 }
                 entries.append(ActiveRedirect(id: 0, function: item.function, target: item.target, targetName: item.label,
                                               encoding: encoding, packedUndo: undo))
@@ -641,18 +669,36 @@ public final class LivePatcher {
     /// Writes a prepared batch (called by the executor, while nothing runs). Each place is
     /// verified again against what `prepare` saw; if the k-th does not match, the writes
     /// of the first k−1 are undone before this throws, so nothing stays half-applied.
-    func commit(_ prepared: PreparedBatch, changed: (UInt64, Int) -> Void) throws -> [ActiveRedirect] {
+    ///
+    /// `previous[k]`, when given, is a redirect of a REPLACE that entry k takes over in place
+    /// (`takeOvers`): its writes were checked in place and are still there, so only the
+    /// bytes that differ are written (on ppc64le the site table entry alone; on x86-64 the
+    /// jump), and a roll-back puts back the previous redirect's bytes.
+    func commit(_ prepared: PreparedBatch, changed: (UInt64, Int) -> Void,
+                previous: [ActiveRedirect?] = []) throws -> [ActiveRedirect] {
         let entries = prepared.entries
         let memory = machine.memory.view()
+        func rollBack(_ d: Int, _ count: Int) {
+            if d < previous.count, let old = previous[d] {
+                write(old.packedWrites[..<count].reversed(), changed: changed, memory: memory)
+            } else {
+                write(entries[d].packedUndo[..<count].reversed(), changed: changed, memory: memory)
+            }
+        }
         for k in entries.indices {
             let e = entries[k]
+            if k < previous.count, let old = previous[k] {
+                let before = old.packedWrites, after = e.packedWrites
+                for i in after.indices where after[i] != before[i] { write(after[i], changed: changed, memory: memory) }
+                continue
+            }
             let undo = e.packedUndo
             for i in undo.indices {
                 guard undo[i].withBytes({ memory.holds($0, at: undo[i].address) }) else {
                     // Undo what this commit wrote, newest first: this entry's first i writes,
                     // then every earlier entry's.
-                    write(undo[..<i].reversed(), changed: changed, memory: memory)
-                    for d in entries[..<k].reversed() { write(d.packedUndo.reversed(), changed: changed, memory: memory) }
+                    rollBack(k, i)
+                    for d in entries[..<k].indices.reversed() { rollBack(d, entries[d].packedWrites.count) }
                     let found = (try? memory.read(undo[i].address, count: undo[i].count)) ?? []
                     throw PatchError.unexpectedBytes(function: e.function, address: undo[i].address, expected: undo[i].bytes,
                                                      found: found)
@@ -687,7 +733,7 @@ public final class LivePatcher {
     /// mapped) before; a write cannot fail half-way.
     private func write<S: Sequence>(_ writes: S, changed: (UInt64, Int) -> Void, memory: GuestMemory.View)
     where S.Element == CodeWrite {
-        for w in writes { write(PackedWrite(address: w.address, bytes: w.bytes), changed: changed, memory: memory) }
+        for w in writes { write(PackedWrite(address: w.address, bytes: w.bytes, kind: w.kind), changed: changed, memory: memory) }
     }
 
     private func write<S: Sequence>(_ writes: S, changed: (UInt64, Int) -> Void, memory: GuestMemory.View)
@@ -700,7 +746,7 @@ public final class LivePatcher {
             try? memory.write(w.address, bytes)
             written.set(w.address, bytes)
         }
-        changed(w.address, w.count)
+        if w.isCode { changed(w.address, w.count) }
     }
 
     private func isAllocated(_ address: UInt64, in entry: ActiveRedirect) -> Bool {

@@ -2,9 +2,12 @@
 /// write a redirect makes, except long NOP fills). The patcher checks and writes these
 /// while every vCPU is stopped: inline bytes need no reference counting and no heap block
 /// of their own, which is most of what 1,000 functions would otherwise cost there.
-struct PackedWrite {
+struct PackedWrite: Equatable {
     let address: UInt64
     let count: Int
+    /// False for data that code reads (a ppc64le site table entry): no vCPU has translated
+    /// it, so a write there drops no translations.
+    let isCode: Bool
     private var low: UInt64 = 0
     private var high: UInt64 = 0
     /// The bytes when they do not fit inline.
@@ -12,9 +15,10 @@ struct PackedWrite {
 
     static let inlineCapacity = 16
 
-    init(address: UInt64, bytes: [UInt8]) {
+    init(address: UInt64, bytes: [UInt8], kind: CodeWrite.Kind = .code) {
         self.address = address
         count = bytes.count
+        isCode = kind == .code
         if bytes.count > Self.inlineCapacity {
             spill = bytes
         } else {

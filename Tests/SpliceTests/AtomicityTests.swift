@@ -77,4 +77,53 @@ final class AtomicityTests: XCTestCase {
             XCTAssertEqual(try image.call("scaled", [10]).signedValue, 55, "\(isa): scaled now runs fib")
         }
     }
+
+    /// Counts the code ranges a patcher reports as changed, writing directly.
+    final class CountingExecutor: PatchExecutor {
+        let direct: DirectExecutor
+        var ranges = 0
+        init(machine: Machine) { direct = DirectExecutor(machine: machine) }
+        func execute(_ work: ((UInt64, Int) -> Void) throws -> Void) throws {
+            var seen: [(UInt64, Int)] = []
+            try work { seen.append(($0, $1)) }
+            ranges += seen.count
+            for (a, n) in seen { try direct.machine.codeChanged(at: a, length: n) }
+        }
+        func callGuest(_ entry: CallEntry, _ arguments: [Int64]) throws -> Int64 { try direct.callGuest(entry, arguments) }
+    }
+
+    /// A REPLACE whose new redirects take the old ones over in place (same function, same
+    /// places) writes only the bytes that differ: on ppc64le the site table entries alone
+    /// (data: no translation to drop), on x86-64 one jump each. If a later function of the
+    /// same REPLACE fails verification, the taken-over ones get their old bytes back.
+    func testAReplaceTakingRedirectsOverInPlaceWritesOnlyWhatDiffersAndRollsBack() throws {
+        for isa in PayloadTests.isas {
+            let image = try loadImage(path: PayloadTests.targetPath(isa))
+            let patcher = try LivePatcher(image: image, backend: try Architectures.backend(for: image.elf))
+            let add = try image.function(named: "add").value, fib = try image.function(named: "fib").value
+            let first = try patcher.apply(batch: ["scaled", "gcd"].map { .init(function: $0, target: .address(add)) })
+            func code() throws -> [String: UInt64] { try PayloadTests.memory(image).filter { !$0.key.hasPrefix("stack") } }
+            let scaledBefore = try image.call("scaled", [10]).signedValue
+            let before = try code()
+            // greeting_len, new in the REPLACE, was tampered with after it was prepared.
+            let tampered = try patcher.site(of: "greeting_len").address
+            let original = try image.machine.memory.read(tampered, count: 1)
+            patcher.executor = TamperingExecutor(machine: image.machine, address: tampered)
+            let batch: [LivePatcher.BatchItem] = ["scaled", "gcd", "greeting_len"].map { .init(function: $0, target: .address(fib)) }
+            XCTAssertThrowsError(try patcher.replace(reverting: first.map(\.id), with: batch)) { error in
+                guard case PatchError.unexpectedBytes(let f, _, _, _)? = error as? PatchError else { return XCTFail("\(isa): \(error)") }
+                XCTAssertEqual(f, "greeting_len", isa)
+            }
+            try image.machine.memory.write(tampered, original)
+            XCTAssertEqual(try code(), before, "\(isa): scaled and gcd have their old bytes back")
+            XCTAssertEqual(patcher.active.map(\.id), first.map(\.id), isa)
+            XCTAssertEqual(try image.call("scaled", [10]).signedValue, scaledBefore, "\(isa): scaled still runs add")
+            let counting = CountingExecutor(machine: image.machine)
+            patcher.executor = counting
+            _ = try patcher.replace(reverting: first.map(\.id), with: Array(batch.prefix(2)))
+            XCTAssertEqual(counting.ranges, isa == "x86_64" ? 2 : 0, "\(isa): code ranges changed")
+            XCTAssertEqual(try image.call("scaled", [10]).signedValue, 55, "\(isa): scaled now runs fib")
+            XCTAssertEqual(try image.call("gcd", [10, 4]).signedValue, 55, "\(isa): gcd now runs fib")
+        }
+    }
 }
