@@ -22,6 +22,8 @@ public final class ActiveRedirect: @unchecked Sendable {
     /// order, packed for the checks and writes made while vCPUs are stopped.
     var packedWrites: [PackedWrite] { encoding.packed }
     let packedUndo: [PackedWrite]
+    /// The patcher's entry for `function`'s site.
+    let siteEntry: SiteEntry
 
     /// What each write replaced, in write order: the undo buffers. An undo write carries
     /// the purpose of the write it undoes.
@@ -30,13 +32,54 @@ public final class ActiveRedirect: @unchecked Sendable {
     }
 
     init(id: Int, function: String, target: RedirectTarget, targetName: String?, encoding: Encoding,
-         packedUndo: [PackedWrite]) {
+         packedUndo: [PackedWrite], siteEntry: SiteEntry) {
         self.id = id
         self.function = function
         self.target = target
         self.targetName = targetName
         self.encoding = encoding
         self.packedUndo = packedUndo
+        self.siteEntry = siteEntry
+    }
+}
+
+/// What a patcher knows about one function's patch site, and scratch space for the
+/// per-function bookkeeping of one action: a REPLACE of 1,000 functions checks "is a newer
+/// redirect of this function kept?" and "which reverted redirect does this one take over?"
+/// on the entries themselves, with no look-up by name.
+final class SiteEntry {
+    /// Found from the image's bytes: it never changes.
+    let site: PatchSite
+    /// The last bytes at the site (as much as a patch may overwrite) the backend
+    /// accepted as an unpatched form: its answer depends on nothing else.
+    var verifiedBytes: [UInt8]?
+    /// The number of the last batch that checked this site (a batch checks it once).
+    var checkedInBatch = 0
+    /// Encodings that allocated nothing, newest last: they depend only on the image and
+    /// the runtime, so applying the same payload again (REPLACE back and forth) reuses them.
+    var encodings: [Encoding] = []
+    static let encodingLimit = 4
+
+    /// The scratch fields below belong to the pass numbered `pass` (see `begin(pass:)`).
+    private(set) var pass = 0
+    /// The newest redirect of this function that an action keeps (0: none).
+    var newestKept = 0
+    /// The index of this function's redirect among those an action reverts (-1: none,
+    /// -2: several).
+    var revertedIndex = -1
+    /// How many redirects of this function an action adds.
+    var added = 0
+
+    init(site: PatchSite) { self.site = site }
+
+    /// Makes the scratch fields this pass's, cleared if they were another's.
+    @inline(__always)
+    func begin(pass p: Int) {
+        guard pass != p else { return }
+        pass = p
+        newestKept = 0
+        revertedIndex = -1
+        added = 0
     }
 }
 
@@ -85,25 +128,17 @@ public final class LivePatcher {
     /// Bytes this patcher wrote, by guest address: what memory must hold there now.
     private var written = ByteOverlay()
     /// What is known about each function's patch site, by function name: one look-up per
-    /// function of a batch.
+    /// function of a batch. Names of one address (aliases) share an entry.
     private var sites: [String: SiteEntry] = [:]
+    private var sitesByAddress: [UInt64: SiteEntry] = [:]
     /// Numbers the batches `prepare` checks (see `SiteEntry.checkedInBatch`).
     private var batchNumber = 0
-    private final class SiteEntry {
-        /// Found from the image's bytes: it never changes.
-        let site: PatchSite
-        /// The last bytes at the site (as much as a patch may overwrite) the backend
-        /// accepted as an unpatched form: its answer depends on nothing else.
-        var verifiedBytes: [UInt8]?
-        /// The number of the last batch that checked this site (a batch checks it once).
-        var checkedInBatch = 0
-        /// Encodings that allocated nothing, newest last: they depend only on the image and
-        /// the runtime, so applying the same payload again (REPLACE back and forth) reuses them.
-        var encodings: [Encoding] = []
-        static let encodingLimit = 4
-        init(site: PatchSite) { self.site = site }
+    /// Numbers the passes over site entries' scratch fields (see `SiteEntry.begin(pass:)`).
+    private var passNumber = 0
+    private func nextPass() -> Int {
+        passNumber += 1
+        return passNumber
     }
-
     public var machine: Machine { image.machine }
 
     /// Brings the image into its patchable state (the backend's `prepare`) and installs
@@ -182,7 +217,9 @@ public final class LivePatcher {
 
     private func siteEntry(of function: String) throws -> SiteEntry {
         if let known = sites[function] { return known }
-        let entry = SiteEntry(site: try backend.patchSite(of: try self.function(function), in: image.elf))
+        let site = try backend.patchSite(of: try self.function(function), in: image.elf)
+        let entry = sitesByAddress[site.address] ?? SiteEntry(site: site)
+        sitesByAddress[site.address] = entry
         sites[function] = entry
         return entry
     }
@@ -243,11 +280,23 @@ public final class LivePatcher {
     /// still in memory.
     private func revertable(_ id: Int) throws -> ActiveRedirect {
         guard let entry = activeEntry(id) else { throw PatchError.noSuchRedirect(id) }
-        if let top = active.last(where: { $0.function == entry.function }), top.id != id {
+        if let top = active.last(where: { $0.siteEntry === entry.siteEntry }), top.id != id {
             throw PatchError.notTopmost(function: entry.function, id: id, top: top.id)
         }
         try checkInPlace(entry, machine.memory.view())
         return entry
+    }
+
+    /// Memory with `overlay` over it must hold exactly what `entry` wrote.
+    private func checkInPlace(_ entry: ActiveRedirect, _ memory: GuestMemory.View, under overlay: ByteOverlay,
+                              scratch: inout [UInt8]) throws {
+        for p in entry.packedWrites {
+            try memory.read(p.address, count: p.count, into: &scratch)
+            overlay.apply(to: &scratch, at: p.address)
+            guard p.withBytes({ $0.elementsEqual(scratch) }) else {
+                throw PatchError.unexpectedBytes(function: entry.function, address: p.address, expected: p.bytes, found: scratch)
+            }
+        }
     }
 
     /// Memory must still hold exactly what `entry` wrote.
@@ -355,12 +404,18 @@ public final class LivePatcher {
         do {
             try executor.execute { changed in
                 let memory = self.machine.memory.view()
-                for e in entries { try self.checkInPlace(e, memory) }
-                for e in entries where !e.takenOver { self.write(e.packedUndo.reversed(), changed: changed, memory: memory) }
+                // Newest first, each checked once the newer ones are undone (a stack of one
+                // function's redirects comes down in order).
+                var undone = 0
                 do {
+                    for e in entries {
+                        try self.checkInPlace(e, memory)
+                        if !e.takenOver { self.write(e.packedUndo.reversed(), changed: changed, memory: memory) }
+                        undone += 1
+                    }
                     applied = try self.commit(prepared, changed: changed, previous: previous)
                 } catch {
-                    for e in entries.reversed() where !e.takenOver {
+                    for e in entries[..<undone].reversed() where !e.takenOver {
                         self.write(e.packedWrites, changed: changed, memory: memory) // as before
                     }
                     throw error
@@ -382,26 +437,48 @@ public final class LivePatcher {
     /// (the caller clears the marks), after checking each may go: nothing kept stacked on
     /// top of it, its writes still in memory. Returns the bytes their undo buffers put back.
     private func markReverting(_ ids: [Int], into entries: inout [ActiveRedirect]) throws -> ByteOverlay {
-        entries.reserveCapacity(ids.count)
-        for id in ids {
-            guard let e = activeEntry(id) else { throw PatchError.noSuchRedirect(id) }
-            if e.reverting { continue } // named twice
-            e.reverting = true
-            entries.append(e)
+        // One walk of `active` (in id order) against the ids sorted: it finds each redirect
+        // and notes, per function, the newest redirect that stays.
+        let wanted = ids.sorted()
+        entries.reserveCapacity(wanted.count)
+        let pass = nextPass()
+        var k = 0
+        for a in active {
+            let id = a.id
+            if k < wanted.count && wanted[k] < id { throw PatchError.noSuchRedirect(wanted[k]) }
+            if k < wanted.count && wanted[k] == id {
+                a.reverting = true
+                entries.append(a)
+                while k < wanted.count && wanted[k] == id { k += 1 } // named twice
+            } else {
+                a.siteEntry.begin(pass: pass)
+                a.siteEntry.newestKept = id
+            }
         }
-        entries.sort { $0.id > $1.id }
-        var topKept: [String: Int] = [:] // newest redirect of each function that stays
-        for a in active where !a.reverting { topKept[a.function] = a.id }
-        let memory = machine.memory.view()
+        if k < wanted.count { throw PatchError.noSuchRedirect(wanted[k]) }
+        entries.reverse() // newest first
         for e in entries {
             // Whatever is stacked on top of e must be reverted too.
-            if let top = topKept[e.function], top > e.id {
-                throw PatchError.notTopmost(function: e.function, id: e.id, top: top)
-            }
-            try checkInPlace(e, memory)
+            let s = e.siteEntry
+            s.begin(pass: pass)
+            if s.newestKept > e.id { throw PatchError.notTopmost(function: e.function, id: e.id, top: s.newestKept) }
+            s.revertedIndex = s.revertedIndex == -1 ? 0 : -2
         }
+        // Each must be in place once the newer ones are undone: for a function with several
+        // (stacked) redirects reverted, memory under the undo bytes of the newer ones. Only
+        // redirects of one site write the same places (their other writes are to their own
+        // allocations), so the others are checked against memory alone.
+        let memory = machine.memory.view()
         var overlay = ByteOverlay()
-        for e in entries { for p in e.packedUndo.reversed() { p.withBytes { overlay.set(p.address, $0) } } }
+        var scratch: [UInt8] = []
+        for e in entries {
+            if e.siteEntry.revertedIndex == -2 {
+                try checkInPlace(e, memory, under: overlay, scratch: &scratch)
+            } else {
+                try checkInPlace(e, memory)
+            }
+            for p in e.packedUndo.reversed() { p.withBytes { overlay.set(p.address, $0) } }
+        }
         return overlay
     }
 
@@ -469,14 +546,21 @@ public final class LivePatcher {
     /// only `withOwnCode` allows).
     func takeOvers(from reverted: [ActiveRedirect], by new: [ActiveRedirect], withOwnCode: Bool) -> [ActiveRedirect?] {
         guard !reverted.isEmpty else { return [] }
-        var oldOf: [String: ActiveRedirect] = [:], ambiguous = Set<String>()
-        oldOf.reserveCapacity(reverted.count)
-        for e in reverted where oldOf.updateValue(e, forKey: e.function) != nil { ambiguous.insert(e.function) }
-        var seen = Set<String>(minimumCapacity: new.count)
-        for n in new where !seen.insert(n.function).inserted { ambiguous.insert(n.function) }
+        let pass = nextPass()
+        for (i, e) in reverted.enumerated() {
+            let s = e.siteEntry
+            s.begin(pass: pass)
+            s.revertedIndex = s.revertedIndex == -1 ? i : -2
+        }
+        for n in new {
+            n.siteEntry.begin(pass: pass)
+            n.siteEntry.added += 1
+        }
         return new.map { n in
-            guard !ambiguous.contains(n.function), let old = oldOf[n.function],
-                  withOwnCode || (old.plan.allocations.isEmpty && n.plan.allocations.isEmpty) else { return nil }
+            let s = n.siteEntry
+            guard s.added == 1, s.revertedIndex >= 0 else { return nil }
+            let old = reverted[s.revertedIndex]
+            guard withOwnCode || (old.plan.allocations.isEmpty && n.plan.allocations.isEmpty) else { return nil }
             if old.plan.allocations.isEmpty && n.plan.allocations.isEmpty {
                 // The common case, on the packed writes alone.
                 let a = old.packedWrites, b = n.packedWrites
@@ -520,7 +604,8 @@ public final class LivePatcher {
             var plan = active[i].plan
             plan.allocations += extraAllocations
             active[i] = ActiveRedirect(id: active[i].id, function: name, target: target, targetName: targetName,
-                                       encoding: Encoding(target: target, plan: plan), packedUndo: active[i].packedUndo)
+                                       encoding: Encoding(target: target, plan: plan), packedUndo: active[i].packedUndo,
+                                       siteEntry: active[i].siteEntry)
             return active[i]
         }
         return entries[0]
@@ -592,15 +677,20 @@ public final class LivePatcher {
         var entries: [ActiveRedirect] = []
         entries.reserveCapacity(batch.count)
         var allocated: [CodeAllocation] = []
-        var redirected = Set<UInt64>(minimumCapacity: active.count)
-        for a in active where !a.reverting { redirected.insert(a.plan.site.address) }
+        // The functions with a redirect that stays: their sites were checked when it went in.
+        let pass = nextPass()
+        for a in active where !a.reverting {
+            a.siteEntry.begin(pass: pass)
+            a.siteEntry.newestKept = a.id
+        }
         batchNumber += 1
         do {
             for item in batch {
                 let entry = try siteEntry(of: item.function)
                 let site = entry.site
                 // Each site once per batch; a site already redirected was checked then.
-                if entry.checkedInBatch != batchNumber && !redirected.contains(site.address) {
+                entry.begin(pass: pass)
+                if entry.checkedInBatch != batchNumber && entry.newestKept == 0 {
                     entry.checkedInBatch = batchNumber
                     try read(site.address, min(site.room, backend.undoBufferSize))
                     try verifyUnpatched(current, at: entry, in: elf)
@@ -613,27 +703,27 @@ public final class LivePatcher {
                     memory = machine.memory.view() // encoding may have mapped code
                 }
                 var undo: [PackedWrite] = []
-                undo.reserveCapacity(plan.writes.count)
-                for w in plan.writes {
-                    if overlay.known(w.address, count: w.bytes.count, into: &current) {
+                undo.reserveCapacity(encoding.packed.count)
+                for w in encoding.packed {
+                    if overlay.known(w.address, count: w.count, into: &current) {
                         // The reverts put these bytes back (their writes were checked in place).
-                        undo.append(PackedWrite(address: w.address, bytes: current, kind: w.kind))
+                        undo.append(PackedWrite(address: w.address, bytes: current, isCode: w.isCode))
                         continue
                     }
-                    try read(w.address, w.bytes.count)
+                    try read(w.address, w.count)
                     // Freshly allocated code holds nothing anyone expects.
                     let ownAllocation = !allocations.isEmpty
                         && allocations.contains { $0.address <= w.address && w.address < $0.address + UInt64($0.size) }
-                    if !ownAllocation, self.expected(at: w.address, count: w.bytes.count, in: elf, into: &expected) {
+                    if !ownAllocation, self.expected(at: w.address, count: w.count, in: elf, into: &expected) {
                         overlay.apply(to: &expected, at: w.address)
                         guard expected == current else {
                             throw PatchError.unexpectedBytes(function: item.function, address: w.address, expected: expected, found: current)
                         }
                     }
-                    undo.append(PackedWrite(address: w.address, bytes: current, kind: w.kind))
+                    undo.append(PackedWrite(address: w.address, bytes: current, isCode: w.isCode))
                 }
                 entries.append(ActiveRedirect(id: 0, function: item.function, target: item.target, targetName: item.label,
-                                              encoding: encoding, packedUndo: undo))
+                                              encoding: encoding, packedUndo: undo, siteEntry: entry))
             }
             return PreparedBatch(entries: entries)
         } catch {

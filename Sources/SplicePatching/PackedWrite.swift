@@ -16,9 +16,13 @@ struct PackedWrite: Equatable {
     static let inlineCapacity = 16
 
     init(address: UInt64, bytes: [UInt8], kind: CodeWrite.Kind = .code) {
+        self.init(address: address, bytes: bytes, isCode: kind == .code)
+    }
+
+    init(address: UInt64, bytes: [UInt8], isCode: Bool) {
         self.address = address
         count = bytes.count
-        isCode = kind == .code
+        self.isCode = isCode
         if bytes.count > Self.inlineCapacity {
             spill = bytes
         } else {

@@ -78,6 +78,58 @@ final class AtomicityTests: XCTestCase {
         }
     }
 
+    /// REPLACE may not revert a redirect that a kept one is stacked on: refused with both
+    /// ids named, nothing written, no mark left behind (the REPLACE reverting both works).
+    func testReplaceUnderAKeptStackedRedirectIsRefused() throws {
+        for isa in PayloadTests.isas {
+            let image = try loadImage(path: PayloadTests.targetPath(isa))
+            let patcher = try LivePatcher(image: image, backend: try Architectures.backend(for: image.elf))
+            let add = try image.function(named: "add").value, fib = try image.function(named: "fib").value
+            let scaled10 = try image.call("scaled", [10]).signedValue
+            let other = try patcher.redirect("gcd", toAddress: add)
+            let lower = try patcher.redirect("scaled", toAddress: add)
+            let upper = try patcher.redirect("scaled", toAddress: fib)
+            let before = try PayloadTests.memory(image)
+            XCTAssertThrowsError(try patcher.replace(reverting: [lower.id, other.id], with: [.init(function: "gcd", target: .address(fib))])) {
+                XCTAssertEqual($0 as? PatchError, .notTopmost(function: "scaled", id: lower.id, top: upper.id), isa)
+            }
+            XCTAssertEqual(try PayloadTests.memory(image), before, "\(isa): no byte changed")
+            XCTAssertEqual(patcher.active.map(\.id), [other.id, lower.id, upper.id], isa)
+            // The whole stack comes down in one REPLACE (each checked once the newer one is
+            // undone); if a new site then fails its check, the stack goes back up in order.
+            let tampered = try patcher.site(of: "greeting_len").address
+            let original = try image.machine.memory.read(tampered, count: 1)
+            patcher.executor = TamperingExecutor(machine: image.machine, address: tampered)
+            XCTAssertThrowsError(try patcher.replace(reverting: [upper.id, lower.id, other.id],
+                                                     with: ["gcd", "greeting_len"].map { .init(function: $0, target: .address(fib)) })) {
+                guard case PatchError.unexpectedBytes("greeting_len", _, _, _)? = $0 as? PatchError else { return XCTFail("\(isa): \($0)") }
+            }
+            try image.machine.memory.write(tampered, original)
+            XCTAssertEqual(try PayloadTests.memory(image), before, "\(isa): the stack is back, byte for byte")
+            XCTAssertEqual(try image.call("scaled", [10]).signedValue, 55, "\(isa): scaled runs fib (the top) again")
+            patcher.executor = DirectExecutor(machine: image.machine)
+            _ = try patcher.replace(reverting: [upper.id, lower.id, other.id], with: [.init(function: "gcd", target: .address(fib))])
+            XCTAssertEqual(try image.call("scaled", [10]).signedValue, scaled10, "\(isa): scaled unpatched again")
+            XCTAssertEqual(patcher.active.map(\.function), ["gcd"], isa)
+            XCTAssertEqual(try image.call("gcd", [10]).signedValue, 55, "\(isa): gcd now runs fib")
+            // The same on the non-stop path (no vCPUs here: a sync drops what was written).
+            let stack = [try patcher.redirect("scaled", toAddress: add), try patcher.redirect("scaled", toAddress: fib)]
+            var unsynced: [(UInt64, Int)] = []
+            _ = try patcher.replaceNonStop(reverting: stack.reversed().map(\.id) + [patcher.active[0].id],
+                                           with: [.init(function: "gcd", target: .address(add))]) { step in
+                if case let .write(address, bytes, _) = step { unsynced.append((address, bytes.count)) }
+                if step == .sync || step == .quiesce {
+                    for (a, n) in unsynced { try image.machine.codeChanged(at: a, length: n) }
+                    unsynced = []
+                }
+            }
+            XCTAssertTrue(unsynced.isEmpty, "\(isa): the sequence ends with a sync")
+            XCTAssertEqual(try image.call("scaled", [10]).signedValue, scaled10, "\(isa): non-stop: scaled unpatched again")
+            XCTAssertEqual(try image.call("gcd", [10, 4]).signedValue, 14, "\(isa): non-stop: gcd now runs add")
+            XCTAssertEqual(patcher.active.map(\.function), ["gcd"], isa)
+        }
+    }
+
     /// Counts the code ranges a patcher reports as changed, writing directly.
     final class CountingExecutor: PatchExecutor {
         let direct: DirectExecutor
