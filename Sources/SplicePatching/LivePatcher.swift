@@ -237,12 +237,10 @@ public final class LivePatcher {
     /// Reverts redirect `id`; it must be the topmost one of its function.
     public func revert(id: Int) throws {
         let entry = try revertable(id)
-        try executor.execute { changed in
-            // Again, now that nothing runs: then put the saved bytes back, newest first.
-            let memory = self.machine.memory.view()
-            try self.checkInPlace(entry, memory)
-            self.write(entry.packedUndo.reversed(), changed: changed, memory: memory)
-        }
+        // Checked again once nothing runs, as the saved bytes go back, newest first.
+        let plan = stoppedWrites(reverting: [entry], applying: [])
+        try executor.execute { changed in try plan.run(memory: self.machine.memory.view(), changed: changed) }
+        recordWrites(of: plan)
         finishRevert(entry)
     }
 
@@ -397,40 +395,24 @@ public final class LivePatcher {
         var entries: [ActiveRedirect] = []
         defer { for e in entries { e.reverting = false; e.takenOver = false } }
         let overlay = try markReverting(ids, into: &entries)
-        let prepared = try prepare(batch: batch, overlay: overlay)
+        let prepared = try prepare(batch: batch, overlay: overlay, reverted: entries)
         let previous = takeOvers(from: entries, by: prepared.entries, withOwnCode: false)
+        let plan = stoppedWrites(reverting: entries, applying: prepared.entries, previous: previous)
         timing.mark(\.prepare)
-        var applied: [ActiveRedirect] = []
         do {
-            try executor.execute { changed in
-                let memory = self.machine.memory.view()
-                // Newest first, each checked once the newer ones are undone (a stack of one
-                // function's redirects comes down in order).
-                var undone = 0
-                do {
-                    for e in entries {
-                        try self.checkInPlace(e, memory)
-                        if !e.takenOver { self.write(e.packedUndo.reversed(), changed: changed, memory: memory) }
-                        undone += 1
-                    }
-                    applied = try self.commit(prepared, changed: changed, previous: previous)
-                } catch {
-                    for e in entries[..<undone].reversed() where !e.takenOver {
-                        self.write(e.packedWrites, changed: changed, memory: memory) // as before
-                    }
-                    throw error
-                }
-            }
+            try executor.execute { changed in try plan.run(memory: self.machine.memory.view(), changed: changed) }
         } catch {
             abandon(prepared)
             throw error
         }
         timing.mark(\.execute)
+        recordWrites(of: plan)
         for e in entries { releaseHeld(by: e) }
         active.removeAll { $0.reverting }
+        for e in prepared.entries { record(e) }
         timing.mark(\.finish)
         lastTiming = timing.result
-        return applied
+        return prepared.entries
     }
 
     /// Marks redirects `ids` as being reverted by a REPLACE, into `entries` newest first
@@ -496,7 +478,7 @@ public final class LivePatcher {
         var entries: [ActiveRedirect] = []
         defer { for e in entries { e.reverting = false } }
         let overlay = try markReverting(ids, into: &entries)
-        let prepared = try prepare(batch: batch, overlay: overlay)
+        let prepared = try prepare(batch: batch, overlay: overlay, reverted: entries)
         var log: [(UInt64, [UInt8])] = []
         do {
             try perform(nonStopTransitionSteps(from: entries, to: prepared.entries), step, log: &log)
@@ -563,10 +545,7 @@ public final class LivePatcher {
             guard withOwnCode || (old.plan.allocations.isEmpty && n.plan.allocations.isEmpty) else { return nil }
             if old.plan.allocations.isEmpty && n.plan.allocations.isEmpty {
                 // The common case, on the packed writes alone.
-                let a = old.packedWrites, b = n.packedWrites
-                guard a.count == b.count,
-                      zip(a, b).allSatisfy({ $0.address == $1.address && $0.count == $1.count && $0.isCode == $1.isCode })
-                else { return nil }
+                guard Self.samePlaces(old.packedWrites, n.packedWrites) else { return nil }
             } else {
                 let a = placedWrites(of: old), b = placedWrites(of: n)
                 guard a.count == b.count,
@@ -579,6 +558,11 @@ public final class LivePatcher {
     }
 
     // MARK: Internals
+
+    /// Whether two lists of writes write the same places, with the same sizes and kinds.
+    static func samePlaces(_ a: [PackedWrite], _ b: [PackedWrite]) -> Bool {
+        a.count == b.count && zip(a, b).allSatisfy { $0.address == $1.address && $0.count == $1.count && $0.isCode == $1.isCode }
+    }
 
     /// The active redirect `id`: `active` is in id order (ids grow as redirects are listed).
     private func activeEntry(_ id: Int) -> ActiveRedirect? {
@@ -641,18 +625,20 @@ public final class LivePatcher {
     public func apply(batch: [BatchItem]) throws -> [ActiveRedirect] {
         var timing = ActionTiming.Clock()
         let prepared = try prepare(batch: batch)
+        let plan = stoppedWrites(reverting: [], applying: prepared.entries)
         timing.mark(\.prepare)
-        var entries: [ActiveRedirect] = []
         do {
-            try executor.execute { changed in entries = try self.commit(prepared, changed: changed) }
+            try executor.execute { changed in try plan.run(memory: self.machine.memory.view(), changed: changed) }
         } catch {
             abandon(prepared)
             throw error
         }
         timing.mark(\.execute)
+        recordWrites(of: plan)
+        for e in prepared.entries { record(e) }
         timing.mark(\.finish)
         lastTiming = timing.result
-        return entries
+        return prepared.entries
     }
 
     /// Everything a batch needs, before any vCPU is stopped: sites, encodings, far-jump
@@ -661,9 +647,9 @@ public final class LivePatcher {
         try prepare(batch: batch, overlay: ByteOverlay())
     }
 
-    /// Prepares `batch` against memory as it will be once the redirects marked `reverting`
+    /// Prepares `batch` against memory as it will be once `reverted` (marked `reverting`)
     /// are reverted: `overlay` holds the bytes their undo buffers put back.
-    func prepare(batch: [BatchItem], overlay: ByteOverlay) throws -> PreparedBatch {
+    func prepare(batch: [BatchItem], overlay: ByteOverlay, reverted: [ActiveRedirect] = []) throws -> PreparedBatch {
         let elf = image.elf
         // Scratch buffers, reused: checking 1,000 functions allocates only what it keeps.
         var current: [UInt8] = [], expected: [UInt8] = []
@@ -683,6 +669,11 @@ public final class LivePatcher {
             a.siteEntry.begin(pass: pass)
             a.siteEntry.newestKept = a.id
         }
+        for (i, e) in reverted.enumerated() {
+            let s = e.siteEntry
+            s.begin(pass: pass)
+            s.revertedIndex = s.revertedIndex == -1 ? i : -2
+        }
         batchNumber += 1
         do {
             for item in batch {
@@ -701,6 +692,16 @@ public final class LivePatcher {
                 if !allocations.isEmpty {
                     allocated += allocations
                     memory = machine.memory.view() // encoding may have mapped code
+                }
+                entry.added += 1
+                if entry.added == 1, entry.revertedIndex >= 0, allocations.isEmpty,
+                   case let old = reverted[entry.revertedIndex], old.plan.allocations.isEmpty,
+                   Self.samePlaces(old.packedWrites, encoding.packed) {
+                    // The only reverted redirect of this site wrote the same places: once it
+                    // is undone they hold its undo bytes (it was checked in place).
+                    entries.append(ActiveRedirect(id: 0, function: item.function, target: item.target, targetName: item.label,
+                                                  encoding: encoding, packedUndo: old.packedUndo, siteEntry: entry))
+                    continue
                 }
                 var undo: [PackedWrite] = []
                 undo.reserveCapacity(encoding.packed.count)
@@ -756,48 +757,42 @@ public final class LivePatcher {
         for e in prepared.entries { for a in e.plan.allocations { space.release(a) } }
     }
 
-    /// Writes a prepared batch (called by the executor, while nothing runs). Each place is
-    /// verified again against what `prepare` saw; if the k-th does not match, the writes
-    /// of the first k−1 are undone before this throws, so nothing stays half-applied.
+    /// The steps that take `reverted` (newest first) out and put `entries` in, to be made
+    /// while nothing runs: each reverted redirect's undo bytes over its writes (newest write
+    /// first), then each new redirect's writes over the bytes `prepare` saw there. Every
+    /// place is checked as it is written; if one does not hold what is expected, everything
+    /// written so far is put back, so nothing stays half-applied.
     ///
-    /// `previous[k]`, when given, is a redirect of a REPLACE that entry k takes over in place
-    /// (`takeOvers`): its writes were checked in place and are still there, so only the
-    /// bytes that differ are written (on ppc64le the site table entry alone; on x86-64 the
-    /// jump), and a roll-back puts back the previous redirect's bytes.
-    func commit(_ prepared: PreparedBatch, changed: (UInt64, Int) -> Void,
-                previous: [ActiveRedirect?] = []) throws -> [ActiveRedirect] {
-        let entries = prepared.entries
-        let memory = machine.memory.view()
-        func rollBack(_ d: Int, _ count: Int) {
-            if d < previous.count, let old = previous[d] {
-                write(old.packedWrites[..<count].reversed(), changed: changed, memory: memory)
-            } else {
-                write(entries[d].packedUndo[..<count].reversed(), changed: changed, memory: memory)
-            }
+    /// `previous[k]`, when given, is a reverted redirect that entry k takes over in place
+    /// (`takeOvers`): it is not undone; only the bytes that differ are written over it (on
+    /// ppc64le the site table entry alone; on x86-64 the jump), the others checked.
+    func stoppedWrites(reverting reverted: [ActiveRedirect], applying entries: [ActiveRedirect],
+                       previous: [ActiveRedirect?] = []) -> StoppedWrites {
+        var plan = StoppedWrites(capacity: 3 * (reverted.count + entries.count))
+        for e in reverted where !e.takenOver {
+            plan.begin(e)
+            let w = e.packedWrites, u = e.packedUndo
+            for i in w.indices.reversed() { plan.write(u[i], over: w[i]) }
         }
         for k in entries.indices {
-            let e = entries[k]
+            let n = entries[k], w = n.packedWrites
+            plan.begin(n)
             if k < previous.count, let old = previous[k] {
-                let before = old.packedWrites, after = e.packedWrites
-                for i in after.indices where after[i] != before[i] { write(after[i], changed: changed, memory: memory) }
-                continue
-            }
-            let undo = e.packedUndo
-            for i in undo.indices {
-                guard undo[i].withBytes({ memory.holds($0, at: undo[i].address) }) else {
-                    // Undo what this commit wrote, newest first: this entry's first i writes,
-                    // then every earlier entry's.
-                    rollBack(k, i)
-                    for d in entries[..<k].indices.reversed() { rollBack(d, entries[d].packedWrites.count) }
-                    let found = (try? memory.read(undo[i].address, count: undo[i].count)) ?? []
-                    throw PatchError.unexpectedBytes(function: e.function, address: undo[i].address, expected: undo[i].bytes,
-                                                     found: found)
+                let was = old.packedWrites
+                for i in w.indices {
+                    if w[i] == was[i] { plan.check(was[i]) } else { plan.write(w[i], over: was[i]) }
                 }
-                write(e.packedWrites[i], changed: changed, memory: memory)
+            } else {
+                let u = n.packedUndo
+                for i in w.indices { plan.write(w[i], over: u[i]) }
             }
         }
-        for e in entries { record(e) }
-        return entries
+        return plan
+    }
+
+    /// Once `plan` ran: the bytes this patcher wrote, as memory now holds them.
+    private func recordWrites(of plan: StoppedWrites) {
+        plan.forEachWrite { w in w.withBytes { written.set(w.address, $0) } }
     }
 
     /// Encodes a redirect without writing anything (a load-time check that a payload's
@@ -824,11 +819,6 @@ public final class LivePatcher {
     private func write<S: Sequence>(_ writes: S, changed: (UInt64, Int) -> Void, memory: GuestMemory.View)
     where S.Element == CodeWrite {
         for w in writes { write(PackedWrite(address: w.address, bytes: w.bytes, kind: w.kind), changed: changed, memory: memory) }
-    }
-
-    private func write<S: Sequence>(_ writes: S, changed: (UInt64, Int) -> Void, memory: GuestMemory.View)
-    where S.Element == PackedWrite {
-        for w in writes { write(w, changed: changed, memory: memory) }
     }
 
     private func write(_ w: PackedWrite, changed: (UInt64, Int) -> Void, memory: GuestMemory.View) {
