@@ -792,7 +792,7 @@ public final class LivePatcher {
 
     /// Once `plan` ran: the bytes this patcher wrote, as memory now holds them.
     private func recordWrites(of plan: StoppedWrites) {
-        plan.forEachWrite { w in w.withBytes { written.set(w.address, $0) } }
+        plan.forEachWrite { written.set($0, $1) }
     }
 
     /// Encodes a redirect without writing anything (a load-time check that a payload's

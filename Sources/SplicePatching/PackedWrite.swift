@@ -41,4 +41,18 @@ struct PackedWrite: Equatable {
     }
 
     var bytes: [UInt8] { withBytes { Array($0) } }
+
+    /// Up to 16 bytes as plain values (no reference to count).
+    struct Inline {
+        var low: UInt64 = 0
+        var high: UInt64 = 0
+        @inline(__always)
+        func withBytes<R>(count: Int, _ body: (UnsafeRawBufferPointer) -> R) -> R {
+            var pair = (low, high)
+            return withUnsafeBytes(of: &pair) { body(UnsafeRawBufferPointer(rebasing: $0[0..<count])) }
+        }
+    }
+
+    /// The bytes as plain values, when they are held inline.
+    var inline: Inline? { spill == nil ? Inline(low: low, high: high) : nil }
 }

@@ -162,6 +162,37 @@ final class X86_64PatchingTests: XCTestCase {
         XCTAssertEqual(try codeSnapshot(p), before)
     }
 
+    /// A write longer than the 16 bytes a packed write holds inline (a 20-byte NOP fill)
+    /// goes in whole, comes out whole, and is put back whole when a later function of the
+    /// same batch fails its check while the vCPUs are stopped.
+    func testALongNOPFillIsWrittenAndRolledBackWhole() throws {
+        let p = try patcher()
+        let before = try codeSnapshot(p)
+        let main = try p.image.function(named: "kernel_main")
+        let insns = try decode(p, at: main.value, count: 5) // push rbx; mov; mov; mov; call add
+        XCTAssertEqual(insns.map(\.mnemonic), ["push", "mov", "mov", "mov", "call"])
+        let offset = insns[1].address - main.value, length = insns[1...].reduce(0) { $0 + $1.size }
+        XCTAssertGreaterThan(length, 16)
+        let target = RedirectTarget.nopOut(offset: offset, length: length)
+        let nop = try p.apply(batch: [.init(function: "kernel_main", target: target)])[0]
+        XCTAssertEqual(nop.plan.writes.map(\.bytes.count), [length], "one write")
+        XCTAssertEqual(try p.machine.memory.read(insns[1].address, count: length), nop.plan.writes[0].bytes)
+        XCTAssertEqual(Set(try decode(p, at: insns[1].address, count: 2).map(\.mnemonic)), ["nop"])
+        try p.revert(id: nop.id)
+        XCTAssertEqual(try codeSnapshot(p), before)
+        let tampered = try p.site(of: "fib").address
+        let original = try p.machine.memory.read(tampered, count: 1)
+        p.executor = AtomicityTests.TamperingExecutor(machine: p.machine, address: tampered)
+        let add = try p.image.function(named: "add").value
+        XCTAssertThrowsError(try p.apply(batch: [.init(function: "kernel_main", target: target),
+                                                 .init(function: "fib", target: .address(add))])) { error in
+            guard case PatchError.unexpectedBytes("fib", tampered, _, _)? = error as? PatchError else { return XCTFail("\(error)") }
+        }
+        try p.machine.memory.write(tampered, original)
+        XCTAssertEqual(try codeSnapshot(p), before, "the 20 NOP bytes were taken back")
+        XCTAssertTrue(p.active.isEmpty)
+    }
+
     func testEndbrFunctionKeepsItsLandingPad() throws {
         let p = try patcher()
         let f = try p.image.function(named: "checked_double")
