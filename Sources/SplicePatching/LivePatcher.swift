@@ -88,9 +88,13 @@ final class Encoding {
     let target: RedirectTarget
     let plan: PatchPlan
     let packed: [PackedWrite]
+    /// Whether the plan allocated code space (asked per function, many times, by REPLACE:
+    /// a stored answer, where `plan.allocations` would copy the whole plan out).
+    let allocates: Bool
     init(target: RedirectTarget, plan: PatchPlan) {
         self.target = target
         self.plan = plan
+        allocates = !plan.allocations.isEmpty
         packed = plan.writes.map { PackedWrite(address: $0.address, bytes: $0.bytes, kind: $0.kind) }
     }
 }
@@ -314,7 +318,7 @@ public final class LivePatcher {
 
     /// Forgets what `entry` wrote into its own allocations and releases them.
     private func releaseHeld(by entry: ActiveRedirect) {
-        guard !entry.plan.allocations.isEmpty else { return }
+        guard entry.encoding.allocates else { return }
         for w in entry.plan.writes where isAllocated(w.address, in: entry) { forget(w) }
         for a in entry.plan.allocations { space.release(a) }
     }
@@ -519,7 +523,7 @@ public final class LivePatcher {
 
     /// The writes of `r` other code can reach: those outside its own allocations.
     private func placedWrites(of r: ActiveRedirect) -> [CodeWrite] {
-        r.plan.allocations.isEmpty ? r.plan.writes : r.plan.writes.filter { !isAllocated($0.address, in: r) }
+        !r.encoding.allocates ? r.plan.writes : r.plan.writes.filter { !isAllocated($0.address, in: r) }
     }
 
     /// For each new redirect of a REPLACE, the reverted one it takes over in place, if any
@@ -542,8 +546,9 @@ public final class LivePatcher {
             let s = n.siteEntry
             guard s.added == 1, s.revertedIndex >= 0 else { return nil }
             let old = reverted[s.revertedIndex]
-            guard withOwnCode || (old.plan.allocations.isEmpty && n.plan.allocations.isEmpty) else { return nil }
-            if old.plan.allocations.isEmpty && n.plan.allocations.isEmpty {
+            let allocates = old.encoding.allocates || n.encoding.allocates
+            guard withOwnCode || !allocates else { return nil }
+            if !allocates {
                 // The common case, on the packed writes alone.
                 guard Self.samePlaces(old.packedWrites, n.packedWrites) else { return nil }
             } else {
@@ -687,15 +692,14 @@ public final class LivePatcher {
                     try verifyUnpatched(current, at: entry, in: elf)
                 }
                 let encoding = try encode(item.target, at: entry, in: elf)
-                let plan = encoding.plan
-                let allocations = plan.allocations
+                let allocations = encoding.allocates ? encoding.plan.allocations : []
                 if !allocations.isEmpty {
                     allocated += allocations
                     memory = machine.memory.view() // encoding may have mapped code
                 }
                 entry.added += 1
                 if entry.added == 1, entry.revertedIndex >= 0, allocations.isEmpty,
-                   case let old = reverted[entry.revertedIndex], old.plan.allocations.isEmpty,
+                   case let old = reverted[entry.revertedIndex], !old.encoding.allocates,
                    Self.samePlaces(old.packedWrites, encoding.packed) {
                     // The only reverted redirect of this site wrote the same places: once it
                     // is undone they hold its undo bytes (it was checked in place).
@@ -745,7 +749,7 @@ public final class LivePatcher {
         for known in entry.encodings where known.target == target { return known }
         let encoding = Encoding(target: target,
                                 plan: try backend.encode(target, at: entry.site, in: elf, runtime: runtime, space: space))
-        if encoding.plan.allocations.isEmpty {
+        if !encoding.allocates {
             if entry.encodings.count >= SiteEntry.encodingLimit { entry.encodings.removeFirst() }
             entry.encodings.append(encoding)
         }
@@ -754,7 +758,7 @@ public final class LivePatcher {
 
     /// Releases what `prepare` allocated, for a batch that will not be committed.
     public func abandon(_ prepared: PreparedBatch) {
-        for e in prepared.entries { for a in e.plan.allocations { space.release(a) } }
+        for e in prepared.entries where e.encoding.allocates { for a in e.plan.allocations { space.release(a) } }
     }
 
     /// The steps that take `reverted` (newest first) out and put `entries` in, to be made
