@@ -531,7 +531,7 @@ public final class LivePatcher {
     /// the same places with the same sizes and kinds (outside their own allocations, which
     /// only `withOwnCode` allows).
     func takeOvers(from reverted: [ActiveRedirect], by new: [ActiveRedirect], withOwnCode: Bool) -> [ActiveRedirect?] {
-        guard !reverted.isEmpty else { return [] }
+        guard !reverted.isEmpty else { return Array(repeating: nil, count: new.count) }
         let pass = nextPass()
         for (i, e) in reverted.enumerated() {
             let s = e.siteEntry

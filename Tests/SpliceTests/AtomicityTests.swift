@@ -114,19 +114,48 @@ final class AtomicityTests: XCTestCase {
             XCTAssertEqual(try image.call("gcd", [10]).signedValue, 55, "\(isa): gcd now runs fib")
             // The same on the non-stop path (no vCPUs here: a sync drops what was written).
             let stack = [try patcher.redirect("scaled", toAddress: add), try patcher.redirect("scaled", toAddress: fib)]
-            var unsynced: [(UInt64, Int)] = []
+            let steps = SyncingSteps(image.machine)
             _ = try patcher.replaceNonStop(reverting: stack.reversed().map(\.id) + [patcher.active[0].id],
-                                           with: [.init(function: "gcd", target: .address(add))]) { step in
-                if case let .write(address, bytes, _) = step { unsynced.append((address, bytes.count)) }
-                if step == .sync || step == .quiesce {
-                    for (a, n) in unsynced { try image.machine.codeChanged(at: a, length: n) }
-                    unsynced = []
-                }
-            }
-            XCTAssertTrue(unsynced.isEmpty, "\(isa): the sequence ends with a sync")
+                                           with: [.init(function: "gcd", target: .address(add))], step: steps.handle)
+            XCTAssertTrue(steps.unsynced.isEmpty, "\(isa): the sequence ends with a sync")
             XCTAssertEqual(try image.call("scaled", [10]).signedValue, scaled10, "\(isa): non-stop: scaled unpatched again")
             XCTAssertEqual(try image.call("gcd", [10, 4]).signedValue, 14, "\(isa): non-stop: gcd now runs add")
             XCTAssertEqual(patcher.active.map(\.function), ["gcd"], isa)
+        }
+    }
+
+    /// Non-stop steps with no vCPU running: a write is made by the patcher; a sync drops
+    /// the translations of what was written since the last one.
+    final class SyncingSteps {
+        let machine: Machine
+        var unsynced: [(UInt64, Int)] = []
+        init(_ machine: Machine) { self.machine = machine }
+        func handle(_ step: NonStopStep) throws {
+            if case let .write(address, bytes, _) = step { unsynced.append((address, bytes.count)) }
+            if step == .sync || step == .quiesce {
+                for (a, n) in unsynced { try machine.codeChanged(at: a, length: n) }
+                unsynced = []
+            }
+        }
+    }
+
+    /// A non-stop REPLACE with nothing to revert applies the whole batch (a REPLACE of an
+    /// empty machine), and reverting it restores the text.
+    func testANonStopReplaceWithNothingToRevertApplies() throws {
+        for isa in PayloadTests.isas {
+            let image = try loadImage(path: PayloadTests.targetPath(isa))
+            let patcher = try LivePatcher(image: image, backend: try Architectures.backend(for: image.elf))
+            let fib = try image.function(named: "fib").value
+            func code() throws -> [String: UInt64] { try PayloadTests.memory(image).filter { !$0.key.hasPrefix("stack") } }
+            let before = try code()
+            let steps = SyncingSteps(image.machine)
+            let applied = try patcher.replaceNonStop(reverting: [], with: ["scaled", "gcd"].map { .init(function: $0, target: .address(fib)) },
+                                                     step: steps.handle)
+            XCTAssertEqual(patcher.active.map(\.id), applied.map(\.id), isa)
+            XCTAssertEqual(try image.call("scaled", [10]).signedValue, 55, "\(isa): scaled runs fib")
+            XCTAssertEqual(try image.call("gcd", [10, 4]).signedValue, 55, "\(isa): gcd runs fib")
+            _ = try patcher.replaceNonStop(reverting: applied.map(\.id), with: [], step: steps.handle)
+            XCTAssertEqual(try code(), before, "\(isa): text as before")
         }
     }
 
