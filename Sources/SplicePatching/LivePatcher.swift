@@ -289,24 +289,17 @@ public final class LivePatcher {
         return entry
     }
 
-    /// Memory with `overlay` over it must hold exactly what `entry` wrote.
-    private func checkInPlace(_ entry: ActiveRedirect, _ memory: GuestMemory.View, under overlay: ByteOverlay,
-                              scratch: inout [UInt8]) throws {
+    /// Memory must still hold exactly what `entry` wrote; with `overlay`, memory as it
+    /// will be once the overlay's bytes are put over it.
+    private func checkInPlace(_ entry: ActiveRedirect, _ memory: GuestMemory.View, under overlay: ByteOverlay? = nil) throws {
+        if overlay == nil, entry.packedWrites.allSatisfy({ p in p.withBytes { memory.holds($0, at: p.address) } }) { return }
+        var found: [UInt8] = []
         for p in entry.packedWrites {
-            try memory.read(p.address, count: p.count, into: &scratch)
-            overlay.apply(to: &scratch, at: p.address)
-            guard p.withBytes({ $0.elementsEqual(scratch) }) else {
-                throw PatchError.unexpectedBytes(function: entry.function, address: p.address, expected: p.bytes, found: scratch)
+            try memory.read(p.address, count: p.count, into: &found)
+            overlay?.apply(to: &found, at: p.address)
+            guard p.withBytes({ $0.elementsEqual(found) }) else {
+                throw PatchError.unexpectedBytes(function: entry.function, address: p.address, expected: p.bytes, found: found)
             }
-        }
-    }
-
-    /// Memory must still hold exactly what `entry` wrote.
-    private func checkInPlace(_ entry: ActiveRedirect, _ memory: GuestMemory.View) throws {
-        if entry.packedWrites.allSatisfy({ p in p.withBytes { memory.holds($0, at: p.address) } }) { return }
-        for w in entry.plan.writes where !memory.holds(w.bytes, at: w.address) {
-            throw PatchError.unexpectedBytes(function: entry.function, address: w.address, expected: w.bytes,
-                                             found: try memory.read(w.address, count: w.bytes.count))
         }
     }
 
@@ -456,13 +449,8 @@ public final class LivePatcher {
         // allocations), so the others are checked against memory alone.
         let memory = machine.memory.view()
         var overlay = ByteOverlay()
-        var scratch: [UInt8] = []
         for e in entries {
-            if e.siteEntry.revertedIndex == -2 {
-                try checkInPlace(e, memory, under: overlay, scratch: &scratch)
-            } else {
-                try checkInPlace(e, memory)
-            }
+            try checkInPlace(e, memory, under: e.siteEntry.revertedIndex == -2 ? overlay : nil)
             for p in e.packedUndo.reversed() { p.withBytes { overlay.set(p.address, $0) } }
         }
         return overlay
@@ -546,12 +534,8 @@ public final class LivePatcher {
             let s = n.siteEntry
             guard s.added == 1, s.revertedIndex >= 0 else { return nil }
             let old = reverted[s.revertedIndex]
-            let allocates = old.encoding.allocates || n.encoding.allocates
-            guard withOwnCode || !allocates else { return nil }
-            if !allocates {
-                // The common case, on the packed writes alone.
-                guard Self.samePlaces(old.packedWrites, n.packedWrites) else { return nil }
-            } else {
+            if !Self.rewritesInPlace(old, with: n.encoding) {
+                guard withOwnCode, old.encoding.allocates || n.encoding.allocates else { return nil }
                 let a = placedWrites(of: old), b = placedWrites(of: n)
                 guard a.count == b.count,
                       zip(a, b).allSatisfy({ $0.address == $1.address && $0.bytes.count == $1.bytes.count && $0.kind == $1.kind })
@@ -564,9 +548,12 @@ public final class LivePatcher {
 
     // MARK: Internals
 
-    /// Whether two lists of writes write the same places, with the same sizes and kinds.
-    static func samePlaces(_ a: [PackedWrite], _ b: [PackedWrite]) -> Bool {
-        a.count == b.count && zip(a, b).allSatisfy { $0.address == $1.address && $0.count == $1.count && $0.isCode == $1.isCode }
+    /// Whether `encoding` writes exactly the places `old` wrote (same sizes and kinds), neither
+    /// with code of its own: the common take-over, decided on the packed writes alone.
+    static func rewritesInPlace(_ old: ActiveRedirect, with encoding: Encoding) -> Bool {
+        guard !old.encoding.allocates, !encoding.allocates else { return false }
+        let a = old.packedWrites, b = encoding.packed
+        return a.count == b.count && zip(a, b).allSatisfy { $0.address == $1.address && $0.count == $1.count && $0.isCode == $1.isCode }
     }
 
     /// The active redirect `id`: `active` is in id order (ids grow as redirects are listed).
@@ -698,9 +685,8 @@ public final class LivePatcher {
                     memory = machine.memory.view() // encoding may have mapped code
                 }
                 entry.added += 1
-                if entry.added == 1, entry.revertedIndex >= 0, allocations.isEmpty,
-                   case let old = reverted[entry.revertedIndex], !old.encoding.allocates,
-                   Self.samePlaces(old.packedWrites, encoding.packed) {
+                if entry.added == 1, entry.revertedIndex >= 0,
+                   case let old = reverted[entry.revertedIndex], Self.rewritesInPlace(old, with: encoding) {
                     // The only reverted redirect of this site wrote the same places: once it
                     // is undone they hold its undo bytes (it was checked in place).
                     entries.append(ActiveRedirect(id: 0, function: item.function, target: item.target, targetName: item.label,

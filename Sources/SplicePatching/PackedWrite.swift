@@ -8,8 +8,7 @@ struct PackedWrite: Equatable {
     /// False for data that code reads (a ppc64le site table entry): no vCPU has translated
     /// it, so a write there drops no translations.
     let isCode: Bool
-    private var low: UInt64 = 0
-    private var high: UInt64 = 0
+    private var held = Inline()
     /// The bytes when they do not fit inline.
     private var spill: [UInt8]?
 
@@ -28,7 +27,7 @@ struct PackedWrite: Equatable {
         } else {
             var pair: (UInt64, UInt64) = (0, 0)
             withUnsafeMutableBytes(of: &pair) { $0.copyBytes(from: bytes) }
-            (low, high) = pair
+            held = Inline(low: pair.0, high: pair.1)
         }
     }
 
@@ -36,23 +35,22 @@ struct PackedWrite: Equatable {
     @inline(__always)
     func withBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
         if let spill { return try spill.withUnsafeBytes(body) }
-        var pair = (low, high)
-        return try withUnsafeBytes(of: &pair) { try body(UnsafeRawBufferPointer(rebasing: $0[0..<count])) }
+        return try held.withBytes(count: count, body)
     }
 
     var bytes: [UInt8] { withBytes { Array($0) } }
 
     /// Up to 16 bytes as plain values (no reference to count).
-    struct Inline {
+    struct Inline: Equatable {
         var low: UInt64 = 0
         var high: UInt64 = 0
         @inline(__always)
-        func withBytes<R>(count: Int, _ body: (UnsafeRawBufferPointer) -> R) -> R {
+        func withBytes<R>(count: Int, _ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
             var pair = (low, high)
-            return withUnsafeBytes(of: &pair) { body(UnsafeRawBufferPointer(rebasing: $0[0..<count])) }
+            return try withUnsafeBytes(of: &pair) { try body(UnsafeRawBufferPointer(rebasing: $0[0..<count])) }
         }
     }
 
     /// The bytes as plain values, when they are held inline.
-    var inline: Inline? { spill == nil ? Inline(low: low, high: high) : nil }
+    var inline: Inline? { spill == nil ? held : nil }
 }
