@@ -498,6 +498,8 @@ struct Stress: ParsableCommand {
 
     func run() throws {
         guard let e = StressRun.Engine(rawValue: engine) else { throw ValidationError("--engine is stop or nonstop") }
+        guard ["x86_64", "ppc64le"].contains(isa) else { throw ValidationError("--isa is x86_64 or ppc64le (not \(isa))") }
+        guard (1...64).contains(vcpus), cycles >= 1 else { throw ValidationError("--vcpus is 1 to 64, --cycles at least 1") }
         let r = try reportingErrors {
             try StressRun.run(samples: try Samples.directory(), isa: isa, vcpus: vcpus, cycles: cycles, engine: e)
         }
