@@ -24,6 +24,8 @@ let package = Package(
         .systemLibrary(name: "CLibelf", pkgConfig: "libelf",
                        providers: [.apt(["libelf-dev"])]),
         .target(name: "CSpliceShims", dependencies: ["CUnicorn"]),
+        // SO_PEERCRED for the control socket (struct ucred is not visible to Swift).
+        .target(name: "CSpliceSocket"),
 
         .target(name: "SpliceELF", dependencies: ["CLibelf"]),
         .target(name: "SpliceDisassembly", dependencies: ["CCapstone"]),
@@ -45,15 +47,17 @@ let package = Package(
 
         .target(name: "Splice",
                 dependencies: ["SpliceMachine", "SpliceELF", "SpliceDisassembly", "SplicePatching", "SplicePayload",
-                               "SpliceRuntime", "SpliceX86_64", "SplicePPC64LE"]),
+                               "SpliceRuntime", "SpliceX86_64", "SplicePPC64LE", "CSpliceSocket",
+                               .product(name: "Crypto", package: "swift-crypto")]),
         .executableTarget(name: "splice", dependencies: [
             "Splice", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Crypto", package: "swift-crypto"),
         ]),
         // The bare-Unicorn reference that `splice bench emu` compares against: the same
         // guest loop driven by plain C calls into libunicorn, no Splice in between.
         .executableTarget(name: "unicorn-bare-bench", dependencies: ["CUnicorn", "CLibelf"]),
 
-        .testTarget(name: "SpliceTests", dependencies: ["Splice"],
+        .testTarget(name: "SpliceTests", dependencies: ["Splice", .product(name: "Crypto", package: "swift-crypto")],
                     resources: []),
     ],
     swiftLanguageModes: [.v5]

@@ -132,6 +132,6 @@ public struct Payload: Sendable {
     }
 }
 
-func hexString(_ bytes: [UInt8]) -> String {
+public func hexString(_ bytes: [UInt8]) -> String {
     bytes.map { b in String(b >> 4, radix: 16) + String(b & 15, radix: 16) }.joined()
 }

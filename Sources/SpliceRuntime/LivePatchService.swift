@@ -100,15 +100,24 @@ public final class LivePatchService {
         return (version, entries.count, slice.map(status))
     }
 
-    public func perform(_ action: Action, id: String) throws {
+    static let allowed: [Action: Set<State>] = [
+        .check: [.loaded], .apply: [.checked, .reverted], .revert: [.applied],
+        .replace: [.checked, .reverted], .unload: [.loaded, .checked, .reverted],
+    ]
+
+    /// Throws what `perform` would refuse before doing anything (no such id, a state the
+    /// action does not start from), without doing it: a front end that runs actions in
+    /// the background answers these at once.
+    public func validate(_ action: Action, id: String) throws {
         let e = try entry(id)
-        let allowed: [Action: Set<State>] = [
-            .check: [.loaded], .apply: [.checked, .reverted], .revert: [.applied],
-            .replace: [.checked, .reverted], .unload: [.loaded, .checked, .reverted],
-        ]
-        guard allowed[action]!.contains(e.state) else {
+        guard Self.allowed[action]!.contains(e.state) else {
             throw Failure.invalidTransition(id: id, state: e.state, action: action)
         }
+    }
+
+    public func perform(_ action: Action, id: String) throws {
+        try validate(action, id: id)
+        let e = try entry(id)
         do {
             switch action {
             case .check:
@@ -140,7 +149,7 @@ public final class LivePatchService {
     /// -EBUSY when the machine could not be brought to do it now (a rendezvous or a
     /// non-stop sync timed out, a function to replace is on a stack): the same action
     /// may succeed later. -EINVAL for everything else.
-    static func errno(of error: Error) -> Int32 {
+    public static func errno(of error: Error) -> Int32 {
         if let r = error as? Rendezvous.Failure { return r.errno }
         if error is MachineRunner.SyncTimeout || error is StackCheck.FunctionLive { return EBUSY }
         return EINVAL

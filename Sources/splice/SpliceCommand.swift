@@ -7,7 +7,10 @@ struct SpliceCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "splice",
         abstract: "Live patching for x86-64 and ppc64le, verified by running real code in Unicorn.",
-        subcommands: [Demo.self, Inspect.self, Call.self, Disasm.self, Build.self, Patch.self, Stress.self, Bench.self])
+        subcommands: [Demo.self, Inspect.self, Call.self, Disasm.self, Build.self, Patch.self, Stress.self, Bench.self,
+                      MachineCommand.self, Upload.self, List.self, Get.self, ActionCommand<CheckVerb>.self,
+                      ActionCommand<ApplyVerb>.self, ActionCommand<RevertVerb>.self, ActionCommand<ReplaceVerb>.self,
+                      ActionCommand<UnloadVerb>.self, Load.self, Sign.self, Keygen.self])
 }
 
 /// Formats numbers the way porting engineers read them.

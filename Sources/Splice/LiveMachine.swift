@@ -1,0 +1,368 @@
+import Crypto
+import Foundation
+
+/// How a machine's actions reach its running vCPUs.
+public enum PatchEngineKind: String, Codable, Sendable, CaseIterable {
+    /// Every action is one rendezvous: all vCPUs held at their safe point while it writes.
+    case stop
+    /// The non-stop engine: x86-64 int3 protocol / ppc64le enable order, vCPUs running.
+    case nonstop
+}
+
+/// A machine that keeps running: an image loaded into N vCPUs, each running the workload
+/// on its own host thread, with the payload life cycle (`LivePatchService`) on top. The
+/// daemon behind `splice machine start` and the scenario runner both drive one.
+///
+/// The workload is a guest function `long f(struct cpu_ring *ring, long iterations)`
+/// called with vCPU i's own ring page and 0 (run forever); the sample kernels' `workload`
+/// records (x, scaled(x), apply_unary(0, x)) in the ring (samples/src/kernel.h).
+///
+/// Thread safety: any thread may call any method. Actions run one at a time; `begin`
+/// starts one in the background (the seed's asynchronous action: its status reads
+/// PROGRESS until it is done), and while it runs `get` and `list` answer from the state
+/// before it, with that payload in PROGRESS.
+public final class LiveMachine {
+    public struct Configuration: Codable, Sendable, Equatable {
+        public var image: String
+        public var cpus: Int
+        /// The guest function each vCPU runs (nil: the vCPUs stay idle).
+        public var workload: String?
+        public var engine: PatchEngineKind
+        /// ppc64le only: how a redirected local call gets its TOC back.
+        public var returnStrategy: ReturnStrategy?
+        /// How long a rendezvous waits for every vCPU to arrive (seed 000: 30 ms on
+        /// hardware; an emulated vCPU sharing 2 host cores needs longer).
+        public var rendezvousTimeoutMicroseconds: UInt64
+
+        public init(image: String, cpus: Int = 2, workload: String? = "workload", engine: PatchEngineKind = .stop,
+                    returnStrategy: ReturnStrategy? = nil, rendezvousTimeoutMicroseconds: UInt64 = 1_000_000) {
+            self.image = image
+            self.cpus = cpus
+            self.workload = workload
+            self.engine = engine
+            self.returnStrategy = returnStrategy
+            self.rendezvousTimeoutMicroseconds = rendezvousTimeoutMicroseconds
+        }
+    }
+
+    /// A payload as a client sees it: its settled state, or PROGRESS with the action.
+    public struct PayloadStatus: Codable, Sendable, Equatable {
+        public var id: String
+        /// LOADED, CHECKED, APPLIED, REVERTED, or PROGRESS while `action` runs.
+        public var state: String
+        public var action: String?
+        /// 0, or the negative errno of the last failed action, with its reason.
+        public var rc: Int32
+        public var error: String?
+        public var buildID: String
+    }
+
+    public struct Page: Codable, Sendable, Equatable {
+        public var version: UInt64
+        public var total: Int
+        public var start: Int
+        public var statuses: [PayloadStatus]
+
+        public init(version: UInt64, total: Int, start: Int, statuses: [PayloadStatus]) {
+            self.version = version
+            self.total = total
+            self.start = start
+            self.statuses = statuses
+        }
+    }
+
+    /// One workload record: x and the results the workload computed from it.
+    public struct Record: Codable, Sendable, Equatable {
+        public var x: Int64
+        public var results: [Int64]
+    }
+
+    public struct VCPUStatus: Codable, Sendable, Equatable {
+        public var index: Int
+        /// running, returned, faulted or stopped (with the detail).
+        public var state: String
+        public var iterations: UInt64
+        /// The newest records, oldest first.
+        public var records: [Record]
+    }
+
+    public struct Status: Codable, Sendable, Equatable {
+        public var image: String
+        public var architecture: String
+        public var buildID: String
+        public var cpus: Int
+        public var workload: String?
+        public var engine: PatchEngineKind
+        public var returnStrategy: String?
+        public var version: UInt64
+        public var payloads: Int
+        public var activeRedirects: Int
+        public var rendezvousCompleted: Int
+        public var requiresSignature: String?
+        public var vcpus: [VCPUStatus]
+    }
+
+    public enum Failure: Error, Equatable, CustomStringConvertible {
+        case busy(id: String, action: LivePatchService.Action)
+        case badConfiguration(String)
+        case noSuchFunction(String)
+
+        public var description: String {
+            switch self {
+            case let .busy(id, action):
+                return "another action is in progress (\(action.rawValue) of payload \(id)); try again when it is done (EBUSY)"
+            case let .badConfiguration(why): return why
+            case let .noSuchFunction(name): return "no function named \(name) in the image"
+            }
+        }
+    }
+
+    /// The sample ring: 8-byte iteration count, then 64 slots of (x, scaled, apply_unary).
+    static let ringSlots = 64, ringFields = 3, ringStride: UInt64 = 0x1000
+    static let ringBase: UInt64 = 0x5800_0000
+
+    public let configuration: Configuration
+    public let image: LoadedImage
+    public let machine: Machine
+    public let runner: MachineRunner
+    public let nonStop: NonStopEngine?
+    /// Uploads must carry a signature by this key when set (seed 002).
+    public let trustedKey: P256.Signing.PublicKey?
+    let patcher: LivePatcher
+    let loader: PayloadLoader
+    let service: LivePatchService
+    let rings: GuestRegion?
+
+    /// Guards the service, the loader and everything that runs guest code from the host.
+    private let serviceLock = NSLock()
+    /// Guards the fields below.
+    private let stateLock = NSLock()
+    private var inFlight: (id: String, action: LivePatchService.Action)?
+    private var snapshot: [PayloadStatus] = []
+    private var lastErrors: [String: String] = [:]
+    private var changes: UInt64 = 0
+    private var idle = NSCondition()
+
+    public init(configuration c: Configuration, trustedKey: P256.Signing.PublicKey? = nil) throws {
+        guard (1...64).contains(c.cpus) else { throw Failure.badConfiguration("--cpus must be 1 to 64 (got \(c.cpus))") }
+        configuration = c
+        self.trustedKey = trustedKey
+        let elf = try ELFFile(contentsOf: c.image)
+        let arch = try Architectures.forELF(elf)
+        var backend = try Architectures.backend(named: arch.name)
+        if let strategy = c.returnStrategy {
+            guard arch.name == "ppc64le" else {
+                throw Failure.badConfiguration("a return strategy applies to ppc64le only; \(c.image) is \(arch.name)")
+            }
+            backend = PPC64LEPatchBackend(strategy: strategy)
+        }
+        machine = try Machine(architecture: arch, vcpuCount: c.cpus)
+        image = try machine.load(elf)
+        patcher = try LivePatcher(image: image, backend: backend)
+        loader = PayloadLoader(patcher: patcher)
+        service = LivePatchService(loader: loader)
+        guard let safePoint = image.elf.symbol(named: "safe_point") else {
+            throw Failure.badConfiguration("\(c.image) has no safe_point function: a live machine's vCPUs need one to rendezvous at")
+        }
+        runner = try MachineRunner(machine: machine, safePoint: safePoint.value)
+        runner.rendezvous.timeoutMicroseconds = c.rendezvousTimeoutMicroseconds
+        patcher.executor = runner.rendezvous
+        nonStop = c.engine == .nonstop ? NonStopEngine(runner: runner, patcher: patcher) : nil
+        if let nonStop { loader.engine = nonStop }
+        if let workload = c.workload {
+            guard let entry = try? image.entries(of: workload).first else { throw Failure.noSuchFunction(workload) }
+            let rings = try machine.map(name: "rings", at: Self.ringBase, size: Self.ringStride * UInt64(c.cpus),
+                                        permissions: [.read, .write])
+            self.rings = rings
+            for i in 0..<c.cpus {
+                try runner.start(vcpu: i, entry: entry, arguments: [Int64(rings.base + UInt64(i) * Self.ringStride), 0])
+            }
+        } else {
+            rings = nil
+        }
+    }
+
+    deinit { runner.stop() }
+
+    /// Stops the vCPUs (each at its next instruction boundary); the machine is done.
+    public func shutdown() {
+        waitUntilIdle()
+        runner.stop()
+    }
+
+    // MARK: Payloads
+
+    /// Uploads a payload (checked against the trusted key first when there is one).
+    public func upload(id: String, bytes: [UInt8]) throws {
+        var payload = bytes
+        if let key = trustedKey {
+            payload = try PayloadSignature.verified(bytes, name: id, trusted: key)
+        } else {
+            payload = try PayloadSignature.split(bytes, name: id).payload
+        }
+        try whenIdle { try service.upload(id: id, bytes: payload) }
+    }
+
+    /// Runs an action and returns when it is done.
+    public func perform(_ action: LivePatchService.Action, id: String) throws {
+        var failure: String?
+        defer { stateLock.lock(); lastErrors[id] = failure; stateLock.unlock() }
+        try whenIdle {
+            do { try service.perform(action, id: id) } catch let f as LivePatchService.Failure {
+                if case let .actionFailed(_, _, _, reason) = f { failure = reason }
+                throw f
+            }
+        }
+    }
+
+    /// Starts an action in the background: refused at once (nothing done) if another is
+    /// running, the id is unknown or its state does not allow it; otherwise its status
+    /// reads PROGRESS until it is done, then the new state or the failure's rc.
+    public func begin(_ action: LivePatchService.Action, id: String) throws {
+        stateLock.lock()
+        if let f = inFlight { stateLock.unlock(); throw Failure.busy(id: f.id, action: f.action) }
+        serviceLock.lock()
+        do { try service.validate(action, id: id) } catch {
+            serviceLock.unlock(); stateLock.unlock()
+            throw error
+        }
+        snapshot = service.list(start: 0, count: Int.max).statuses.map(settled)
+        serviceLock.unlock()
+        inFlight = (id, action)
+        changes += 1
+        stateLock.unlock()
+        let thread = Thread { [self] in
+            serviceLock.lock()
+            var failure: String?
+            do { try service.perform(action, id: id) } catch let LivePatchService.Failure.actionFailed(_, _, _, reason) {
+                failure = reason
+            } catch {
+                failure = "\(error)"
+            }
+            serviceLock.unlock()
+            stateLock.lock()
+            lastErrors[id] = failure
+            inFlight = nil
+            snapshot = []
+            changes += 1
+            stateLock.unlock()
+            idle.lock(); idle.broadcast(); idle.unlock()
+        }
+        thread.name = "splice \(action.rawValue) \(id)"
+        thread.start()
+    }
+
+    public func get(_ id: String) throws -> PayloadStatus {
+        stateLock.lock(); defer { stateLock.unlock() }
+        if let f = inFlight {
+            guard var s = snapshot.first(where: { $0.id == id }) else { throw LivePatchService.Failure.noSuchPayload(id) }
+            if f.id == id { s.state = "PROGRESS"; s.action = f.action.rawValue }
+            return s
+        }
+        serviceLock.lock(); defer { serviceLock.unlock() }
+        return settled(try service.get(id))
+    }
+
+    /// Statuses `start..<start+count` in upload order, with the version they belong to:
+    /// it changes with every upload and at the start and end of every action, so a
+    /// client paging through sees whether it raced with one (seed 002's `version`).
+    public func list(start: Int = 0, count: Int = 100) -> Page {
+        stateLock.lock(); defer { stateLock.unlock() }
+        let all: [PayloadStatus]
+        if let f = inFlight {
+            all = snapshot.map { var s = $0; if s.id == f.id { s.state = "PROGRESS"; s.action = f.action.rawValue }; return s }
+        } else {
+            serviceLock.lock()
+            all = service.list(start: 0, count: Int.max).statuses.map(settled)
+            serviceLock.unlock()
+        }
+        let slice = Array(all.dropFirst(max(start, 0)).prefix(max(count, 0)))
+        return Page(version: changes, total: all.count, start: start, statuses: slice)
+    }
+
+    /// Blocks until no action runs.
+    public func waitUntilIdle() {
+        idle.lock()
+        while true {
+            stateLock.lock(); let busy = inFlight != nil; stateLock.unlock()
+            if !busy { break }
+            idle.wait(until: Date(timeIntervalSinceNow: 0.05))
+        }
+        idle.unlock()
+    }
+
+    /// With the state lock held.
+    private func settled(_ s: LivePatchService.Status) -> PayloadStatus {
+        PayloadStatus(id: s.id, state: s.state.rawValue, action: nil, rc: s.rc, error: s.rc == 0 ? nil : lastErrors[s.id],
+                      buildID: s.buildID)
+    }
+
+    /// Runs `body` with the service lock, refusing while a background action runs.
+    private func whenIdle<T>(_ body: () throws -> T) throws -> T {
+        stateLock.lock()
+        if let f = inFlight { stateLock.unlock(); throw Failure.busy(id: f.id, action: f.action) }
+        serviceLock.lock()
+        stateLock.unlock()
+        // The service lock is let go before the state lock is taken again: `get` takes
+        // them in the other order.
+        let result = Result { try body() }
+        serviceLock.unlock()
+        stateLock.lock(); changes += 1; stateLock.unlock()
+        return try result.get()
+    }
+
+    // MARK: The running machine
+
+    /// Calls a guest function where it is safe while the vCPUs run (inside a rendezvous,
+    /// or on one vCPU at its safe point with the non-stop engine).
+    public func call(_ function: String, _ arguments: [Int64]) throws -> Int64 {
+        guard let entry = try? image.entries(of: function).first else { throw Failure.noSuchFunction(function) }
+        serviceLock.lock(); defer { serviceLock.unlock() }
+        return try loader.engine.callGuest(entry, arguments)
+    }
+
+    /// Every vCPU's state, iteration count and newest `last` records, read while all of
+    /// them wait at their safe point (so no record is half written).
+    public func status(records last: Int = 4) throws -> Status {
+        let version = list(start: 0, count: 0).version
+        serviceLock.lock(); defer { serviceLock.unlock() }
+        var vcpus: [VCPUStatus] = []
+        let read = { [self] in
+            vcpus = []
+            for i in 0..<configuration.cpus {
+                var state: String
+                switch runner.state(of: i) {
+                case .running: state = "running"
+                case let .returned(v): state = "returned \(Int64(bitPattern: v))"
+                case let .faulted(f): state = "faulted: \(f)"
+                case .stopped: state = "stopped"
+                }
+                var v = VCPUStatus(index: i, state: state, iterations: 0, records: [])
+                if let rings {
+                    let ring = rings.base + UInt64(i) * Self.ringStride
+                    let n = try machine.memory.readUInt64(ring)
+                    v.iterations = n
+                    for k in UInt64(0)..<min(n, UInt64(min(last, Self.ringSlots))) {
+                        let slot = (n - 1 - k) & UInt64(Self.ringSlots - 1)
+                        let base = ring + 8 + slot * UInt64(8 * Self.ringFields)
+                        let fields = try (0..<Self.ringFields).map { Int64(bitPattern: try machine.memory.readUInt64(base + UInt64(8 * $0))) }
+                        v.records.insert(Record(x: fields[0], results: Array(fields.dropFirst())), at: 0)
+                    }
+                }
+                vcpus.append(v)
+            }
+        }
+        if rings != nil { try runner.rendezvous.execute { _ in try read() } } else { try read() }
+        let page = service.list(start: 0, count: 0)
+        return Status(image: configuration.image, architecture: machine.architecture.name,
+                      buildID: hexString(image.elf.buildID ?? []), cpus: configuration.cpus,
+                      workload: configuration.workload, engine: configuration.engine,
+                      returnStrategy: (patcher.backend as? PPC64LEPatchBackend)?.strategy.rawValue,
+                      version: version, payloads: page.total,
+                      activeRedirects: patcher.active.count, rendezvousCompleted: runner.rendezvous.completed,
+                      requiresSignature: trustedKey.map { hexString(PayloadSignature.keyID(of: $0)) }, vcpus: vcpus)
+    }
+
+    /// The phases of the last rendezvous (stop engine).
+    public var lastRendezvous: Rendezvous.Trace { runner.rendezvous.lastTrace }
+}

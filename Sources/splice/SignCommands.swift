@@ -1,0 +1,47 @@
+import ArgumentParser
+import Crypto
+import Foundation
+import Splice
+
+struct Keygen: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Make a P-256 signing key pair for payload signatures: PREFIX.pem (private, 0600) and PREFIX.pub.pem.")
+    @Argument(help: "Path prefix of the two files.") var prefix: String
+
+    func run() throws {
+        try reportingErrors {
+            let key = P256.Signing.PrivateKey()
+            let privatePath = prefix + ".pem", publicPath = prefix + ".pub.pem"
+            guard FileManager.default.createFile(atPath: privatePath, contents: Data(key.pemRepresentation.utf8),
+                                                 attributes: [.posixPermissions: 0o600]),
+                  FileManager.default.createFile(atPath: publicPath, contents: Data(key.publicKey.pemRepresentation.utf8))
+            else { throw Failure(description: "cannot write \(privatePath) / \(publicPath)") }
+            print("wrote \(privatePath) and \(publicPath); key id \(hexString(PayloadSignature.keyID(of: key.publicKey)))")
+        }
+    }
+}
+
+struct Sign: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Append a signature to a payload (seed 002's layout: marker, header, signature, key id, signer).")
+    @Argument(help: "The payload file.") var payload: String
+    @Option(help: "The private key (PEM; splice keygen).") var key: String
+    @Option(help: "The signer's name recorded in the signature.") var signer = "splice"
+    @Option(name: .shortAndLong, help: "Output file (default: PAYLOAD.signed).") var output: String?
+
+    func run() throws {
+        try reportingErrors {
+            let bytes = [UInt8](try readPayloadFile(payload))
+            if try PayloadSignature.split(bytes, name: payload).signature != nil {
+                throw Failure(description: "\(payload) is already signed")
+            }
+            _ = try Payload(bytes: bytes, name: payload) // sign only what a machine would accept
+            let privateKey = try PayloadSignature.privateKey(pemFile: key)
+            let signed = try PayloadSignature.sign(bytes, key: privateKey, signer: signer)
+            let out = output ?? payload + ".signed"
+            guard FileManager.default.createFile(atPath: out, contents: Data(signed)) else { throw Failure(description: "cannot write \(out)") }
+            print("signed \(payload) -> \(out): \(signed.count - bytes.count) bytes appended, key id "
+                  + hexString(PayloadSignature.keyID(of: privateKey.publicKey)) + ", signer \(signer)")
+        }
+    }
+}

@@ -1,0 +1,212 @@
+import Crypto
+import Foundation
+import Splice
+import XCTest
+
+/// The real `splice` executable against a machine it started in the background: the
+/// workload runs on every vCPU the whole time and its results switch as payloads go in
+/// and out.
+final class LiveMachineCLITests: XCTestCase {
+    var directory = ""
+    var socket: String { directory + "/machine.sock" }
+
+    override func setUpWithError() throws {
+        directory = NSTemporaryDirectory() + "splice-cli-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+    }
+
+    override func tearDown() {
+        _ = try? runSplice(["machine", "stop", "--socket", socket])
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    /// `splice …` against this test's machine; fails the test on an unexpected exit code.
+    @discardableResult
+    func splice(_ args: [String], expect status: Int32 = 0, file: StaticString = #filePath, line: UInt = #line) throws -> String {
+        let r = try runSplice(args + ["--socket", socket])
+        XCTAssertEqual(r.status, status, "splice \(args.joined(separator: " ")): \(r.out)\(r.err)", file: file, line: line)
+        return r.out + r.err
+    }
+
+    func json<T: Decodable>(_ type: T.Type, _ args: [String]) throws -> T {
+        try JSONDecoder().decode(T.self, from: Data(try splice(args + ["--json"]).utf8))
+    }
+
+    func buildPayload(_ isa: String, _ original: String, _ patched: String, _ name: String) throws -> String {
+        let out = directory + "/\(name)-\(isa).lp"
+        let r = try runSplice(["build", "--original", samplePath("patches/\(original)/orig-\(isa).o"),
+                               "--patched", samplePath("patches/\(patched)/patched-\(isa).o"),
+                               "--target", samplePath("kernel-\(isa).elf"), "-o", out])
+        XCTAssertEqual(r.status, 0, r.err)
+        return out
+    }
+
+    /// Waits until every vCPU has recorded more than a ring's worth of results since now,
+    /// then checks each of the newest: both results must be a·x + b.
+    func expectWorkload(_ a: Int64, _ b: Int64, _ what: String, file: StaticString = #filePath, line: UInt = #line) throws {
+        let before = try json(LiveMachine.Status.self, ["machine", "status"]).vcpus.map(\.iterations)
+        let deadline = Date(timeIntervalSinceNow: 20)
+        var status: LiveMachine.Status
+        repeat {
+            status = try json(LiveMachine.Status.self, ["machine", "status", "--records", "16"])
+        } while zip(status.vcpus, before).contains(where: { $0.iterations < $1 + 64 }) && Date() < deadline
+        for v in status.vcpus {
+            XCTAssertEqual(v.state, "running", "vCPU \(v.index) \(what)", file: file, line: line)
+            XCTAssertGreaterThan(v.iterations, before[v.index] + 64, "vCPU \(v.index) did not run on \(what)", file: file, line: line)
+            XCTAssertEqual(v.records.count, 16, file: file, line: line)
+            for r in v.records {
+                XCTAssertEqual(r.results, [a * r.x + b, a * r.x + b], "vCPU \(v.index) \(what): x=\(r.x)", file: file, line: line)
+            }
+        }
+    }
+
+    func testTheCLIDrivesARunningMachineThroughTheLifeCycle() throws {
+        for isa in ["x86_64", "ppc64le"] {
+            let p02 = try buildPayload(isa, "02-scaled-plus-two", "02-scaled-plus-two", "p02")
+            let cumulative = try buildPayload(isa, "01-greeting-len-fix", "04-scaled-twice-stacked", "cum")
+            let started = try splice(["machine", "start", "--image", samplePath("kernel-\(isa).elf"), "--cpus", "2"])
+            XCTAssertTrue(started.contains("machine started"), started)
+            try expectWorkload(3, 1, "\(isa) before any payload")
+
+            try splice(["upload", "p02", p02])
+            try splice(["upload", "cum", cumulative])
+            try splice(["upload", "p02", p02], expect: 2) // EEXIST
+            var page = try json(LiveMachine.Page.self, ["list", "--page-size", "1"]) // two pages, one version
+            XCTAssertEqual(page.statuses.map(\.id), ["p02", "cum"])
+            XCTAssertEqual(page.statuses.map(\.state), ["LOADED", "LOADED"])
+            XCTAssertTrue(try splice(["list"]).contains("version \(page.version), 2 payloads"))
+
+            XCTAssertTrue(try splice(["apply", "p02"], expect: 2).contains("it is LOADED (EINVAL)"))
+            try splice(["check", "p02"])
+            XCTAssertTrue(try splice(["apply", "p02"]).contains("apply p02: APPLIED"))
+            try expectWorkload(3, 2, "\(isa) with p02 applied")
+            XCTAssertEqual(try splice(["machine", "call", "scaled_twice", "2"]), "scaled_twice(2) = 26\n") // scaled(scaled(2)), +2 each
+
+            try splice(["check", "cum"])
+            XCTAssertTrue(try splice(["replace", "cum"]).contains("replace cum: APPLIED"))
+            page = try json(LiveMachine.Page.self, ["list"])
+            XCTAssertEqual(page.statuses.map(\.state), ["REVERTED", "APPLIED"])
+            XCTAssertEqual(try splice(["machine", "call", "scaled_twice", "2"]), "scaled_twice(2) = 19\n") // scaled(2) + scaled(3)
+            try expectWorkload(3, 2, "\(isa) after REPLACE by the cumulative payload")
+
+            try splice(["revert", "cum"])
+            try expectWorkload(3, 1, "\(isa) after the revert")
+            XCTAssertEqual(try splice(["machine", "call", "scaled_twice", "2"]), "scaled_twice(2) = 22\n")
+
+            try splice(["unload", "p02"])
+            try splice(["unload", "cum"])
+            try splice(["get", "cum"], expect: 2)
+            XCTAssertEqual(try json(LiveMachine.Page.self, ["list"]).total, 0)
+            let status = try json(LiveMachine.Status.self, ["machine", "status"])
+            XCTAssertEqual(status.activeRedirects, 0)
+            XCTAssertTrue(status.vcpus.allSatisfy { $0.state == "running" })
+
+            try splice(["machine", "stop"])
+            XCTAssertFalse(FileManager.default.fileExists(atPath: socket), "the socket outlived the machine")
+            try splice(["list"], expect: 6)
+        }
+    }
+
+    func testLoadLeavesNothingBehindWhenCheckFails() throws {
+        try splice(["machine", "start", "--cpus", "1", "--image", samplePath(Samples.x86_64)])
+        // A ppc64le payload on an x86-64 machine: uploads (it parses) but check refuses it.
+        let foreign = try buildPayload("ppc64le", "02-scaled-plus-two", "02-scaled-plus-two", "foreign")
+        let out = try splice(["load", "wrong", foreign], expect: 3)
+        XCTAssertTrue(out.contains("check of payload wrong failed"), out)
+        XCTAssertEqual(try json(LiveMachine.Page.self, ["list"]).total, 0, "load left the payload behind")
+    }
+
+    /// Another uid cannot act: the socket's mode keeps it out, and when the mode is opened
+    /// up anyway the machine still refuses it by its peer credentials.
+    func testAnotherUserCannotActOnTheSocket() throws {
+        guard getuid() == 0 else { throw XCTSkip("needs root to run a command as nobody") }
+        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv") else { throw XCTSkip("no setpriv") }
+        // nobody must be able to reach the binary and the socket's directory.
+        chmod(directory, 0o755)
+        let exe = directory + "/splice"
+        try FileManager.default.copyItem(atPath: try XCTUnwrap(Samples.executableDirectory()) + "/splice", toPath: exe)
+        chmod(exe, 0o755)
+        func asNobody(_ args: [String]) throws -> (status: Int32, output: String) {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+            p.arguments = ["--reuid=65534", "--regid=65534", "--clear-groups", exe] + args + ["--socket", socket]
+            let pipe = Pipe()
+            p.standardOutput = pipe
+            p.standardError = pipe
+            try p.run()
+            let data = pipe.fileHandleForReading.readDataToEndOfFile()
+            p.waitUntilExit()
+            return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+        }
+        XCTAssertEqual(try asNobody(["--help"]).status, 0, "nobody cannot run the copied binary")
+        try splice(["machine", "start", "--cpus", "1", "--image", samplePath(Samples.x86_64)])
+        var attrs = try FileManager.default.attributesOfItem(atPath: socket)
+        XCTAssertEqual((attrs[.posixPermissions] as? NSNumber)?.intValue, 0o600)
+
+        var r = try asNobody(["list"])
+        XCTAssertEqual(r.status, 6, r.output)
+        XCTAssertTrue(r.output.contains("Permission denied"), r.output)
+
+        chmod(socket, 0o666)
+        attrs = try FileManager.default.attributesOfItem(atPath: socket)
+        XCTAssertEqual((attrs[.posixPermissions] as? NSNumber)?.intValue, 0o666)
+        let p02 = try buildPayload("x86_64", "02-scaled-plus-two", "02-scaled-plus-two", "p02")
+        chmod(p02, 0o644)
+        for args in [["list"], ["upload", "x", p02], ["machine", "stop"]] {
+            r = try asNobody(args)
+            XCTAssertEqual(r.status, 6, "\(args): \(r.output)")
+            XCTAssertTrue(r.output.contains("uid 65534") && r.output.contains("may not act on this machine"), r.output)
+        }
+        // Nothing changed, and the owner still can.
+        XCTAssertEqual(try json(LiveMachine.Page.self, ["list"]).total, 0)
+        try splice(["upload", "mine", p02])
+    }
+
+    func testASignatureIsRequiredAndChecked() throws {
+        let trusted = directory + "/trusted", other = directory + "/other"
+        XCTAssertEqual(try runSplice(["keygen", trusted]).status, 0)
+        XCTAssertEqual(try runSplice(["keygen", other]).status, 0)
+        let p02 = try buildPayload("x86_64", "02-scaled-plus-two", "02-scaled-plus-two", "p02")
+        XCTAssertEqual(try runSplice(["sign", p02, "--key", trusted + ".pem", "--signer", "test", "-o", p02 + ".good"]).status, 0)
+        XCTAssertEqual(try runSplice(["sign", p02, "--key", other + ".pem", "-o", p02 + ".other"]).status, 0)
+        var tampered = [UInt8](try XCTUnwrap(FileManager.default.contents(atPath: p02 + ".good")))
+        tampered[0x100] ^= 0x01 // one bit inside the ELF payload
+        FileManager.default.createFile(atPath: p02 + ".tampered", contents: Data(tampered))
+
+        try splice(["machine", "start", "--cpus", "1", "--image", samplePath(Samples.x86_64),
+                    "--require-signature", trusted + ".pub.pem"])
+        XCTAssertTrue(try splice(["upload", "a", p02], expect: 2).contains("not signed"))
+        XCTAssertTrue(try splice(["upload", "b", p02 + ".tampered"], expect: 2).contains("does not verify: the payload was changed after signing"))
+        XCTAssertTrue(try splice(["upload", "c", p02 + ".other"], expect: 2).contains("but this machine trusts only key"))
+        XCTAssertEqual(try json(LiveMachine.Page.self, ["list"]).total, 0, "a refused payload was kept")
+        try splice(["load", "d", p02 + ".good"])
+        try expectWorkload(3, 2, "with the signed payload applied")
+    }
+
+    func testTheSignatureLayoutIsTheSeeds() throws {
+        let key = P256.Signing.PrivateKey()
+        // A payload whose own bytes contain the marker: only the appended one counts.
+        let body = Array("ELF...".utf8) + PayloadSignature.marker + Array("more".utf8)
+        let signed = try PayloadSignature.sign(body, key: key, signer: "Jane")
+        let tail = Array(signed[body.count...])
+        XCTAssertEqual(Array(tail.prefix(PayloadSignature.marker.count)), PayloadSignature.marker)
+        let h = Array(tail[PayloadSignature.marker.count..<PayloadSignature.marker.count + 12])
+        XCTAssertEqual(h[0], 2) // algo: ECDSA P-256 (Splice's addition to the seed's table)
+        XCTAssertEqual(h[1], 4) // hash: SHA-256, the seed's HASH_ALGO_SHA256
+        XCTAssertEqual(h[3], 4) // signer_len ("Jane")
+        XCTAssertEqual(h[4], 20) // key_id_len
+        let sigLen = Int(h[8]) << 24 | Int(h[9]) << 16 | Int(h[10]) << 8 | Int(h[11])
+        XCTAssertEqual(tail.count, PayloadSignature.marker.count + 12 + sigLen + 20 + 4)
+        XCTAssertEqual(String(decoding: tail.suffix(4), as: UTF8.self), "Jane")
+        XCTAssertEqual(try PayloadSignature.verified(signed, name: "p", trusted: key.publicKey), body)
+        let (unsignedBody, none) = try PayloadSignature.split(body, name: "p")
+        XCTAssertEqual(unsignedBody, body)
+        XCTAssertNil(none)
+        // A header whose lengths do not add up is malformed, not silently unsigned.
+        var broken = signed
+        broken[body.count + PayloadSignature.marker.count + 11] &+= 1
+        XCTAssertThrowsError(try PayloadSignature.split(broken, name: "p")) { error in
+            guard case PayloadSignature.Failure.malformed = error else { return XCTFail("\(error)") }
+        }
+    }
+}
