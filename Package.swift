@@ -15,6 +15,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+        .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
     ],
     targets: [
         .systemLibrary(name: "CUnicorn", pkgConfig: "unicorn",
@@ -48,7 +49,7 @@ let package = Package(
         .target(name: "Splice",
                 dependencies: ["SpliceMachine", "SpliceELF", "SpliceDisassembly", "SplicePatching", "SplicePayload",
                                "SpliceRuntime", "SpliceX86_64", "SplicePPC64LE", "CSpliceSocket",
-                               .product(name: "Crypto", package: "swift-crypto")]),
+                               .product(name: "Crypto", package: "swift-crypto"), .product(name: "Yams", package: "Yams")]),
         .executableTarget(name: "splice", dependencies: [
             "Splice", .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Crypto", package: "swift-crypto"),

@@ -106,6 +106,7 @@ public final class LiveMachine {
         case busy(id: String, action: LivePatchService.Action)
         case badConfiguration(String)
         case noSuchFunction(String)
+        case noSuchSymbol(String)
 
         public var description: String {
             switch self {
@@ -113,6 +114,7 @@ public final class LiveMachine {
                 return "another action is in progress (\(action.rawValue) of payload \(id)); try again when it is done (EBUSY)"
             case let .badConfiguration(why): return why
             case let .noSuchFunction(name): return "no function named \(name) in the image"
+            case let .noSuchSymbol(name): return "no symbol named \(name) in the image"
             }
         }
     }
@@ -361,6 +363,25 @@ public final class LiveMachine {
                       version: version, payloads: page.total,
                       activeRedirects: patcher.active.count, rendezvousCompleted: runner.rendezvous.completed,
                       requiresSignature: trustedKey.map { hexString(PayloadSignature.keyID(of: $0)) }, vcpus: vcpus)
+    }
+
+    /// The address of a symbol of the image.
+    public func address(of symbol: String) throws -> UInt64 {
+        guard let s = image.elf.symbol(named: symbol) else { throw Failure.noSuchSymbol(symbol) }
+        return s.value
+    }
+
+    /// The 8-byte variable `symbol` of the image.
+    public func read(_ symbol: String) throws -> Int64 {
+        let address = try address(of: symbol)
+        serviceLock.lock(); defer { serviceLock.unlock() }
+        return Int64(bitPattern: try machine.memory.readUInt64(address))
+    }
+
+    /// The image's executable bytes now, region by region.
+    public func executableText() throws -> [[UInt8]] {
+        serviceLock.lock(); defer { serviceLock.unlock() }
+        return try image.regions.filter { $0.permissions.contains(.execute) }.map { try machine.memory.read($0.base, count: Int($0.size)) }
     }
 
     /// The phases of the last rendezvous (stop engine).

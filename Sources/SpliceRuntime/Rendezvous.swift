@@ -28,7 +28,18 @@ public final class Rendezvous: PatchExecutor {
     }
 
     /// When each phase of the last action happened, in nanoseconds from the request.
-    public struct Trace: Sendable, CustomStringConvertible {
+    public struct Trace: Sendable, Codable, CustomStringConvertible {
+        /// One vCPU's view of it: when it arrived at its safe point, acknowledged the
+        /// interrupts-off phase (the master: when all had arrived), saw the work done,
+        /// and resumed after dropping the changed translations.
+        public struct VCPUPhases: Sendable, Codable, Equatable {
+            public var index: Int
+            public var arrived: UInt64 = 0
+            public var interruptsOff: UInt64 = 0
+            public var released: UInt64 = 0
+            public var resumed: UInt64 = 0
+        }
+
         public var master: Int = -1
         public var vcpus = 0
         public var masterArrived: UInt64 = 0
@@ -40,6 +51,8 @@ public final class Rendezvous: PatchExecutor {
         public var aborted = false
         /// When the master (or, with no master, the requester) gave up.
         public var abortedAt: UInt64 = 0
+        /// In arrival order.
+        public var perVCPU: [VCPUPhases] = []
         public var description: String {
             func us(_ ns: UInt64) -> String { String(format: "%.1f", Double(ns) / 1000) }
             return "master vCPU \(master) of \(vcpus): arrived \(us(masterArrived)) µs, all in \(us(allArrived)), "
@@ -133,6 +146,8 @@ public final class Rendezvous: PatchExecutor {
         lock.lock()
         guard phase == .gathering, !arrived.contains(index) else { lock.unlock(); return }
         arrived.insert(index)
+        let slot = trace.perVCPU.count
+        trace.perVCPU.append(.init(index: index, arrived: Self.now() - requestTime))
         if master == nil {
             master = index
             trace.master = index
@@ -146,6 +161,7 @@ public final class Rendezvous: PatchExecutor {
                 abort()
             } else {
                 trace.allArrived = Self.now() - requestTime
+                trace.perVCPU[slot].interruptsOff = trace.allArrived
                 phase = .interruptsOff
                 lock.broadcast()
                 // Its own window: everyone is already waiting here, so only a vCPU that
@@ -172,15 +188,18 @@ public final class Rendezvous: PatchExecutor {
         } else {
             while phase == .gathering { lock.wait() }
             if phase == .interruptsOff {
+                trace.perVCPU[slot].interruptsOff = Self.now() - requestTime
                 acknowledged += 1
                 lock.broadcast()
                 while phase == .interruptsOff { lock.wait() }
             }
         }
         let changed = phase == .done ? coalesced : []
+        trace.perVCPU[slot].released = Self.now() - requestTime
         lock.unlock()
         drop(changed)
         lock.lock()
+        trace.perVCPU[slot].resumed = Self.now() - requestTime
         resumed += 1
         lock.broadcast()
         lock.unlock()
@@ -219,6 +238,7 @@ public final class Rendezvous: PatchExecutor {
             requestTime = Self.now()
             trace = Trace()
             trace.vcpus = liveVCPUs
+            trace.perVCPU.reserveCapacity(liveVCPUs)
             arrived = []
             acknowledged = 0
             resumed = 0

@@ -10,7 +10,7 @@ struct SpliceCommand: ParsableCommand {
         subcommands: [Demo.self, Inspect.self, Call.self, Disasm.self, Build.self, Patch.self, Stress.self, Bench.self,
                       MachineCommand.self, Upload.self, List.self, Get.self, ActionCommand<CheckVerb>.self,
                       ActionCommand<ApplyVerb>.self, ActionCommand<RevertVerb>.self, ActionCommand<ReplaceVerb>.self,
-                      ActionCommand<UnloadVerb>.self, Load.self, Sign.self, Keygen.self])
+                      ActionCommand<UnloadVerb>.self, Load.self, Sign.self, Keygen.self, Run.self, MatrixCommand.self])
 }
 
 /// Formats numbers the way porting engineers read them.
@@ -283,7 +283,26 @@ struct Demo: ParsableCommand {
                     try livePatch(loaded, backend)
                 }
             }
+            try liveMachineScenario(dir: dir)
         }
+    }
+
+    /// The bundled demo scenario on every variant: vCPUs running the workload while
+    /// payloads go in, are replaced and come out (steps shown for one variant per ISA).
+    func liveMachineScenario(dir: String) throws {
+        let scenario = try loadScenario("demo")
+        print("== scenario \(scenario.name) (scenarios/demo.yaml): \(scenario.description.trimmingCharacters(in: .whitespacesAndNewlines))")
+        var shown: Set<String> = []
+        var failed = 0
+        for v in ScenarioVariant.all(of: scenario) {
+            let verbose = shown.insert(v.isa).inserted
+            if verbose { print("\(v), \(scenario.cpus) vCPUs running \(scenario.workload ?? "nothing"):") }
+            let r = ScenarioRunner.run(scenario, v, samples: dir, onStep: { if verbose { printStep($0) } })
+            if !r.passed { failed += 1; if !verbose { r.steps.filter { !$0.passed }.forEach(printStep) } }
+            print(String(format: "  %@ %@: %d/%d steps in %.2f s", r.passed ? "passed" : "FAILED", v.description,
+                         r.steps.filter(\.passed).count, scenario.steps.count, r.seconds) + (r.error.map { ": \($0)" } ?? ""))
+        }
+        if failed > 0 { throw Failure(description: "the demo scenario failed on \(failed) variants") }
     }
 }
 

@@ -1,0 +1,88 @@
+import ArgumentParser
+import Foundation
+import Splice
+
+/// Loads a scenario by path, or by name from the bundled scenarios/ folder.
+func loadScenario(_ nameOrPath: String) throws -> Scenario {
+    if FileManager.default.fileExists(atPath: nameOrPath) { return try Scenario(contentsOf: nameOrPath) }
+    let bundled = try Scenario.bundled()
+    guard let s = bundled.first(where: { $0.name == nameOrPath }) else {
+        throw Failure(description: "no scenario file \(nameOrPath), and no bundled scenario of that name (bundled: "
+                      + bundled.map(\.name).joined(separator: ", ") + ")")
+    }
+    return s
+}
+
+func printStep(_ s: StepReport) {
+    print(String(format: "  %@ %2d. %@: %@ (%.1f ms)", s.passed ? "ok  " : "FAIL", s.index, s.step, s.detail, s.milliseconds))
+}
+
+struct Run: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run a scenario (a YAML file, or the name of a bundled one) and report each step.",
+        discussion: "Without --isa/--engine/--return-strategy it runs every variant the scenario names. The format: docs/scenarios.md.")
+    @Argument(help: "A scenario file or bundled scenario name (e.g. demo).") var scenario: String
+    @Option(help: "Only this ISA.") var isa: String?
+    @Option(help: "Only this engine (stop, nonstop).") var engine: String?
+    @Option(help: "Only this ppc64le return strategy.") var returnStrategy: String?
+    @Flag(help: "Print JSON.") var json = false
+
+    func run() throws {
+        let (s, variants) = try reportingErrors { () -> (Scenario, [ScenarioVariant]) in
+            let s = try loadScenario(scenario)
+            let v = ScenarioVariant.all(of: s).filter {
+                (isa == nil || $0.isa == isa) && (engine == nil || $0.engine.rawValue == engine)
+                    && (returnStrategy == nil || $0.returnStrategy?.rawValue == returnStrategy)
+            }
+            guard !v.isEmpty else { throw Failure(description: "\(s.name): no variant matches the --isa/--engine/--return-strategy given") }
+            return (s, v)
+        }
+        let samples = try reportingErrors { try Samples.directory() }
+        var reports: [ScenarioReport] = []
+        if !json { print("scenario \(s.name): \(s.description.trimmingCharacters(in: .whitespacesAndNewlines))") }
+        for v in variants {
+            if !json { print("\(v) (\(s.cpus) vCPUs\(s.workload.map { " running \($0)" } ?? "")):") }
+            let r = ScenarioRunner.run(s, v, samples: samples, onStep: { if !json { printStep($0) } })
+            if !json {
+                if let e = r.error { print("  FAIL: \(e)") }
+                print(String(format: "  %@ in %.2f s", r.passed ? "passed" : "FAILED", r.seconds))
+            }
+            reports.append(r)
+        }
+        if json { try printJSON(reports) }
+        if reports.contains(where: { !$0.passed }) { throw ExitCode(1) }
+    }
+}
+
+struct MatrixCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "matrix",
+        abstract: "Run every bundled scenario on each ISA, engine and ppc64le return strategy it names; print a table, write JSON and JUnit XML.")
+    @Option(help: "Only these scenarios (repeatable; names or files).") var scenario: [String] = []
+    @Option(help: "Where to write the JUnit XML.") var junit = ".build/matrix/junit.xml"
+    @Option(name: .customLong("json-out"), help: "Where to write the JSON results.") var jsonOut = ".build/matrix/results.json"
+
+    func run() throws {
+        let (scenarios, samples) = try reportingErrors {
+            (try scenario.isEmpty ? Scenario.bundled() : scenario.map(loadScenario), try Samples.directory())
+        }
+        let reports = Matrix.run(scenarios, samples: samples) { r in
+            print(String(format: "%@ %@ %@ (%.2f s)", r.passed ? "pass" : "FAIL", r.scenario, r.variant.description, r.seconds))
+            if !r.passed { r.steps.forEach(printStep); if let e = r.error { print("  \(e)") } }
+        }
+        print("")
+        print(Matrix.table(reports))
+        try reportingErrors {
+            for path in [junit, jsonOut] {
+                try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+            }
+            try Matrix.junitXML(reports).write(toFile: junit, atomically: true, encoding: .utf8)
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            try encoder.encode(reports).write(to: URL(fileURLWithPath: jsonOut))
+        }
+        let failed = reports.filter { !$0.passed }.count
+        print("\n\(reports.count - failed)/\(reports.count) passed; JUnit XML \(junit), JSON \(jsonOut)")
+        if failed > 0 { throw ExitCode(1) }
+    }
+}
