@@ -378,10 +378,29 @@ public final class LiveMachine {
         return Int64(bitPattern: try machine.memory.readUInt64(address))
     }
 
+    public struct TextRegion: Equatable, Sendable {
+        public var base: UInt64
+        public var bytes: [UInt8]
+    }
+
     /// The image's executable bytes now, region by region.
-    public func executableText() throws -> [[UInt8]] {
+    public func executableText() throws -> [TextRegion] {
         serviceLock.lock(); defer { serviceLock.unlock() }
-        return try image.regions.filter { $0.permissions.contains(.execute) }.map { try machine.memory.read($0.base, count: Int($0.size)) }
+        return try image.regions.filter { $0.permissions.contains(.execute) }.map {
+            TextRegion(base: $0.base, bytes: try machine.memory.read($0.base, count: Int($0.size)))
+        }
+    }
+
+    /// Names for code addresses: the image's functions, the patch runtime's entry points
+    /// (ftrace_caller, the return helper) and every loaded payload's functions.
+    public func codeNames() -> [UInt64: String] {
+        var names = Inspector.symbolNames(image.elf)
+        serviceLock.lock(); defer { serviceLock.unlock() }
+        for (a, n) in patcher.runtime?.symbols ?? [:] { names[a] = n }
+        for p in loader.payloads {
+            for (n, a) in p.exports where names[a] == nil { names[a] = "\(p.payload.name):\(n)" }
+        }
+        return names
     }
 
     /// The phases of the last rendezvous (stop engine).

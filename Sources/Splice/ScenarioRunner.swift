@@ -34,6 +34,19 @@ public struct StepReport: Codable, Sendable {
     public var milliseconds: Double
     /// The rendezvous an action went through (the stop engine).
     public var rendezvous: Rendezvous.Trace?
+    /// What an action changed in the image's text (when asked for).
+    public var sites: [SiteChange]?
+}
+
+/// A stretch of the image's text an action rewrote, disassembled before and after.
+public struct SiteChange: Codable, Sendable, Equatable {
+    public var address: UInt64
+    /// function+offset.
+    public var location: String
+    public var bytesBefore: String
+    public var bytesAfter: String
+    public var before: [String]
+    public var after: [String]
 }
 
 public struct ScenarioReport: Codable, Sendable {
@@ -50,7 +63,8 @@ public struct ScenarioReport: Codable, Sendable {
 /// Runs a scenario's steps against a `LiveMachine`, in this process, stopping at the first
 /// step that does not do what it must.
 public enum ScenarioRunner {
-    public static func run(_ scenario: Scenario, _ variant: ScenarioVariant, samples: String,
+    /// `recordSites`: disassemble what each action changed in the text, before and after.
+    public static func run(_ scenario: Scenario, _ variant: ScenarioVariant, samples: String, recordSites: Bool = false,
                            onStep: (StepReport) -> Void = { _ in }) -> ScenarioReport {
         let start = Date()
         var report = ScenarioReport(scenario: scenario.name, file: scenario.path, variant: variant, passed: false, seconds: 0, steps: [])
@@ -67,7 +81,7 @@ public enum ScenarioRunner {
         }
         defer { machine.shutdown() }
         var built: [String: [UInt8]] = [:]
-        var text: [[UInt8]] = []
+        var text: [LiveMachine.TextRegion] = []
         do { text = try machine.executableText() } catch { report.error = "\(error)" }
         let scenarioDir = (scenario.path as NSString).deletingLastPathComponent
 
@@ -75,11 +89,17 @@ public enum ScenarioRunner {
             let stepStart = Date()
             var step = StepReport(index: i + 1, step: entry.description, passed: false, detail: "", milliseconds: 0)
             let rendezvousBefore = machine.runner.rendezvous.completed
+            var isAction = false
+            if case .action = entry.step { isAction = true }
             do {
+                let textBefore = recordSites && isAction ? try machine.executableText() : []
                 step.detail = try perform(entry.step, machine, variant, samples: samples, scenarioDir: scenarioDir,
                                           built: &built, text: text)
-                if case .action = entry.step, machine.runner.rendezvous.completed > rendezvousBefore {
+                if isAction, machine.runner.rendezvous.completed > rendezvousBefore {
                     step.rendezvous = machine.lastRendezvous
+                }
+                if recordSites && isAction {
+                    step.sites = try siteChanges(machine, before: textBefore, after: try machine.executableText())
                 }
                 if let expected = entry.fails {
                     step.detail = "succeeded (\(step.detail)), but must fail with '\(expected)'"
@@ -114,7 +134,7 @@ public enum ScenarioRunner {
 
     /// Does one step; returns what it saw, or throws what went wrong.
     static func perform(_ step: Scenario.Step, _ machine: LiveMachine, _ variant: ScenarioVariant, samples: String,
-                        scenarioDir: String, built: inout [String: [UInt8]], text: [[UInt8]]) throws -> String {
+                        scenarioDir: String, built: inout [String: [UInt8]], text: [LiveMachine.TextRegion]) throws -> String {
         switch step {
         case let .build(id, original, patched):
             let isa = variant.isa
@@ -160,10 +180,10 @@ public enum ScenarioRunner {
         case .textUnchanged:
             let now = try machine.executableText()
             guard now == text else {
-                let differing = zip(now, text).reduce(0) { $0 + zip($1.0, $1.1).filter { $0 != $1 }.count }
+                let differing = zip(now, text).reduce(0) { $0 + zip($1.0.bytes, $1.1.bytes).filter { $0 != $1 }.count }
                 throw StepFailure(description: "\(differing) bytes of text differ from the image as loaded")
             }
-            return "\(text.reduce(0) { $0 + $1.count }) bytes as loaded"
+            return "\(text.reduce(0) { $0 + $1.bytes.count }) bytes as loaded"
         }
     }
 
@@ -195,4 +215,56 @@ public enum ScenarioRunner {
         let iterations = zip(status.vcpus, before).map { $0.iterations - $1 }
         return "\(iterations.map(String.init).joined(separator: "+")) iterations; \(checked) results" + (expect.map { " all \($0)" } ?? "")
     }
+
+    /// The stretches of text that differ (bytes within 8 of each other merged), each
+    /// disassembled from its first byte through its last, before and after.
+    static func siteChanges(_ machine: LiveMachine, before: [LiveMachine.TextRegion], after: [LiveMachine.TextRegion]) throws -> [SiteChange] {
+        let disassembler = try Disassembler(mode: machine.machine.architecture.disassemblyMode)
+        let functions = machine.image.functionMap
+        let names = machine.codeNames()
+        var changes: [SiteChange] = []
+        for (b, a) in zip(before, after) where b.bytes != a.bytes {
+            var i = 0
+            while i < b.bytes.count {
+                guard b.bytes[i] != a.bytes[i] else { i += 1; continue }
+                var end = i + 1, quiet = 0
+                var j = i + 1
+                while j < b.bytes.count && quiet < 8 {
+                    if b.bytes[j] != a.bytes[j] { end = j + 1; quiet = 0 } else { quiet += 1 }
+                    j += 1
+                }
+                // Decode from the instruction holding the first changed byte: walk the
+                // original function from its start to find that boundary.
+                var first = i
+                if let f = functions.function(containing: b.base + UInt64(i)), f.value >= b.base {
+                    var o = Int(f.value - b.base)
+                    while o <= i, let insn = disassembler.decodeOne(b.bytes, offset: o, address: b.base + UInt64(o)) {
+                        if o + insn.size > i { first = o; break }
+                        o += max(insn.size, 1)
+                    }
+                }
+                let address = b.base + UInt64(first)
+                func listing(_ bytes: [UInt8]) -> [String] {
+                    var out: [String] = []
+                    var offset = first
+                    while offset < end, let insn = disassembler.decodeOne(bytes, offset: offset, address: b.base + UInt64(offset)) {
+                        out.append("\(hex(insn.address)):  \(insn.bytesHex.padding(toLength: 20, withPad: " ", startingAt: 0)) "
+                                   + Inspector.annotate(insn.text, names))
+                        offset += max(insn.size, 1)
+                    }
+                    return out
+                }
+                let f = functions.function(containing: address)
+                changes.append(SiteChange(
+                    address: address, location: f.map { "\($0.name)+0x\(String(address - $0.value, radix: 16))" } ?? hex(address),
+                    bytesBefore: b.bytes[first..<end].map { String(format: "%02x", $0) }.joined(separator: " "),
+                    bytesAfter: a.bytes[first..<end].map { String(format: "%02x", $0) }.joined(separator: " "),
+                    before: listing(b.bytes), after: listing(a.bytes)))
+                i = end
+            }
+        }
+        return changes
+    }
+
+    static func hex(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }
 }

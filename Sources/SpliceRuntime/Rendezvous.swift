@@ -38,7 +38,17 @@ public final class Rendezvous: PatchExecutor {
             public var interruptsOff: UInt64 = 0
             public var released: UInt64 = 0
             public var resumed: UInt64 = 0
+
+            public init(index: Int, arrived: UInt64 = 0, interruptsOff: UInt64 = 0, released: UInt64 = 0, resumed: UInt64 = 0) {
+                self.index = index
+                self.arrived = arrived
+                self.interruptsOff = interruptsOff
+                self.released = released
+                self.resumed = resumed
+            }
         }
+
+        public init() {}
 
         public var master: Int = -1
         public var vcpus = 0

@@ -86,3 +86,47 @@ struct MatrixCommand: ParsableCommand {
         if failed > 0 { throw ExitCode(1) }
     }
 }
+
+struct Trace: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run a scenario with the rendezvous engine and draw each action's rendezvous (SVG, a lane per vCPU) and its patch sites before and after (markdown).")
+    @Argument(help: "A scenario file or bundled scenario name.") var scenario: String
+    @Option(help: "x86_64 or ppc64le (default: each the scenario names).") var isa: String?
+    @Option(help: "ppc64le return strategy (default: the first the scenario names).") var returnStrategy: String?
+    @Option(name: .shortAndLong, help: "Output folder.") var output = "trace"
+
+    func run() throws {
+        try reportingErrors {
+            let s = try loadScenario(scenario)
+            var seen: Set<String> = []
+            let variants = ScenarioVariant.all(of: s).filter {
+                $0.engine == .stop && (isa == nil || $0.isa == isa)
+                    && (returnStrategy == nil || $0.returnStrategy?.rawValue == returnStrategy) && seen.insert($0.isa).inserted
+            }
+            guard !variants.isEmpty else {
+                throw Failure(description: "\(s.name): no variant with the stop engine matches (the timeline is of a rendezvous)")
+            }
+            try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)
+            let samples = try Samples.directory()
+            var failed = false
+            for v in variants {
+                let r = ScenarioRunner.run(s, v, samples: samples, recordSites: true)
+                let stem = "\(s.name)-\(v.description.replacingOccurrences(of: "/", with: "-"))"
+                var timelines: [Int: String] = [:]
+                for step in r.steps {
+                    guard let t = step.rendezvous else { continue }
+                    let name = "\(stem)-step\(step.index)-" + step.step.replacingOccurrences(of: " ", with: "-") + ".svg"
+                    try TraceRenderer.svg(t, title: "\(s.name) \(v): step \(step.index), \(step.step)")
+                        .write(toFile: output + "/" + name, atomically: true, encoding: .utf8)
+                    timelines[step.index] = name
+                }
+                let report = output + "/\(stem).md"
+                try TraceRenderer.markdown(r, timelines: timelines).write(toFile: report, atomically: true, encoding: .utf8)
+                print("\(v): \(r.passed ? "passed" : "FAILED"), \(timelines.count) rendezvous timelines, "
+                      + "\(r.steps.reduce(0) { $0 + ($1.sites?.count ?? 0) }) site changes -> \(report)")
+                if !r.passed { failed = true; r.steps.filter { !$0.passed }.forEach(printStep) }
+            }
+            if failed { throw Failure(description: "the scenario failed; the report shows where") }
+        }
+    }
+}
