@@ -10,7 +10,7 @@ import Foundation
 /// vCPUs together while patching (the check after the cycle still parks them, to read
 /// complete records).
 public enum StressRun {
-    public enum Engine: String, Codable, Sendable { case stop, nonstop }
+    public typealias Engine = PatchEngineKind
 
     public struct Report: Codable, Sendable {
         public var architecture: String
@@ -28,45 +28,29 @@ public enum StressRun {
     }
 
     public static func run(samples: String, isa: String, vcpus: Int, cycles: Int, engine: Engine = .stop) throws -> Report {
-        let imagePath = samples + "/" + (isa == "x86_64" ? Samples.x86_64 : Samples.ppc64le)
-        let elf = try ELFFile(contentsOf: imagePath)
-        let backend = try Architectures.backend(for: elf)
+        let live = try LiveMachine(configuration: .init(
+            image: samples + "/" + (isa == "x86_64" ? Samples.x86_64 : Samples.ppc64le), cpus: vcpus, engine: engine,
+            rendezvousTimeoutMicroseconds: 5_000_000))
+        defer { live.shutdown() }
+        let elf = live.image.elf, loader = live.loader, runner = live.runner
         func payload(_ orig: String, _ patched: String, _ name: String) throws -> Payload {
             let b = PayloadBuilder(original: try ELFFile(contentsOf: "\(samples)/patches/\(orig)/orig-\(isa).o"),
                                    patched: try ELFFile(contentsOf: "\(samples)/patches/\(patched)/patched-\(isa).o"),
-                                   target: elf, backend: backend)
+                                   target: elf, backend: live.patcher.backend)
             return try Payload(bytes: try b.build().bytes, name: name)
         }
-        let machine = try Machine(architecture: try Architectures.forELF(elf), vcpuCount: vcpus)
-        let image = try machine.load(elf)
-        let patcher = try LivePatcher(image: image, backend: backend)
-        let loader = PayloadLoader(patcher: patcher)
         let p02 = try loader.load(try payload("02-scaled-plus-two", "02-scaled-plus-two", "02"))
         let cumulative = try loader.load(try payload("01-greeting-len-fix", "04-scaled-twice-stacked", "cumulative"))
-        let text = try image.regions.filter { $0.permissions.contains(.execute) }.map { try machine.memory.read($0.base, count: Int($0.size)) }
-        let rings = try machine.map(name: "rings", at: 0x5800_0000, size: 0x10_0000, permissions: [.read, .write])
-        let runner = try MachineRunner(machine: machine, safePoint: try image.function(named: "safe_point").value)
-        runner.rendezvous.timeoutMicroseconds = 5_000_000
-        patcher.executor = runner.rendezvous
-        let workload = try image.entries(of: "workload")[0]
-        func ring(_ i: Int) -> UInt64 { rings.base + UInt64(i) * 0x1000 }
-        for i in 0..<vcpus { try runner.start(vcpu: i, entry: workload, arguments: [Int64(ring(i)), 0]) }
-        var report = Report(architecture: machine.architecture.name, vcpus: vcpus, cycles: cycles, engine: engine)
-        let nonStop = NonStopEngine(runner: runner, patcher: patcher)
-        if engine == .nonstop { loader.engine = nonStop }
+        let text = try live.executableText()
+        var report = Report(architecture: live.machine.architecture.name, vcpus: vcpus, cycles: cycles, engine: engine)
         let start = DispatchTime.now().uptimeNanoseconds
         func validate() throws {
-            try runner.rendezvous.execute { _ in
-                for i in 0..<vcpus {
-                    let n = try machine.memory.readUInt64(ring(i))
-                    for k in 0..<Int(min(n, 64)) {
-                        let base = ring(i) + 8 + UInt64(24 * k)
-                        let x = Int64(bitPattern: try machine.memory.readUInt64(base))
-                        for field in [UInt64(8), 16] {
-                            let v = Int64(bitPattern: try machine.memory.readUInt64(base + field))
-                            report.recordsChecked += 1
-                            if v != 3 * x + 1 && v != 3 * x + 2 { report.wrongResults += 1 }
-                        }
+            // Read inside a rendezvous: every vCPU parked, its records complete.
+            for v in try live.status(records: LiveMachine.ringSlots).vcpus {
+                for r in v.records {
+                    for y in r.results {
+                        report.recordsChecked += 1
+                        if y != 3 * r.x + 1 && y != 3 * r.x + 2 { report.wrongResults += 1 }
                     }
                 }
             }
@@ -79,19 +63,19 @@ public enum StressRun {
             try loader.revert(p02); report.reverts += 1
             try validate()
         }
-        report.syncs = nonStop.totals.syncs
-        report.gracePeriods = nonStop.totals.grace
+        report.syncs = live.nonStop?.totals.syncs ?? 0
+        report.gracePeriods = live.nonStop?.totals.grace ?? 0
         report.seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
         report.rendezvous = runner.rendezvous.completed
         report.trapsTaken = runner.trapsTaken
         report.staleTraps = runner.staleTraps
+        let end = try live.status(records: 0)
         runner.stop()
-        for i in 0..<vcpus {
-            if case .faulted = runner.state(of: i) { report.faults += 1 }
-            report.iterations += try machine.memory.readUInt64(ring(i))
+        for v in end.vcpus {
+            if v.state.hasPrefix("faulted") { report.faults += 1 }
+            report.iterations += v.iterations
         }
-        let after = try image.regions.filter { $0.permissions.contains(.execute) }.map { try machine.memory.read($0.base, count: Int($0.size)) }
-        report.textIdenticalAtEnd = after == text
+        report.textIdenticalAtEnd = try live.executableText() == text
         return report
     }
 }
