@@ -1,0 +1,48 @@
+import Foundation
+import Splice
+import XCTest
+
+/// The README's library example and `splice stress`, run as written.
+final class LibraryExampleTests: XCTestCase {
+    func testTheReadmeExampleRuns() throws {
+        let elf = try ELFFile(contentsOf: samplePath(Samples.ppc64le))
+        let machine = try Machine(architecture: try Architectures.forELF(elf), vcpuCount: 1)
+        let image = try machine.load(elf)
+        let patcher = try LivePatcher(image: image, backend: try Architectures.backend(for: elf))
+        let loader = PayloadLoader(patcher: patcher)
+        let bytes = try PayloadBuilder(
+            original: try ELFFile(contentsOf: samplePath("patches/02-scaled-plus-two/orig-ppc64le.o")),
+            patched: try ELFFile(contentsOf: samplePath("patches/02-scaled-plus-two/patched-ppc64le.o")),
+            target: elf, backend: patcher.backend).build().bytes
+        let payload = try loader.load(try Payload(bytes: bytes, name: "p02"))
+        try loader.apply(payload)
+        XCTAssertEqual(try image.call("scaled", [10]).signedValue, 32)
+        try loader.revert(payload)
+        XCTAssertEqual(try image.call("scaled", [10]).signedValue, 31)
+
+        let live = try LiveMachine(configuration: .init(image: samplePath(Samples.x86_64), cpus: 4, engine: .nonstop))
+        defer { live.shutdown() }
+        let x86 = try PayloadBuilder(
+            original: try ELFFile(contentsOf: samplePath("patches/02-scaled-plus-two/orig-x86_64.o")),
+            patched: try ELFFile(contentsOf: samplePath("patches/02-scaled-plus-two/patched-x86_64.o")),
+            target: live.image.elf, backend: try Architectures.backend(named: "x86_64")).build().bytes
+        try live.upload(id: "p02", bytes: x86)
+        try live.perform(.check, id: "p02")
+        try live.perform(.apply, id: "p02")
+        XCTAssertEqual(try live.get("p02").state, "APPLIED")
+        XCTAssertEqual(try live.call("scaled", [10]), 32)
+    }
+
+    func testAShortStressRunChecksEveryRecord() throws {
+        for isa in ["x86_64", "ppc64le"] {
+            for engine in PatchEngineKind.allCases {
+                let r = try StressRun.run(samples: samplesDirectory, isa: isa, vcpus: 2, cycles: 5, engine: engine)
+                XCTAssertEqual(r.recordsChecked, 5 * 2 * 64 * 2, "\(isa) \(engine)")
+                XCTAssertEqual(r.wrongResults, 0)
+                XCTAssertEqual(r.faults, 0)
+                XCTAssertTrue(r.textIdenticalAtEnd)
+                XCTAssertEqual([r.applies, r.reverts, r.replaces], [5, 10, 10])
+            }
+        }
+    }
+}
