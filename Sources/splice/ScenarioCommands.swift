@@ -94,6 +94,7 @@ struct Trace: ParsableCommand {
     @Option(help: "x86_64 or ppc64le (default: each the scenario names).") var isa: String?
     @Option(help: "ppc64le return strategy (default: the first the scenario names).") var returnStrategy: String?
     @Option(name: .shortAndLong, help: "Output folder.") var output = "trace"
+    @Flag(help: "Print JSON (the reports, with every rendezvous trace and site change).") var json = false
 
     func run() throws {
         try reportingErrors {
@@ -109,6 +110,7 @@ struct Trace: ParsableCommand {
             try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)
             let samples = try Samples.directory()
             var failed = false
+            var reports: [ScenarioReport] = []
             for v in variants {
                 let r = ScenarioRunner.run(s, v, samples: samples, recordSites: true)
                 let stem = "\(s.name)-\(v.description.replacingOccurrences(of: "/", with: "-"))"
@@ -122,10 +124,14 @@ struct Trace: ParsableCommand {
                 }
                 let report = output + "/\(stem).md"
                 try TraceRenderer.markdown(r, timelines: timelines).write(toFile: report, atomically: true, encoding: .utf8)
+                reports.append(r)
+                if !r.passed { failed = true }
+                if json { continue }
                 print("\(v): \(r.passed ? "passed" : "FAILED"), \(timelines.count) rendezvous timelines, "
                       + "\(r.steps.reduce(0) { $0 + ($1.sites?.count ?? 0) }) site changes -> \(report)")
-                if !r.passed { failed = true; r.steps.filter { !$0.passed }.forEach(printStep) }
+                if !r.passed { r.steps.filter { !$0.passed }.forEach(printStep) }
             }
+            if json { try printJSON(reports) }
             if failed { throw Failure(description: "the scenario failed; the report shows where") }
         }
     }

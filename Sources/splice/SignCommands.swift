@@ -7,6 +7,7 @@ struct Keygen: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Make a P-256 signing key pair for payload signatures: PREFIX.pem (private, 0600) and PREFIX.pub.pem.")
     @Argument(help: "Path prefix of the two files.") var prefix: String
+    @Flag(help: "Print JSON.") var json = false
 
     func run() throws {
         try reportingErrors {
@@ -16,7 +17,9 @@ struct Keygen: ParsableCommand {
                                                  attributes: [.posixPermissions: 0o600]),
                   FileManager.default.createFile(atPath: publicPath, contents: Data(key.publicKey.pemRepresentation.utf8))
             else { throw Failure(description: "cannot write \(privatePath) / \(publicPath)") }
-            print("wrote \(privatePath) and \(publicPath); key id \(hexString(PayloadSignature.keyID(of: key.publicKey)))")
+            let id = hexString(PayloadSignature.keyID(of: key.publicKey))
+            if json { try printJSON(["privateKey": privatePath, "publicKey": publicPath, "keyID": id]); return }
+            print("wrote \(privatePath) and \(publicPath); key id \(id)")
         }
     }
 }
@@ -28,6 +31,7 @@ struct Sign: ParsableCommand {
     @Option(help: "The private key (PEM; splice keygen).") var key: String
     @Option(help: "The signer's name recorded in the signature.") var signer = "splice"
     @Option(name: .shortAndLong, help: "Output file (default: PAYLOAD.signed).") var output: String?
+    @Flag(help: "Print JSON.") var json = false
 
     func run() throws {
         try reportingErrors {
@@ -40,8 +44,12 @@ struct Sign: ParsableCommand {
             let signed = try PayloadSignature.sign(bytes, key: privateKey, signer: signer)
             let out = output ?? payload + ".signed"
             guard FileManager.default.createFile(atPath: out, contents: Data(signed)) else { throw Failure(description: "cannot write \(out)") }
-            print("signed \(payload) -> \(out): \(signed.count - bytes.count) bytes appended, key id "
-                  + hexString(PayloadSignature.keyID(of: privateKey.publicKey)) + ", signer \(signer)")
+            let id = hexString(PayloadSignature.keyID(of: privateKey.publicKey))
+            if json {
+                try printJSON(["payload": payload, "output": out, "keyID": id, "signer": signer, "appended": String(signed.count - bytes.count)])
+                return
+            }
+            print("signed \(payload) -> \(out): \(signed.count - bytes.count) bytes appended, key id \(id), signer \(signer)")
         }
     }
 }

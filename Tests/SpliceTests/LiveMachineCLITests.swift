@@ -162,6 +162,27 @@ final class LiveMachineCLITests: XCTestCase {
         try splice(["upload", "mine", p02])
     }
 
+    /// A malformed request gets a reply saying so; the machine goes on serving.
+    func testAMalformedRequestIsAnsweredAndChangesNothing() throws {
+        try splice(["machine", "start", "--cpus", "1", "--image", samplePath(Samples.x86_64)])
+        let cases: [(String, ControlReply.ErrorKind, String)] = [
+            ("not json", .protocolError, "malformed request"),
+            ("{\"op\": \"explode\"}", .protocolError, "malformed request"),
+            ("{\"op\": \"upload\", \"id\": \"x\"}", .refused, "needs the payload bytes"),
+            ("{\"op\": \"upload\", \"id\": \"x\", \"payload\": \"AAAA\"}", .refused, "payload x is not a valid ELF file"),
+        ]
+        for (garbage, kind, text) in cases {
+            let line = try ControlSocket.exchange(path: socket, Array(garbage.utf8))
+            let reply = try JSONDecoder().decode(ControlReply.self, from: Data(line))
+            XCTAssertFalse(reply.ok, garbage)
+            XCTAssertEqual(reply.kind, kind, garbage)
+            XCTAssertTrue(reply.error?.contains(text) ?? false, "\(garbage): \(reply.error ?? "")")
+        }
+        let page = try json(LiveMachine.Page.self, ["list"])
+        XCTAssertEqual(page.total, 0)
+        XCTAssertTrue(try json(LiveMachine.Status.self, ["machine", "status"]).vcpus.allSatisfy { $0.state == "running" })
+    }
+
     func testASignatureIsRequiredAndChecked() throws {
         let trusted = directory + "/trusted", other = directory + "/other"
         XCTAssertEqual(try runSplice(["keygen", trusted]).status, 0)

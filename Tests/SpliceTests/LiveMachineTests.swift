@@ -1,0 +1,64 @@
+import Foundation
+import Splice
+import XCTest
+
+final class LiveMachineTests: XCTestCase {
+    func payloadBytes(_ isa: String, target: ELFFile) throws -> [UInt8] {
+        try PayloadBuilder(
+            original: try ELFFile(contentsOf: samplePath("patches/02-scaled-plus-two/orig-\(isa).o")),
+            patched: try ELFFile(contentsOf: samplePath("patches/02-scaled-plus-two/patched-\(isa).o")),
+            target: target, backend: try Architectures.backend(named: isa)).build().bytes
+    }
+
+    /// While an action runs it reads PROGRESS, and other actions and uploads are refused
+    /// with EBUSY. A vCPU that never reaches its safe point (spinning with "interrupts
+    /// off") makes the rendezvous time out: the action fails with -EBUSY and its reason,
+    /// the payload keeps its state and the text is byte for byte as before.
+    func testAnActionInProgressShowsProgressAndATimeoutChangesNothing() throws {
+        for isa in ["x86_64", "ppc64le"] {
+            let live = try LiveMachine(configuration: .init(image: samplePath("kernel-\(isa).elf"), cpus: 1, workload: nil,
+                                                            rendezvousTimeoutMicroseconds: 300_000))
+            let bytes = try payloadBytes(isa, target: live.image.elf)
+            try live.upload(id: "p02", bytes: bytes)
+            try live.perform(.check, id: "p02")
+            let text = try live.executableText()
+            // spin_while(&scale_factor): scale_factor is 3, so it never returns.
+            try live.runner.start(vcpu: 0, entry: try live.image.entries(of: "spin_while")[0],
+                                  arguments: [Int64(try live.address(of: "scale_factor"))])
+            let versionBefore = live.list().version
+            try live.begin(.apply, id: "p02")
+            let during = try live.get("p02")
+            XCTAssertEqual(during.state, "PROGRESS")
+            XCTAssertEqual(during.action, "apply")
+            XCTAssertEqual(live.list().statuses.map(\.state), ["PROGRESS"])
+            XCTAssertGreaterThan(live.list().version, versionBefore)
+            assertThrows(LiveMachine.Failure.busy(id: "p02", action: .apply)) { try live.begin(.unload, id: "p02") }
+            assertThrows(LiveMachine.Failure.busy(id: "p02", action: .apply)) { try live.upload(id: "other", bytes: bytes) }
+
+            live.waitUntilIdle()
+            let after = try live.get("p02")
+            XCTAssertEqual(after.state, "CHECKED", isa)
+            XCTAssertEqual(after.rc, -16)
+            XCTAssertTrue(after.error?.contains("rendezvous timed out (EBUSY): 0 of 1 vCPUs reached the safe point") ?? false,
+                          after.error ?? "no reason")
+            XCTAssertEqual(try live.executableText(), text, "\(isa): a timed-out apply changed the text")
+            live.shutdown()
+        }
+    }
+
+    /// Starting an action the state does not allow is refused at once, not in the
+    /// background.
+    func testAnInvalidActionIsRefusedBeforeItStarts() throws {
+        let live = try LiveMachine(configuration: .init(image: samplePath(Samples.x86_64), cpus: 1))
+        defer { live.shutdown() }
+        try live.upload(id: "p02", bytes: try payloadBytes("x86_64", target: live.image.elf))
+        assertThrows(LivePatchService.Failure.invalidTransition(id: "p02", state: .loaded, action: .apply)) {
+            try live.begin(.apply, id: "p02")
+        }
+        assertThrows(LivePatchService.Failure.noSuchPayload("nope")) { try live.begin(.check, id: "nope") }
+        XCTAssertEqual(try live.get("p02").state, "LOADED")
+        try live.begin(.check, id: "p02")
+        live.waitUntilIdle()
+        XCTAssertEqual(try live.get("p02").state, "CHECKED")
+    }
+}
