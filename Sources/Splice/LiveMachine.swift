@@ -135,6 +135,10 @@ public final class LiveMachine {
     let service: LivePatchService
     let rings: GuestRegion?
 
+    /// Called on the action's thread when a background action ends: the id, the action,
+    /// and nil or the failure's reason.
+    public var onActionFinished: (@Sendable (String, LivePatchService.Action, String?) -> Void)?
+
     /// Guards the service, the loader and everything that runs guest code from the host.
     private let serviceLock = NSLock()
     /// Guards the fields below.
@@ -249,6 +253,7 @@ public final class LiveMachine {
             changes += 1
             stateLock.unlock()
             idle.lock(); idle.broadcast(); idle.unlock()
+            onActionFinished?(id, action, failure)
         }
         thread.name = "splice \(action.rawValue) \(id)"
         thread.start()

@@ -112,6 +112,9 @@ public final class MachineDaemon {
 
     /// Blocks until the machine is stopped; the socket is removed on the way out.
     public func run() {
+        machine.onActionFinished = { id, action, failure in
+            Self.log("\(action.rawValue) \(id) finished: " + (failure.map { "FAILED: \($0)" } ?? "ok"))
+        }
         for sig in [SIGTERM, SIGINT] {
             signal(sig, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
@@ -135,25 +138,52 @@ public final class MachineDaemon {
         setsockopt(connection.fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         let reply: ControlReply
         var stopping = false
+        var request: ControlRequest?
         // The request is read before the credentials are judged, so a refused client
         // gets its answer rather than a closed connection.
         let line = Result { try connection.readLine() }
         switch listener.admits(connection) {
         case let .failure(f):
+            // Decoded only to say in the log what was refused.
+            request = (try? line.get()).flatMap { try? JSONDecoder().decode(ControlRequest.self, from: Data($0)) }
             reply = .failure(f)
         case .success:
             do {
-                let request = try JSONDecoder().decode(ControlRequest.self, from: Data(try line.get()))
-                stopping = request.op == .shutdown
-                reply = try handle(request)
+                let decoded = try JSONDecoder().decode(ControlRequest.self, from: Data(try line.get()))
+                request = decoded
+                stopping = decoded.op == .shutdown
+                audit(connection, decoded, nil)
+                reply = try handle(decoded)
             } catch let e as DecodingError {
                 reply = .failure(ControlSocket.Failure(kind: .protocolError, description: "malformed request: \(e)"))
             } catch {
                 reply = .failure(error)
             }
         }
+        audit(connection, request, reply)
         try? connection.writeLine(Array((try? JSONEncoder().encode(reply)) ?? Data()))
         if stopping { done.signal() }
+    }
+
+    /// Log lines for the requests that change something or are refused (seed 002: report
+    /// the operations that could affect integrity), with who asked: the request before
+    /// it is handled, a refusal after, and an action's end when it ends.
+    private func audit(_ connection: ControlSocket.Connection, _ request: ControlRequest?, _ reply: ControlReply?) {
+        let who = connection.peer.map { "uid \($0.uid) pid \($0.pid)" } ?? "unknown peer"
+        var what = request.map { r in
+            [r.op == .action ? r.action?.rawValue : r.op.rawValue, r.id, r.function].compactMap { $0 }.joined(separator: " ")
+        } ?? "(unreadable request)"
+        if let p = request?.payload { what += " (\(p.count) bytes)" }
+        if let reply {
+            if !reply.ok { Self.log("\(who): \(what): refused: \(reply.error ?? "")") }
+        } else if let r = request, ![.status, .get, .list].contains(r.op) {
+            Self.log("\(who): \(what)")
+        }
+    }
+
+    static func log(_ line: String) {
+        print(ISO8601DateFormatter().string(from: Date()) + " " + line)
+        fflush(stdout)
     }
 
     func handle(_ r: ControlRequest) throws -> ControlReply {
