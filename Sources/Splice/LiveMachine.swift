@@ -147,7 +147,9 @@ public final class LiveMachine {
     private var snapshot: [PayloadStatus] = []
     private var lastErrors: [String: String] = [:]
     private var changes: UInt64 = 0
-    private var idle = NSCondition()
+    /// What each finished action threw (nil: it succeeded), by ticket.
+    private var outcomes: [UInt64: Error?] = [:]
+    private let idle = NSCondition()
 
     public init(configuration c: Configuration, trustedKey: P256.Signing.PublicKey? = nil) throws {
         guard (1...64).contains(c.cpus) else { throw Failure.badConfiguration("--cpus must be 1 to 64 (got \(c.cpus))") }
@@ -209,22 +211,22 @@ public final class LiveMachine {
         try whenIdle { try service.upload(id: id, bytes: payload) }
     }
 
-    /// Runs an action and returns when it is done.
+    /// Runs an action and returns when it is done, throwing what the action threw.
     public func perform(_ action: LivePatchService.Action, id: String) throws {
-        var failure: String?
-        defer { stateLock.lock(); lastErrors[id] = failure; stateLock.unlock() }
-        try whenIdle {
-            do { try service.perform(action, id: id) } catch let f as LivePatchService.Failure {
-                if case let .actionFailed(_, _, _, reason) = f { failure = reason }
-                throw f
-            }
-        }
+        let ticket = try begin(action, id: id)
+        waitUntilIdle()
+        stateLock.lock()
+        let outcome = outcomes.removeValue(forKey: ticket)
+        stateLock.unlock()
+        if let error = outcome ?? nil { throw error }
     }
 
     /// Starts an action in the background: refused at once (nothing done) if another is
     /// running, the id is unknown or its state does not allow it; otherwise its status
     /// reads PROGRESS until it is done, then the new state or the failure's rc.
-    public func begin(_ action: LivePatchService.Action, id: String) throws {
+    /// Returns a ticket `perform` collects the outcome with.
+    @discardableResult
+    public func begin(_ action: LivePatchService.Action, id: String) throws -> UInt64 {
         stateLock.lock()
         if let f = inFlight { stateLock.unlock(); throw Failure.busy(id: f.id, action: f.action) }
         serviceLock.lock()
@@ -236,18 +238,22 @@ public final class LiveMachine {
         serviceLock.unlock()
         inFlight = (id, action)
         changes += 1
+        let ticket = changes
         stateLock.unlock()
         let thread = Thread { [self] in
             serviceLock.lock()
             var failure: String?
-            do { try service.perform(action, id: id) } catch let LivePatchService.Failure.actionFailed(_, _, _, reason) {
-                failure = reason
-            } catch {
-                failure = "\(error)"
+            var thrown: Error?
+            do { try service.perform(action, id: id) } catch {
+                thrown = error
+                if case let LivePatchService.Failure.actionFailed(_, _, _, reason) = error { failure = reason } else { failure = "\(error)" }
             }
             serviceLock.unlock()
             stateLock.lock()
             lastErrors[id] = failure
+            outcomes[ticket] = .some(thrown)
+            // Nobody collects a background action's outcome but `perform`.
+            if outcomes.count > 16 { outcomes.removeValue(forKey: outcomes.keys.min()!) }
             inFlight = nil
             snapshot = []
             changes += 1
@@ -257,6 +263,7 @@ public final class LiveMachine {
         }
         thread.name = "splice \(action.rawValue) \(id)"
         thread.start()
+        return ticket
     }
 
     public func get(_ id: String) throws -> PayloadStatus {
