@@ -38,6 +38,16 @@ public enum Samples {
 
     public static func path(_ name: String) throws -> String { try directory() + "/" + name }
 
+    /// A payload from the sample patches (samples/build/patches/DIR): `original`'s
+    /// unpatched object against `patched`'s patched one (the same folder for one patch,
+    /// two for a cumulative payload), built for `target` with `backend`.
+    public static func payload(original: String, patched: String, isa: String, target: ELFFile, backend: any PatchBackend,
+                               directory: String) throws -> (bytes: [UInt8], report: PayloadBuilder.Report) {
+        try PayloadBuilder(original: try ELFFile(contentsOf: "\(directory)/patches/\(original)/orig-\(isa).o"),
+                           patched: try ELFFile(contentsOf: "\(directory)/patches/\(patched)/patched-\(isa).o"),
+                           target: target, backend: backend).build()
+    }
+
     /// The directory holding the running executable (where SwiftPM puts its siblings).
     public static func executableDirectory() -> String? {
         (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))

@@ -137,13 +137,8 @@ public enum ScenarioRunner {
                         scenarioDir: String, built: inout [String: [UInt8]], text: [LiveMachine.TextRegion]) throws -> String {
         switch step {
         case let .build(id, original, patched):
-            let isa = variant.isa
-            let target = machine.image.elf
-            let builder = PayloadBuilder(
-                original: try ELFFile(contentsOf: "\(samples)/patches/\(original)/orig-\(isa).o"),
-                patched: try ELFFile(contentsOf: "\(samples)/patches/\(patched)/patched-\(isa).o"),
-                target: target, backend: machine.patcher.backend)
-            let result = try builder.build()
+            let result = try Samples.payload(original: original, patched: patched, isa: variant.isa, target: machine.image.elf,
+                                             backend: machine.patcher.backend, directory: samples)
             built[id] = result.bytes
             return "\(result.bytes.count) bytes; changed: " + result.report.changed.joined(separator: ", ")
         case let .upload(id, file):

@@ -34,10 +34,8 @@ public enum StressRun {
         defer { live.shutdown() }
         let elf = live.image.elf, loader = live.loader, runner = live.runner
         func payload(_ orig: String, _ patched: String, _ name: String) throws -> Payload {
-            let b = PayloadBuilder(original: try ELFFile(contentsOf: "\(samples)/patches/\(orig)/orig-\(isa).o"),
-                                   patched: try ELFFile(contentsOf: "\(samples)/patches/\(patched)/patched-\(isa).o"),
-                                   target: elf, backend: live.patcher.backend)
-            return try Payload(bytes: try b.build().bytes, name: name)
+            try Payload(bytes: try Samples.payload(original: orig, patched: patched, isa: isa, target: elf,
+                                                   backend: live.patcher.backend, directory: samples).bytes, name: name)
         }
         let p02 = try loader.load(try payload("02-scaled-plus-two", "02-scaled-plus-two", "02"))
         let cumulative = try loader.load(try payload("01-greeting-len-fix", "04-scaled-twice-stacked", "cumulative"))

@@ -353,9 +353,8 @@ extension Demo {
             let pd = "\(dir)/patches/\(name)"
             let target = try ELFFile(contentsOf: image)
             let backend = try Architectures.backend(for: target)
-            let (bytes, report) = try PayloadBuilder(original: try ELFFile(contentsOf: "\(pd)/orig-\(isa).o"),
-                                                     patched: try ELFFile(contentsOf: "\(pd)/patched-\(isa).o"),
-                                                     target: target, backend: backend).build()
+            let (bytes, report) = try Samples.payload(original: name, patched: name, isa: isa, target: target, backend: backend,
+                                                      directory: dir)
             let loaded = try loadImage(path: image)
             let loader = PayloadLoader(patcher: try LivePatcher(image: loaded, backend: backend))
             let p = try loader.load(try Payload(bytes: bytes, name: name))

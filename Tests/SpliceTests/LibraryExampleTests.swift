@@ -10,10 +10,8 @@ final class LibraryExampleTests: XCTestCase {
         let image = try machine.load(elf)
         let patcher = try LivePatcher(image: image, backend: try Architectures.backend(for: elf))
         let loader = PayloadLoader(patcher: patcher)
-        let bytes = try PayloadBuilder(
-            original: try ELFFile(contentsOf: samplePath("patches/02-scaled-plus-two/orig-ppc64le.o")),
-            patched: try ELFFile(contentsOf: samplePath("patches/02-scaled-plus-two/patched-ppc64le.o")),
-            target: elf, backend: patcher.backend).build().bytes
+        let bytes = try Samples.payload(original: "02-scaled-plus-two", patched: "02-scaled-plus-two", isa: "ppc64le",
+                                        target: elf, backend: patcher.backend, directory: samplesDirectory).bytes
         let payload = try loader.load(try Payload(bytes: bytes, name: "p02"))
         try loader.apply(payload)
         XCTAssertEqual(try image.call("scaled", [10]).signedValue, 32)
@@ -22,10 +20,9 @@ final class LibraryExampleTests: XCTestCase {
 
         let live = try LiveMachine(configuration: .init(image: samplePath(Samples.x86_64), cpus: 4, engine: .nonstop))
         defer { live.shutdown() }
-        let x86 = try PayloadBuilder(
-            original: try ELFFile(contentsOf: samplePath("patches/02-scaled-plus-two/orig-x86_64.o")),
-            patched: try ELFFile(contentsOf: samplePath("patches/02-scaled-plus-two/patched-x86_64.o")),
-            target: live.image.elf, backend: try Architectures.backend(named: "x86_64")).build().bytes
+        let x86 = try Samples.payload(original: "02-scaled-plus-two", patched: "02-scaled-plus-two", isa: "x86_64",
+                                      target: live.image.elf, backend: try Architectures.backend(named: "x86_64"),
+                                      directory: samplesDirectory).bytes
         try live.upload(id: "p02", bytes: x86)
         try live.perform(.check, id: "p02")
         try live.perform(.apply, id: "p02")

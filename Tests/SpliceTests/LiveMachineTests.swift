@@ -4,10 +4,8 @@ import XCTest
 
 final class LiveMachineTests: XCTestCase {
     func payloadBytes(_ isa: String, target: ELFFile) throws -> [UInt8] {
-        try PayloadBuilder(
-            original: try ELFFile(contentsOf: samplePath("patches/02-scaled-plus-two/orig-\(isa).o")),
-            patched: try ELFFile(contentsOf: samplePath("patches/02-scaled-plus-two/patched-\(isa).o")),
-            target: target, backend: try Architectures.backend(named: isa)).build().bytes
+        try Samples.payload(original: "02-scaled-plus-two", patched: "02-scaled-plus-two", isa: isa, target: target,
+                            backend: try Architectures.backend(named: isa), directory: samplesDirectory).bytes
     }
 
     /// While an action runs it reads PROGRESS, and other actions and uploads are refused
