@@ -65,6 +65,16 @@ public enum ControlSocket {
                 try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true,
                                                         attributes: [.posixPermissions: 0o700])
             }
+            // The directory is where another user could swap the socket for their own:
+            // it must be ours, a real directory, and writable by no one else.
+            var st = stat()
+            let checked = dir.isEmpty ? "." : dir
+            guard lstat(checked, &st) == 0 else { throw Failure(kind: .unreachable, description: "\(checked): \(errnoText())") }
+            guard (st.st_mode & S_IFMT) == S_IFDIR, st.st_uid == owner, st.st_mode & 0o022 == 0 else {
+                throw Failure(kind: .denied, description: String(format:
+                    "%@ must be a directory owned by uid %d and writable by no one else (it is uid %d, mode %o); refusing to serve a socket there",
+                    checked, owner, st.st_uid, st.st_mode & 0o7777))
+            }
             if FileManager.default.fileExists(atPath: path) {
                 if (try? ControlSocket.connect(path)).map({ Glibc.close($0); return true }) ?? false {
                     throw Failure(kind: .denied, description: "a machine is already serving \(path); stop it first (splice machine stop)")

@@ -162,6 +162,18 @@ final class LiveMachineCLITests: XCTestCase {
         try splice(["upload", "mine", p02])
     }
 
+    /// A socket in a directory others can write to could be swapped under the owner: the
+    /// machine refuses to serve there.
+    func testASocketDirectoryOthersCanWriteIsRefused() throws {
+        let open = directory + "/open"
+        try FileManager.default.createDirectory(atPath: open, withIntermediateDirectories: true)
+        chmod(open, 0o777)
+        let r = try runSplice(["machine", "start", "--foreground", "--socket", open + "/m.sock"])
+        XCTAssertEqual(r.status, 1)
+        XCTAssertTrue(r.err.contains("writable by no one else (it is uid \(getuid()), mode 777)"), r.err)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: open + "/m.sock"))
+    }
+
     /// A malformed request gets a reply saying so; the machine goes on serving.
     func testAMalformedRequestIsAnsweredAndChangesNothing() throws {
         try splice(["machine", "start", "--cpus", "1", "--image", samplePath(Samples.x86_64)])
