@@ -55,6 +55,15 @@ public final class LiveMachine {
         public var rc: Int32
         public var error: String?
         public var buildID: String
+
+        public init(id: String, state: String, action: String? = nil, rc: Int32 = 0, error: String? = nil, buildID: String) {
+            self.id = id
+            self.state = state
+            self.action = action
+            self.rc = rc
+            self.error = error
+            self.buildID = buildID
+        }
     }
 
     public struct Page: Codable, Sendable, Equatable {

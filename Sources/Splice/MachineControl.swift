@@ -237,3 +237,28 @@ public struct MachineClient {
         }
     }
 }
+
+extension LiveMachine.Page {
+    /// The whole list, read `pageSize` at a time through `fetch(start, count)` the way
+    /// seed 002's toolstack must: if the version changes between pages, the read raced
+    /// with a change and starts over. nil when it kept changing for `tries` attempts.
+    public static func collect(pageSize: Int, tries: Int = 20,
+                               fetch: (_ start: Int, _ count: Int) throws -> LiveMachine.Page) rethrows -> LiveMachine.Page? {
+        precondition(pageSize >= 1)
+        attempts: for _ in 0..<tries {
+            var all: [LiveMachine.PayloadStatus] = []
+            var version: UInt64?
+            var total = 0
+            repeat {
+                let page = try fetch(all.count, pageSize)
+                if let v = version, v != page.version { continue attempts }
+                version = page.version
+                total = page.total
+                all += page.statuses
+                if page.statuses.isEmpty { break }
+            } while all.count < total
+            return LiveMachine.Page(version: version ?? 0, total: all.count, start: 0, statuses: all)
+        }
+        return nil
+    }
+}

@@ -266,33 +266,20 @@ struct List: ParsableCommand {
 
     func run() throws {
         guard pageSize >= 1 else { throw ValidationError("--page-size is at least 1") }
-        for _ in 0..<20 {
-            var all: [LiveMachine.PayloadStatus] = []
-            var version: UInt64?
-            var consistent = true
-            var total = 0
-            repeat {
-                var request = ControlRequest(.list)
-                request.start = all.count
-                request.count = pageSize
-                guard let page = try options.send(request).page else { return }
-                if let v = version, v != page.version { consistent = false; break }
-                version = page.version
-                total = page.total
-                all += page.statuses
-                if page.statuses.isEmpty { break }
-            } while all.count < total
-            guard consistent else { continue }
-            if options.json {
-                try printJSON(LiveMachine.Page(version: version ?? 0, total: all.count, start: 0, statuses: all))
-            } else {
-                print("version \(version ?? 0), \(all.count) payload\(all.count == 1 ? "" : "s")")
-                print("ID               STATE              RC   BUILD-ID")
-                for s in all { print(payloadLine(s)) }
-            }
-            return
+        let whole = try LiveMachine.Page.collect(pageSize: pageSize) { start, count in
+            var request = ControlRequest(.list)
+            request.start = start
+            request.count = count
+            guard let page = try options.send(request).page else { throw Failure(description: "the machine sent no list") }
+            return page
         }
-        try options.fail(ControlReply(ok: false, error: "the payload list kept changing while it was read (20 tries)", kind: .busy))
+        guard let list = whole else {
+            try options.fail(ControlReply(ok: false, error: "the payload list kept changing while it was read (20 tries)", kind: .busy))
+        }
+        if options.json { try printJSON(list); return }
+        print("version \(list.version), \(list.total) payload\(list.total == 1 ? "" : "s")")
+        print("ID               STATE              RC   BUILD-ID")
+        for s in list.statuses { print(payloadLine(s)) }
     }
 }
 

@@ -59,4 +59,31 @@ final class LiveMachineTests: XCTestCase {
         live.waitUntilIdle()
         XCTAssertEqual(try live.get("p02").state, "CHECKED")
     }
+
+    /// Paging through the list starts over when the version changes between pages, so
+    /// the result is one version's list, never a mix (seed 002's toolstack duty).
+    func testPagingStartsOverWhenTheListChanges() {
+        func status(_ id: String) -> LiveMachine.PayloadStatus {
+            LiveMachine.PayloadStatus(id: id, state: "LOADED", buildID: "")
+        }
+        // Version 1 holds a, b, c; after the first page z is uploaded in front (version 2).
+        // Pages glued across the change would read a, a, b, c.
+        let lists: [UInt64: [LiveMachine.PayloadStatus]] = [1: ["a", "b", "c"].map(status), 2: ["z", "a", "b", "c"].map(status)]
+        var calls = 0
+        let page = LiveMachine.Page.collect(pageSize: 1) { start, count in
+            calls += 1
+            let version: UInt64 = calls == 1 ? 1 : 2
+            let all = lists[version]!
+            return LiveMachine.Page(version: version, total: all.count, start: start, statuses: Array(all.dropFirst(start).prefix(count)))
+        }
+        XCTAssertEqual(page?.statuses.map(\.id), ["z", "a", "b", "c"], "a read that raced a change mixed two versions")
+        XCTAssertEqual(page?.version, 2)
+        XCTAssertEqual(calls, 1 + 1 + 4, "one page of version 1, the mismatch, then all of version 2 from the start")
+        // A list that changes on every call is given up on.
+        var v: UInt64 = 0
+        XCTAssertNil(LiveMachine.Page.collect(pageSize: 1, tries: 3) { start, _ in
+            v += 1
+            return LiveMachine.Page(version: v, total: 2, start: start, statuses: [status("x")])
+        })
+    }
 }
