@@ -209,9 +209,14 @@ public struct Scenario: Sendable {
         return Entry(step: step, fails: fails)
     }
 
-    /// Every bundled scenario (scenarios/*.yaml next to samples/), by name.
+    /// The bundled scenarios' folder: scenarios/ next to samples/.
+    public static func bundledDirectory() throws -> String {
+        ((try Samples.directory() as NSString).deletingLastPathComponent as NSString).deletingLastPathComponent + "/scenarios"
+    }
+
+    /// Every bundled scenario (scenarios/*.yaml), in file-name order.
     public static func bundled() throws -> [Scenario] {
-        let dir = ((try Samples.directory() as NSString).deletingLastPathComponent as NSString).deletingLastPathComponent + "/scenarios"
+        let dir = try bundledDirectory()
         guard let names = try? FileManager.default.contentsOfDirectory(atPath: dir) else {
             throw Failure(description: "no scenarios folder at \(dir)")
         }

@@ -5,6 +5,8 @@ import Splice
 /// Loads a scenario by path, or by name from the bundled scenarios/ folder.
 func loadScenario(_ nameOrPath: String) throws -> Scenario {
     if FileManager.default.fileExists(atPath: nameOrPath) { return try Scenario(contentsOf: nameOrPath) }
+    let file = try Scenario.bundledDirectory() + "/\(nameOrPath).yaml"
+    if FileManager.default.fileExists(atPath: file) { return try Scenario(contentsOf: file) }
     let bundled = try Scenario.bundled()
     guard let s = bundled.first(where: { $0.name == nameOrPath }) else {
         throw Failure(description: "no scenario file \(nameOrPath), and no bundled scenario of that name (bundled: "
