@@ -164,7 +164,11 @@ public final class LiveMachine {
         guard (1...64).contains(c.cpus) else { throw Failure.badConfiguration("--cpus must be 1 to 64 (got \(c.cpus))") }
         configuration = c
         self.trustedKey = trustedKey
-        let elf = try ELFFile(contentsOf: c.image)
+        let elf: ELFFile
+        do { elf = try ELFFile(contentsOf: c.image) } catch {
+            let text = "\(error)"
+            throw Failure.badConfiguration(text.contains(c.image) ? text : "\(c.image): \(text)")
+        }
         let arch = try Architectures.forELF(elf)
         var backend = try Architectures.backend(named: arch.name)
         if let strategy = c.returnStrategy {
