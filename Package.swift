@@ -11,6 +11,7 @@ let package = Package(
         .library(name: "Splice", targets: ["Splice"]),
         .executable(name: "splice", targets: ["splice"]),
         .executable(name: "unicorn-bare-bench", targets: ["unicorn-bare-bench"]),
+        .executable(name: "splice-fuzz", targets: ["splice-fuzz"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -57,6 +58,8 @@ let package = Package(
         // The bare-Unicorn reference that `splice bench emu` compares against: the same
         // guest loop driven by plain C calls into libunicorn, no Splice in between.
         .executableTarget(name: "unicorn-bare-bench", dependencies: ["CUnicorn", "CLibelf"]),
+        // The libFuzzer harness (scripts/fuzz.sh); built plainly it replays inputs.
+        .executableTarget(name: "splice-fuzz", dependencies: ["Splice"], path: "fuzz/Sources"),
 
         .testTarget(name: "SpliceTests", dependencies: ["Splice", .product(name: "Crypto", package: "swift-crypto")],
                     resources: []),

@@ -18,6 +18,8 @@ public enum ELFError: Error, Equatable, CustomStringConvertible {
     /// A segment's file contents lie (partly) outside the file, or memsz < filesz.
     case segmentOutOfBounds(index: Int, offset: UInt64, fileSize: UInt64, imageSize: Int)
     case segmentMemorySmallerThanFile(index: Int, fileSize: UInt64, memorySize: UInt64)
+    /// A section's or segment's address range runs past the top of the 64-bit address space.
+    case addressRangeWraps(what: String, address: UInt64, size: UInt64)
     /// `e_shstrndx` names no section, or not a string table.
     case badStringTableIndex(index: Int, sectionCount: Int)
     /// A name offset points outside its string table.
@@ -60,6 +62,8 @@ public enum ELFError: Error, Equatable, CustomStringConvertible {
                 + "run past the end of the file (\(imageSize) bytes)"
         case let .segmentMemorySmallerThanFile(index, fileSize, memorySize):
             return "segment [\(index)]: p_memsz 0x\(hex(memorySize)) is smaller than p_filesz 0x\(hex(fileSize))"
+        case let .addressRangeWraps(what, address, size):
+            return "\(what): address 0x\(hex(address)) + size 0x\(hex(size)) runs past the top of the 64-bit address space"
         case let .badStringTableIndex(index, count):
             return "bad string table index: e_shstrndx is \(index) but the file has \(count) sections"
         case let .badNameOffset(table, offset, size):

@@ -245,6 +245,9 @@ enum LibelfReader {
         var sections: [ELFSection] = []
         for (i, shdr) in headers.enumerated() {
             let name = try string(in: names, at: shdr.sh_name, table: ".shstrtab")
+            if shdr.sh_addr.addingReportingOverflow(shdr.sh_size).overflow {
+                throw ELFError.addressRangeWraps(what: "section [\(i)] \(name)", address: shdr.sh_addr, size: shdr.sh_size)
+            }
             sections.append(ELFSection(
                 index: i, name: name, type: shdr.sh_type, flags: shdr.sh_flags, address: shdr.sh_addr,
                 offset: shdr.sh_offset, size: shdr.sh_size, link: shdr.sh_link, info: shdr.sh_info,
@@ -264,6 +267,9 @@ enum LibelfReader {
             if end.overflow || end.partialValue > UInt64(bytes.count) {
                 throw ELFError.segmentOutOfBounds(index: i, offset: phdr.p_offset, fileSize: phdr.p_filesz,
                                                   imageSize: bytes.count)
+            }
+            if phdr.p_vaddr.addingReportingOverflow(phdr.p_memsz).overflow {
+                throw ELFError.addressRangeWraps(what: "segment [\(i)]", address: phdr.p_vaddr, size: phdr.p_memsz)
             }
             if phdr.p_type == ELFSegment.typeLoad && phdr.p_memsz < phdr.p_filesz {
                 throw ELFError.segmentMemorySmallerThanFile(index: i, fileSize: phdr.p_filesz, memorySize: phdr.p_memsz)

@@ -1,0 +1,53 @@
+import Foundation
+
+/// What the fuzzers feed bytes to (fuzz/, scripts/fuzz.sh). Each accepts any input:
+/// bad input must come back as a thrown error, never a crash, a hang or a leak. The
+/// tests replay the committed corpus through the same functions.
+public enum FuzzTargets {
+    /// The ELF reader, and every accessor a caller may use on what it returns.
+    public static func elf(_ bytes: [UInt8]) {
+        guard let elf = try? ELFFile(bytes: bytes, name: "fuzz") else { return }
+        var sink = elf.sections.count &+ elf.segments.count &+ elf.notes.count
+        for s in elf.symbols {
+            sink &+= s.name.utf8.count
+            sink &+= (try? elf.bytes(of: s).count) ?? 0
+            sink &+= elf.bytes(at: s.value, count: 16)?.count ?? 0
+        }
+        for r in elf.relocationSections { sink &+= r.entries.count }
+        sink &+= elf.buildID?.count ?? 0
+        sink &+= elf.functions.count
+        _ = elf.section(named: ".text")
+        _ = elf.symbol(named: "scaled")
+        blackHole(sink)
+    }
+
+    /// The payload path of an upload: the appended signature split off, the payload
+    /// parsed and checked, then placed, resolved, relocated and verified against the
+    /// sample image of its ISA (and unloaded, so every input starts from the same machine).
+    public static func payload(_ bytes: [UInt8]) {
+        guard let body = try? PayloadSignature.split(bytes, name: "fuzz").payload,
+              let payload = try? Payload(bytes: body, name: "fuzz") else { return }
+        guard let loader = loaders[payload.elf.header.machine] else { return }
+        if let loaded = try? loader.load(payload) {
+            do { try loader.unload(loaded) } catch {
+                fatalError("a payload that loaded could not be unloaded: \(error)")
+            }
+        }
+    }
+
+    /// One machine per ISA, made once: the sample image with a patcher and loader.
+    static let loaders: [UInt16: PayloadLoader] = {
+        var out: [UInt16: PayloadLoader] = [:]
+        for image in [Samples.x86_64, Samples.ppc64le] {
+            guard let path = try? Samples.path(image), let elf = try? ELFFile(contentsOf: path),
+                  let arch = try? Architectures.forELF(elf), let machine = try? Machine(architecture: arch),
+                  let loaded = try? machine.load(elf), let backend = try? Architectures.backend(for: elf),
+                  let patcher = try? LivePatcher(image: loaded, backend: backend)
+            else { fatalError("the fuzz target needs the sample images (run from the checkout or set SPLICE_SAMPLES)") }
+            out[elf.header.machine] = PayloadLoader(patcher: patcher)
+        }
+        return out
+    }()
+
+    @inline(never) static func blackHole(_ v: Int) { if v == .min { print("") } }
+}

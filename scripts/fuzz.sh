@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Fuzzes the ELF reader or the payload loader with libFuzzer and AddressSanitizer (leak
+# checking on), seeded with the committed corpus (fuzz/corpus/TARGET: the sample payloads of
+# both ISAs and what earlier runs found interesting).
+#
+#   scripts/fuzz.sh elf|payload [libFuzzer flags...]     e.g. -runs=1000000 or -max_total_time=600
+#   scripts/fuzz.sh elf|payload --merge                  shrink the new corpus into fuzz/corpus/TARGET
+#
+# Crashes, leaks and hangs are written to .build-fuzz/findings/; replay one with
+#   swift run splice-fuzz TARGET .build-fuzz/findings/FILE
+set -euo pipefail
+cd "$(dirname "$0")/.."
+target=${1:?usage: scripts/fuzz.sh elf|payload [libFuzzer flags]}
+shift
+case "$target" in elf|payload) ;; *) echo "target is elf or payload" >&2; exit 2;; esac
+scripts/install-deps.sh
+# lld: gold fails on the sanitizer runtimes' debug info here.
+swift build -c release --product splice-fuzz --scratch-path .build-fuzz \
+    -Xswiftc -sanitize=fuzzer,address -Xswiftc -DFUZZING -Xswiftc -Xclang-linker -Xswiftc -fuse-ld=lld
+fuzzer=.build-fuzz/release/splice-fuzz
+work=.build-fuzz/corpus/$target
+mkdir -p "$work" .build-fuzz/findings
+export SPLICE_FUZZ=$target
+if [ "${1:-}" = "--merge" ]; then
+    # The committed corpus becomes the smallest set that keeps all coverage found so far.
+    tmp=$(mktemp -d)
+    "$fuzzer" -merge=1 -max_len=4096 "$tmp" "fuzz/corpus/$target" "$work"
+    rm -f "fuzz/corpus/$target"/*
+    cp "$tmp"/* "fuzz/corpus/$target"/
+    rm -rf "$tmp"
+    echo "fuzz/corpus/$target: $(ls "fuzz/corpus/$target" | wc -l) inputs, $(du -sh "fuzz/corpus/$target" | cut -f1)"
+    exit 0
+fi
+exec "$fuzzer" "$work" "fuzz/corpus/$target" -max_len=4096 -timeout=10 -rss_limit_mb=4096 \
+    -artifact_prefix=".build-fuzz/findings/$target-" -print_final_stats=1 "$@"
