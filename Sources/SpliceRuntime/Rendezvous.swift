@@ -230,8 +230,15 @@ public final class Rendezvous: PatchExecutor {
         guard let machine else { throw Failure.busy(timeoutMicroseconds: 0, arrived: 0, expected: 0) }
         var value: Int64 = 0
         try execute { _ in
-            let index = self.master ?? 0
-            value = try machine.callPreserving(entry, arguments, vcpu: index).signedValue
+            if let index = self.master {
+                value = try machine.callPreserving(entry, arguments, vcpu: index).signedValue
+            } else {
+                // No vCPU runs, so none is in the middle of its work: vCPU 0 makes a
+                // fresh call from the top of its stack (its registers may be those of a
+                // function that returned or faulted, or of none at all).
+                value = try machine.call(entry, arguments, vcpu: 0, countInstructions: false,
+                                         limits: VCPU.Limits(timeoutMicroseconds: 1_000_000)).signedValue
+            }
         }
         return value
     }
@@ -259,10 +266,16 @@ public final class Rendezvous: PatchExecutor {
             self.work = work
             let expected = liveVCPUs
             if expected == 0 {
-                // Nothing runs: write directly.
+                // Nothing runs: write directly. No vCPU will reach a safe point to drop
+                // what changed, so every engine drops it here: a host call (or a vCPU
+                // started later) on an engine that ran the old code must not run its
+                // stale translation of it.
                 lock.unlock()
                 var changed: [(UInt64, Int)] = []
-                defer { self.work = nil }
+                defer {
+                    self.work = nil
+                    for (a, n) in Self.coalesce(changed) { try? machine?.codeChanged(at: a, length: n) }
+                }
                 try work { changed.append(($0, $1)) }
                 return
             }
