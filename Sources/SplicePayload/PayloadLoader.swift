@@ -106,7 +106,9 @@ public final class PayloadLoader {
             }
             if !f.expectedBytes.isEmpty {
                 let found = try machine.memory.read(old.value, count: f.expectedBytes.count)
-                if found != f.expectedBytes { throw fail(.expectedBytesMismatch(function: f.name, expected: f.expectedBytes, found: found)) }
+                if try !matchesExpected(found, f.expectedBytes, of: old) {
+                    throw fail(.expectedBytesMismatch(function: f.name, expected: f.expectedBytes, found: found))
+                }
             }
             olds.append(old)
         }
@@ -251,26 +253,80 @@ public final class PayloadLoader {
         return loaded
     }
 
+    /// Whether the running bytes at the start of `old` are the ones a payload expects.
+    /// Bytes live patching itself rewrote are compared as the image file has them, every
+    /// other byte as it is in memory: the writes of the redirects active on the function
+    /// (a payload may stack on another), and a compiler-reserved site the runtime keeps in
+    /// its own state (an mcount call or fentry slot is a nop while unused).
+    func matchesExpected(_ found: [UInt8], _ expected: [UInt8], of old: ELFSymbol) throws -> Bool {
+        guard found != expected else { return true }
+        let site = try patcher.site(of: old.name)
+        var owned = patcher.redirects(of: old.name).flatMap { r in
+            r.plan.writes.filter { $0.kind == .code }.map { ($0.address, $0.address + UInt64($0.bytes.count)) }
+        }
+        switch site.kind {
+        case .mcountCall: owned.append((site.address, site.address + 4))
+        case .patchableEntry: owned.append((site.address, site.address + UInt64(site.room)))
+        case .entry, .afterLandingPad: break
+        }
+        let file = try image.elf.bytes(of: old)
+        for (i, byte) in found.enumerated() where byte != expected[i] {
+            let address = old.value + UInt64(i)
+            guard i < file.count, owned.contains(where: { $0.0 <= address && address < $0.1 }), file[i] == expected[i] else { return false }
+        }
+        return true
+    }
+
     // MARK: Life cycle
 
-    /// Redirects every function of the payload, all or none.
+    /// Redirects every function of the payload, all or none. A failing hook undoes the
+    /// action: a pre-apply hook before anything is written, a post-apply hook by taking
+    /// the redirects out again.
     public func apply(_ p: LoadedPayload) throws {
         guard !p.isApplied else { return }
         try runHooks(.preapply, of: p)
         p.redirects = try engine.apply(batch: items(of: p))
-        try runHooks(.postapply, of: p)
+        do { try runHooks(.postapply, of: p) } catch {
+            try undo(p, error) {
+                _ = try engine.replace(reverting: p.redirects.map(\.id), with: [])
+                p.redirects = []
+            }
+        }
     }
 
     /// REPLACE: reverts every applied payload and applies `p`, in one action (one
-    /// rendezvous while vCPUs run, or one non-stop sequence). Either all of it happens or nothing.
+    /// rendezvous while vCPUs run, or one non-stop sequence). Either all of it happens or
+    /// nothing: a failing post hook puts the payloads that were applied back, in one action.
     public func replace(with p: LoadedPayload) throws {
         let others = payloads.filter { $0.isApplied && $0 !== p }
         for o in others { try runHooks(.prerevert, of: o) }
         try runHooks(.preapply, of: p)
+        let previous = others.map(\.items)
         p.redirects = try engine.replace(reverting: others.flatMap { $0.redirects.map(\.id) }, with: items(of: p))
         for o in others { o.redirects = [] }
-        for o in others { try runHooks(.postrevert, of: o) }
-        try runHooks(.postapply, of: p)
+        do {
+            for o in others { try runHooks(.postrevert, of: o) }
+            try runHooks(.postapply, of: p)
+        } catch {
+            try undo(p, error) {
+                var back = try engine.replace(reverting: p.redirects.map(\.id), with: previous.flatMap { $0 })[...]
+                p.redirects = []
+                for (o, items) in zip(others, previous) {
+                    o.redirects = Array(back.prefix(items.count))
+                    back = back.dropFirst(items.count)
+                }
+            }
+        }
+    }
+
+    /// After a post hook failed: runs `rollback` and rethrows the hook's failure, or says
+    /// the action could not be taken back either (the payloads stay as the action left
+    /// them, and their state says so).
+    private func undo(_ p: LoadedPayload, _ failure: Error, _ rollback: () throws -> Void) throws -> Never {
+        do { try rollback() } catch {
+            throw PayloadError(p.payload.name, .patch("\(failure); taking the action back failed too, so it stays done: \(error)"))
+        }
+        throw failure
     }
 
     /// The redirects `p` makes, as a batch for the patcher.
@@ -287,7 +343,9 @@ public final class PayloadLoader {
         try runHooks(.prerevert, of: p)
         _ = try engine.replace(reverting: p.redirects.map(\.id), with: [])
         p.redirects = []
-        try runHooks(.postrevert, of: p)
+        do { try runHooks(.postrevert, of: p) } catch {
+            try undo(p, error) { p.redirects = try engine.apply(batch: items(of: p)) }
+        }
     }
 
     /// Removes a reverted payload from guest memory.

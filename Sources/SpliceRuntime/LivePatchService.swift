@@ -141,8 +141,18 @@ public final class LivePatchService {
             version += 1
         } catch {
             e.rc = Self.errno(of: error)
+            reconcile()
             version += 1
             throw Failure.actionFailed(id: id, action: action, errno: e.rc, reason: "\(error)")
+        }
+    }
+
+    /// After a failed action: each payload's state says whether its redirects are in,
+    /// also when an action could not be taken back (the loader says so in its error).
+    private func reconcile() {
+        for e in entries {
+            guard let l = e.loaded else { continue }
+            if l.isApplied { e.state = .applied } else if e.state == .applied { e.state = .reverted }
         }
     }
 
