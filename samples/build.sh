@@ -101,7 +101,8 @@ qemu-ppc64le "$out/oracle-ppc64le" > "$out/oracle-ppc64le.txt"
 # (what `splice build` diffs), and the patched program's oracle output. NAME:BASE means
 # the patch applies on top of patch BASE (a stacked payload depends on BASE's).
 patches=(01-greeting-len-fix: 02-scaled-plus-two: 03-greeting-sum-helper:
-         04-scaled-twice-stacked:02-scaled-plus-two 05-hooks: 06-shadow-write-count:)
+         04-scaled-twice-stacked:02-scaled-plus-two 05-hooks: 06-shadow-write-count:
+         07-faulting-fix: 08-failing-hook:)
 for spec in "${patches[@]}"; do
     name=${spec%%:*}
     base=${spec#*:}

@@ -428,6 +428,41 @@ public final class LiveMachine {
         return names
     }
 
+    /// Waits until every vCPU has run `milliseconds` and a full ring of new iterations,
+    /// then checks each vCPU's 16 newest records (read with all of them parked): both
+    /// results must be `expect`. Returns what it saw; throws on the first wrong result, a
+    /// vCPU that is not running, or no progress in 30 s.
+    public func checkWorkload(expect: Scenario.Linear?, milliseconds: Int = 0) throws -> String {
+        struct Wrong: Error, CustomStringConvertible { let description: String }
+        let start = Date()
+        let before = try status(records: 0).vcpus.map(\.iterations)
+        let ring = UInt64(Self.ringSlots)
+        let deadline = Date(timeIntervalSinceNow: 30 + Double(milliseconds) / 1000)
+        var now = try status(records: 16)
+        while zip(now.vcpus, before).contains(where: { $0.iterations < $1 + ring }) || Date().timeIntervalSince(start) * 1000 < Double(milliseconds) {
+            if let stopped = now.vcpus.first(where: { $0.state != "running" }) {
+                throw Wrong(description: "vCPU \(stopped.index) is \(stopped.state)")
+            }
+            guard Date() < deadline else { throw Wrong(description: "the workload made no progress in 30 s: \(now.vcpus.map(\.state))") }
+            Thread.sleep(forTimeInterval: 0.002)
+            now = try status(records: 16)
+        }
+        var checked = 0
+        for v in now.vcpus {
+            guard v.state == "running" else { throw Wrong(description: "vCPU \(v.index) is \(v.state)") }
+            for r in v.records {
+                for y in r.results {
+                    checked += 1
+                    if let e = expect, y != e.a * r.x + e.b {
+                        throw Wrong(description: "vCPU \(v.index): x=\(r.x) gave \(y), expected \(e) = \(e.a * r.x + e.b)")
+                    }
+                }
+            }
+        }
+        let iterations = zip(now.vcpus, before).map { $0.iterations - $1 }
+        return "\(iterations.map(String.init).joined(separator: "+")) iterations; \(checked) results" + (expect.map { " all \($0)" } ?? "")
+    }
+
     /// The phases of the last rendezvous (stop engine).
     public var lastRendezvous: Rendezvous.Trace { runner.rendezvous.lastTrace }
 }

@@ -171,7 +171,7 @@ public enum ScenarioRunner {
             guard v == expect else { throw StepFailure(description: "\(symbol) is \(v) (0x\(String(UInt64(bitPattern: v), radix: 16))), expected \(expect)") }
             return "= \(v)"
         case let .run(ms, expect):
-            return try runWorkload(machine, milliseconds: ms, expect: expect)
+            return try machine.checkWorkload(expect: expect, milliseconds: ms)
         case .textUnchanged:
             let now = try machine.executableText()
             guard now == text else {
@@ -180,35 +180,6 @@ public enum ScenarioRunner {
             }
             return "\(text.reduce(0) { $0 + $1.bytes.count }) bytes as loaded"
         }
-    }
-
-    /// Waits until every vCPU has run `milliseconds` and a full ring of new iterations,
-    /// then checks the newest records: none may be anything but `expect`.
-    static func runWorkload(_ machine: LiveMachine, milliseconds: Int, expect: Scenario.Linear?) throws -> String {
-        let start = Date()
-        let before = try machine.status(records: 0).vcpus.map(\.iterations)
-        let ring = UInt64(LiveMachine.ringSlots)
-        let deadline = Date(timeIntervalSinceNow: 30 + Double(milliseconds) / 1000)
-        var status = try machine.status(records: 16)
-        while zip(status.vcpus, before).contains(where: { $0.iterations < $1 + ring }) || Date().timeIntervalSince(start) * 1000 < Double(milliseconds) {
-            guard Date() < deadline else { throw StepFailure(description: "the workload made no progress in 30 s: \(status.vcpus.map(\.state))") }
-            Thread.sleep(forTimeInterval: 0.002)
-            status = try machine.status(records: 16)
-        }
-        var checked = 0
-        for v in status.vcpus {
-            guard v.state == "running" else { throw StepFailure(description: "vCPU \(v.index) is \(v.state)") }
-            for r in v.records {
-                for y in r.results {
-                    checked += 1
-                    if let e = expect, y != e.a * r.x + e.b {
-                        throw StepFailure(description: "vCPU \(v.index): x=\(r.x) gave \(y), expected \(e) = \(e.a * r.x + e.b)")
-                    }
-                }
-            }
-        }
-        let iterations = zip(status.vcpus, before).map { $0.iterations - $1 }
-        return "\(iterations.map(String.init).joined(separator: "+")) iterations; \(checked) results" + (expect.map { " all \($0)" } ?? "")
     }
 
     /// The stretches of text that differ (bytes within 8 of each other merged), each

@@ -43,16 +43,19 @@ final class MalformedELFTests: XCTestCase {
             let data = try XCTUnwrap(elf0.segments.last { $0.isLoad })
             bytes.put64(phoff + 56 * data.index + 40, memsz)
             if let v = vaddr { bytes.put64(phoff + 56 * data.index + 16, v) }
+            if expectWrap {
+                // Refused already by the ELF reader (a fuzzer finding: such ranges trapped).
+                assertThrows(ELFError.addressRangeWraps(what: "segment [\(data.index)]", address: vaddr!, size: memsz)) {
+                    _ = try ELFFile(bytes: bytes, name: "huge.elf")
+                }
+                continue
+            }
             let elf = try ELFFile(bytes: bytes, name: "huge.elf")
             let machine = try Machine(architecture: X86_64Architecture())
             let before = machine.memory.regions.map(\.name)
             XCTAssertThrowsError(try machine.load(elf)) { error in
                 guard let e = error as? MachineError else { return XCTFail("\(error)") }
-                if expectWrap {
-                    XCTAssertEqual(e, .segmentOutOfRange(image: "huge.elf", index: data.index, address: vaddr!, memorySize: memsz))
-                } else {
-                    XCTAssertEqual(e, .imageTooLarge(image: "huge.elf", bytes: memsz, limit: Machine.maximumImageBytes))
-                }
+                XCTAssertEqual(e, .imageTooLarge(image: "huge.elf", bytes: memsz, limit: Machine.maximumImageBytes))
             }
             XCTAssertEqual(machine.memory.regions.map(\.name), before, "nothing stays mapped")
         }
