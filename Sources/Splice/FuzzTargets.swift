@@ -28,15 +28,17 @@ public enum FuzzTargets {
         guard let body = try? PayloadSignature.split(bytes, name: "fuzz").payload,
               let payload = try? Payload(bytes: body, name: "fuzz") else { return }
         guard let loader = loaders[payload.elf.header.machine] else { return }
-        if let loaded = try? loader.load(payload) {
-            do { try loader.unload(loaded) } catch {
-                fatalError("a payload that loaded could not be unloaded: \(error)")
-            }
+        if let loaded = try? loader.load(payload), (try? loader.unload(loaded)) == nil {
+            // Its unload hook failed, so it stays loaded (a failed action changes
+            // nothing): the next input starts from fresh machines.
+            loaders = makeLoaders()
         }
     }
 
-    /// One machine per ISA, made once: the sample image with a patcher and loader.
-    static let loaders: [UInt16: PayloadLoader] = {
+    /// One machine per ISA: the sample image with a patcher and loader.
+    nonisolated(unsafe) static var loaders = makeLoaders()
+
+    static func makeLoaders() -> [UInt16: PayloadLoader] {
         var out: [UInt16: PayloadLoader] = [:]
         for image in [Samples.x86_64, Samples.ppc64le] {
             guard let path = try? Samples.path(image), let elf = try? ELFFile(contentsOf: path),
@@ -47,7 +49,7 @@ public enum FuzzTargets {
             out[elf.header.machine] = PayloadLoader(patcher: patcher)
         }
         return out
-    }()
+    }
 
     @inline(never) static func blackHole(_ v: Int) { if v == .min { print("") } }
 }

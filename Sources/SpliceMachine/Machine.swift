@@ -245,8 +245,7 @@ extension Machine {
             try saved.save()
             defer { try? saved.restore() }
             let below = (try cpu.read(architecture.stackPointer) &- 1024) & ~0xf
-            return try call(entry, arguments, vcpu: index, stackTop: below, countInstructions: false,
-                            limits: VCPU.Limits(timeoutMicroseconds: 1_000_000))
+            return try call(entry, arguments, vcpu: index, stackTop: below, countInstructions: false, limits: .guestCall)
         }
     }
 

@@ -132,6 +132,10 @@ public final class VCPU {
             self.timeoutMicroseconds = timeoutMicroseconds
             self.instructions = instructions
         }
+
+        /// How long a guest call made on the host's behalf (a payload hook) may run: a
+        /// hook that loops is stopped and reported, not waited for.
+        public static let guestCall = Limits(timeoutMicroseconds: 1_000_000)
     }
 
     /// The outcome of a run that reached its end address.

@@ -24,6 +24,6 @@ public final class DirectExecutor: PatchExecutor {
     }
 
     public func callGuest(_ entry: CallEntry, _ arguments: [Int64]) throws -> Int64 {
-        try machine.call(entry, arguments, vcpu: 0).signedValue
+        try machine.call(entry, arguments, vcpu: 0, countInstructions: false, limits: .guestCall).signedValue
     }
 }

@@ -236,8 +236,7 @@ public final class Rendezvous: PatchExecutor {
                 // No vCPU runs, so none is in the middle of its work: vCPU 0 makes a
                 // fresh call from the top of its stack (its registers may be those of a
                 // function that returned or faulted, or of none at all).
-                value = try machine.call(entry, arguments, vcpu: 0, countInstructions: false,
-                                         limits: VCPU.Limits(timeoutMicroseconds: 1_000_000)).signedValue
+                value = try machine.call(entry, arguments, vcpu: 0, countInstructions: false, limits: .guestCall).signedValue
             }
         }
         return value

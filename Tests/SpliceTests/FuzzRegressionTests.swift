@@ -42,4 +42,28 @@ final class FuzzRegressionTests: XCTestCase {
             XCTAssertTrue("\(error)".contains("runs past the top of the 64-bit address space"), "\(error)")
         }
     }
+
+    /// Found by the payload fuzzer after 361 inputs: a payload whose unload hook is not
+    /// code (it faults). The documented outcome: unload fails with the hook's fault and
+    /// changes nothing (the payload stays loaded, its memory mapped), like any failed
+    /// action; the machine goes on working. (The harness asserted every loaded payload
+    /// unloads; it now starts from fresh machines after such an input.)
+    func testAPayloadWhoseUnloadHookFaultsStaysLoaded() throws {
+        let input = try bytes(fuzzDirectory + "/regressions/payload/unload-hook-faults")
+        let payload = try Payload(bytes: input, name: "found")
+        let elf = try ELFFile(contentsOf: samplePath(Samples.ppc64le))
+        XCTAssertEqual(payload.elf.header.machine, elf.header.machine)
+        let machine = try Machine(architecture: try Architectures.forELF(elf))
+        let image = try machine.load(elf)
+        let loader = PayloadLoader(patcher: try LivePatcher(image: image, backend: try Architectures.backend(for: elf)))
+        let loaded = try loader.load(payload)
+        let regions = machine.memory.regions.map(\.name)
+        XCTAssertThrowsError(try loader.unload(loaded)) { error in
+            XCTAssertTrue("\(error)".contains("unload hook at 0x"), "\(error)")
+            XCTAssertTrue("\(error)".contains("illegal instruction"), "\(error)")
+        }
+        XCTAssertEqual(loader.payloads.count, 1)
+        XCTAssertEqual(machine.memory.regions.map(\.name), regions, "a failed unload unmapped something")
+        XCTAssertEqual(try image.call("scaled", [10]).signedValue, 31)
+    }
 }
