@@ -19,6 +19,7 @@ public struct PayloadError: Error, Equatable, CustomStringConvertible {
         case deniedFunction(name: String, why: String)
         case relocation(section: String, index: Int, reason: String)
         case alreadyLoaded(buildID: String)
+        case sectionTooLarge(section: String, size: UInt64, alignment: UInt64, limit: UInt64, alignmentLimit: UInt64)
         case elf(String)
         case patch(String)
     }
@@ -53,6 +54,9 @@ public struct PayloadError: Error, Equatable, CustomStringConvertible {
         case let .deniedFunction(n, why): what = "may not patch \(n): \(why)"
         case let .relocation(sec, i, why): what = "relocation \(i) of \(sec): \(why)"
         case let .alreadyLoaded(id): what = "is already loaded (build id \(id))"
+        case let .sectionTooLarge(section, size, alignment, limit, alignmentLimit):
+            what = "section \(section) asks for 0x\(String(size, radix: 16)) bytes aligned to 0x\(String(alignment, radix: 16)); "
+                + "a payload may place at most 0x\(String(limit, radix: 16)) bytes, aligned to at most 0x\(String(alignmentLimit, radix: 16))"
         case let .elf(e): what = "is not a valid ELF file: \(e)"
         case let .patch(e): what = e
         }

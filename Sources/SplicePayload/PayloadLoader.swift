@@ -54,6 +54,10 @@ public final class PayloadLoader {
     public var denyList: Set<String> = []
     /// The image's own runtime functions (entry, mcount/fentry stubs): never patched.
     public static let runtimeFunctions: Set<String> = ["_start", "_mcount", "__fentry__"]
+    /// The most guest memory one payload may ask for, and the largest section alignment:
+    /// far above any real payload, low enough that no sum of sizes can overflow.
+    public static let maximumPlacedBytes: UInt64 = 64 << 20
+    public static let maximumAlignment: UInt64 = 1 << 16
 
     public var machine: Machine { patcher.machine }
     var image: LoadedImage { patcher.image }
@@ -127,6 +131,11 @@ public final class PayloadLoader {
                 }
             }
         }
+        // Sizes and alignments from the file are bounded before any arithmetic on them.
+        for s in allocated where s.size > Self.maximumPlacedBytes || s.alignment > Self.maximumAlignment {
+            throw fail(.sectionTooLarge(section: s.name, size: s.size, alignment: s.alignment,
+                                        limit: Self.maximumPlacedBytes, alignmentLimit: Self.maximumAlignment))
+        }
         var groupSize: [UInt64] = [0, 0, 0]
         var offsetInGroup: [Int: UInt64] = [:]
         for s in allocated {
@@ -137,6 +146,10 @@ public final class PayloadLoader {
         }
         let stubArea = (groupSize[0] + 15) / 16 * 16
         groupSize[0] = stubArea + UInt64(stubSymbols.count * backend.callStubSize)
+        if groupSize.reduce(0, +) > Self.maximumPlacedBytes {
+            throw fail(.sectionTooLarge(section: "(all sections)", size: groupSize.reduce(0, +), alignment: 0,
+                                        limit: Self.maximumPlacedBytes, alignmentLimit: Self.maximumAlignment))
+        }
         let rounded = groupSize.map { $0 == 0 ? 0 : CodeSpace.roundUp($0) }
         let textSegments = image.elf.segments.filter { $0.isLoad && $0.flags & ELFSegment.flagExecute != 0 }
         let near = textSegments.map { $0.virtualAddress + $0.memorySize }.max() ?? machine.architecture.layout.codeBase

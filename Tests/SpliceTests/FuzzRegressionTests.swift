@@ -66,4 +66,20 @@ final class FuzzRegressionTests: XCTestCase {
         XCTAssertEqual(machine.memory.regions.map(\.name), regions, "a failed unload unmapped something")
         XCTAssertEqual(try image.call("scaled", [10]).signedValue, 31)
     }
+
+    /// Found by the payload fuzzer after 1,441 inputs: a section whose size is near 2^64
+    /// overflowed the placement arithmetic (a trap). Sizes and alignments are now bounded
+    /// first, and such a payload is refused naming the section; nothing is mapped.
+    func testAPayloadSectionTooLargeToPlaceIsRefused() throws {
+        let payload = try Payload(bytes: try bytes(fuzzDirectory + "/regressions/payload/section-size-overflows"), name: "found")
+        let elf = try ELFFile(contentsOf: samplePath(payload.elf.header.machine == 62 ? Samples.x86_64 : Samples.ppc64le))
+        let machine = try Machine(architecture: try Architectures.forELF(elf))
+        let image = try machine.load(elf)
+        let loader = PayloadLoader(patcher: try LivePatcher(image: image, backend: try Architectures.backend(for: elf)))
+        let regions = machine.memory.regions.map(\.name)
+        XCTAssertThrowsError(try loader.load(payload)) { error in
+            XCTAssertTrue("\(error)".contains("a payload may place at most 0x4000000 bytes"), "\(error)")
+        }
+        XCTAssertEqual(machine.memory.regions.map(\.name), regions)
+    }
 }
