@@ -313,7 +313,7 @@ public final class LiveMachine {
         while true {
             stateLock.lock(); let busy = inFlight != nil; stateLock.unlock()
             if !busy { break }
-            idle.wait(until: Date(timeIntervalSinceNow: 0.05))
+            _ = idle.wait(until: Date(timeIntervalSinceNow: 0.05))
         }
         idle.unlock()
     }

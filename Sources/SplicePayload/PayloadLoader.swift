@@ -179,7 +179,12 @@ public final class PayloadLoader {
         }
         for rs in elf.relocationSections {
             guard contents[rs.targetSectionIndex] != nil, let place0 = addresses[rs.targetSectionIndex] else { continue }
+            let sectionBytes = UInt64(contents[rs.targetSectionIndex]!.count)
             for (i, r) in rs.entries.enumerated() {
+                guard r.offset < sectionBytes else {
+                    throw fail(.relocation(section: rs.name, index: i, reason:
+                        "offset 0x\(String(r.offset, radix: 16)) is outside the section it applies to (0x\(String(sectionBytes, radix: 16)) bytes)"))
+                }
                 let s = elf.symbols[Int(r.symbolIndex)]
                 let (value, external, localEntry) = try resolve(s, section: rs.name, index: i)
                 var stub: UInt64?

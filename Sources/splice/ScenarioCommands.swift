@@ -138,3 +138,39 @@ struct Trace: ParsableCommand {
         }
     }
 }
+
+struct Soak: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "N vCPUs run the workload while a long random mix of upload/check/apply/revert/replace/unload goes on; every record checked, the text hash compared at the end.")
+    @Option(help: "x86_64 or ppc64le.") var isa = "x86_64"
+    @Option(help: "Running vCPUs, 1-64.") var vcpus = 16
+    @Option(help: "How long, in minutes.") var minutes = 10.0
+    @Option(help: "stop or nonstop.") var engine = "stop"
+    @Option(help: "Seed of the action mix (the same seed, the same mix).") var seed: UInt64 = 1
+    @Flag(help: "Print JSON.") var json = false
+
+    func run() throws {
+        guard let e = PatchEngineKind(rawValue: engine) else { throw ValidationError("--engine is stop or nonstop") }
+        guard ["x86_64", "ppc64le"].contains(isa) else { throw ValidationError("--isa is x86_64 or ppc64le (not \(isa))") }
+        guard (1...64).contains(vcpus), minutes > 0 else { throw ValidationError("--vcpus is 1 to 64, --minutes positive") }
+        let r = try reportingErrors {
+            try SoakRun.run(samples: try Samples.directory(), isa: isa, vcpus: vcpus, seconds: minutes * 60, engine: e, seed: seed,
+                            progress: { if !json { print("  " + $0); fflush(stdout) } })
+        }
+        if json { try printJSON(r) } else {
+            func counts(_ d: [String: Int]) -> String {
+                ["upload", "check", "apply", "revert", "replace", "unload"].map { "\($0) \(d[$0] ?? 0)" }.joined(separator: ", ")
+            }
+            print("splice soak: \(r.architecture), \(r.vcpus) vCPUs, \(r.engine.rawValue) engine, seed \(r.seed), \(String(format: "%.1f", r.seconds)) s")
+            print("  done:    " + counts(r.done))
+            print("  refused: " + counts(r.refused) + " (the state did not allow it)")
+            print("  failed:  " + counts(r.failed))
+            for f in r.failures { print("    " + f) }
+            print("  records checked \(r.recordsChecked), wrong \(r.wrongResults); settled checks \(r.settledChecks); faults \(r.faults)")
+            print("  guest iterations \(r.iterations); rendezvous \(r.rendezvous)")
+            print("  text SHA-256 pristine \(r.pristineHash)")
+            print("  text SHA-256 at end   \(r.finalHash) \(r.pristineHash == r.finalHash ? "(identical)" : "(DIFFERENT)")")
+        }
+        if !r.passed { throw ExitCode(1) }
+    }
+}

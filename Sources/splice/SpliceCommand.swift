@@ -10,7 +10,7 @@ struct SpliceCommand: ParsableCommand {
         subcommands: [Demo.self, Inspect.self, Call.self, Disasm.self, Build.self, Patch.self, Stress.self, Bench.self,
                       MachineCommand.self, Upload.self, List.self, Get.self, ActionCommand<CheckVerb>.self,
                       ActionCommand<ApplyVerb>.self, ActionCommand<RevertVerb>.self, ActionCommand<ReplaceVerb>.self,
-                      ActionCommand<UnloadVerb>.self, Load.self, Sign.self, Keygen.self, Run.self, MatrixCommand.self, Trace.self])
+                      ActionCommand<UnloadVerb>.self, Load.self, Sign.self, Keygen.self, Run.self, MatrixCommand.self, Trace.self, Soak.self])
 }
 
 /// Formats numbers the way porting engineers read them.

@@ -82,4 +82,18 @@ final class FuzzRegressionTests: XCTestCase {
         }
         XCTAssertEqual(machine.memory.regions.map(\.name), regions)
     }
+
+    /// Found by the payload fuzzer after 5,389 inputs: a relocation offset near 2^64 did
+    /// not fit an Int (a trap). Refused now, naming the relocation and the section size.
+    func testARelocationOutsideItsSectionIsRefused() throws {
+        let payload = try Payload(bytes: try bytes(fuzzDirectory + "/regressions/payload/relocation-offset-outside"), name: "found")
+        let elf = try ELFFile(contentsOf: samplePath(Samples.ppc64le))
+        let machine = try Machine(architecture: try Architectures.forELF(elf))
+        let loader = PayloadLoader(patcher: try LivePatcher(image: try machine.load(elf), backend: try Architectures.backend(for: elf)))
+        let regions = machine.memory.regions.map(\.name)
+        XCTAssertThrowsError(try loader.load(payload)) { error in
+            XCTAssertTrue("\(error)".contains("relocation 4 of .rela.text.patch_on_load: offset 0xfc00000000000018 is outside the section it applies to (0x2c bytes)"), "\(error)")
+        }
+        XCTAssertEqual(machine.memory.regions.map(\.name), regions)
+    }
 }
