@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Release build, then every benchmark Splice has, printed with what was measured.
+# Release build, then every benchmark Splice has, measured in one run and written to
+# BENCHMARKS.md (each figure with the command that measures it alone and its anchor).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -9,7 +10,4 @@ if ! command -v eu-readelf >/dev/null; then   # the payload benchmark's referenc
 fi
 swift build -c release --product splice
 swift build -c release --product unicorn-bare-bench
-.build/release/splice bench emu
-.build/release/splice bench redirect
-.build/release/splice bench payload
-.build/release/splice bench rendezvous --repeats 10
+.build/release/splice bench report -o BENCHMARKS.md "$@"

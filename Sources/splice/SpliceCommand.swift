@@ -538,7 +538,55 @@ struct Stress: ParsableCommand {
 
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Benchmarks that print what they measure on this machine.",
-                                                    subcommands: [Emu.self, Redirect.self, PayloadLoad.self, RendezvousLatency.self])
+                                                    subcommands: [Emu.self, Redirect.self, PayloadLoad.self, RendezvousLatency.self,
+                                                                  Engines.self, Report.self])
+
+    struct Engines: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "The non-stop engine against the rendezvous on the same action (apply + revert of payload 02, vCPUs running).")
+        @Option(help: "vCPU counts (comma-separated).") var vcpus = "1,4"
+        @Option(help: "Repeats (medians are printed).") var repeats = 60
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() throws {
+            let rows = try reportingErrors {
+                try EngineBenchmark.run(samples: try Samples.directory(), counts: vcpus.split(separator: ",").compactMap { Int($0) },
+                                        repeats: repeats)
+            }
+            if json { try printJSON(rows); return }
+            print("splice bench engines: apply / revert of payload 02 while the vCPUs run, median of \(repeats)")
+            print("isa       vCPUs  engine    apply µs   revert µs   vCPUs held µs   syncs/cycle")
+            for r in rows {
+                print([r.architecture.padding(toLength: 9, withPad: " ", startingAt: 0), String(format: "%5d", r.vcpus),
+                       r.engine.rawValue.padding(toLength: 8, withPad: " ", startingAt: 0),
+                       String(format: "%9.1f", r.applyMedianMicroseconds), String(format: "%11.1f", r.revertMedianMicroseconds),
+                       String(format: "%15.1f", r.heldMedianMicroseconds ?? 0), r.syncsPerCycle.map { String(format: "%13.1f", $0) } ?? "            -"]
+                    .joined(separator: " "))
+            }
+        }
+    }
+
+    struct Report: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Run every benchmark once and write one markdown report (BENCHMARKS.md): each figure with its command and anchor.",
+            discussion: "Build in release mode first (scripts/bench.sh does, and writes BENCHMARKS.md). Takes a few minutes.")
+        @Option(name: .shortAndLong, help: "Where to write the report.") var output = "BENCHMARKS.md"
+        @Option(help: "Repeats of the rendezvous benchmark.") var rendezvousRepeats = 30
+
+        func run() throws {
+            try reportingErrors {
+                guard let dir = Samples.executableDirectory() else { throw Failure(description: "cannot find my own executable") }
+                var options = BenchmarkReport.Options(bareExecutable: dir + "/unicorn-bare-bench")
+                options.rendezvousRepeats = rendezvousRepeats
+                let text = try BenchmarkReport.markdown(samples: try Samples.directory(), options: options) { step in
+                    print("measuring: \(step)")
+                    fflush(stdout)
+                }
+                try text.write(toFile: output, atomically: true, encoding: .utf8)
+                print("wrote \(output)")
+            }
+        }
+    }
 
     struct RendezvousLatency: ParsableCommand {
         static let configuration = CommandConfiguration(
