@@ -42,4 +42,16 @@ final class LibraryExampleTests: XCTestCase {
             }
         }
     }
+
+    /// A short soak: the random mix runs, every record is checked, the text hash comes back.
+    func testAShortSoakChecksEveryRecordAndTheHash() throws {
+        for (isa, engine) in [("x86_64", PatchEngineKind.stop), ("ppc64le", .nonstop)] {
+            let r = try SoakRun.run(samples: samplesDirectory, isa: isa, vcpus: 2, seconds: 2, engine: engine, seed: 7)
+            XCTAssertTrue(r.passed, "\(isa) \(engine): \(r.failures)")
+            XCTAssertGreaterThan(r.done.values.reduce(0, +), 20, "\(isa) \(engine)")
+            XCTAssertGreaterThan(r.done["apply", default: 0] + r.done["replace", default: 0], 0)
+            XCTAssertGreaterThan(r.recordsChecked, 1000)
+            XCTAssertEqual(r.pristineHash, r.finalHash)
+        }
+    }
 }
