@@ -20,6 +20,7 @@ public struct PayloadError: Error, Equatable, CustomStringConvertible {
         case relocation(section: String, index: Int, reason: String)
         case alreadyLoaded(buildID: String)
         case sectionTooLarge(section: String, size: UInt64, alignment: UInt64, limit: UInt64, alignmentLimit: UInt64)
+        case symbolOutsideSection(symbol: String, section: String, value: UInt64, size: UInt64)
         case elf(String)
         case patch(String)
     }
@@ -54,6 +55,8 @@ public struct PayloadError: Error, Equatable, CustomStringConvertible {
         case let .deniedFunction(n, why): what = "may not patch \(n): \(why)"
         case let .relocation(sec, i, why): what = "relocation \(i) of \(sec): \(why)"
         case let .alreadyLoaded(id): what = "is already loaded (build id \(id))"
+        case let .symbolOutsideSection(symbol, section, value, size):
+            what = "symbol \(symbol) is at offset 0x\(String(value, radix: 16)) of \(section), which has 0x\(String(size, radix: 16)) bytes"
         case let .sectionTooLarge(section, size, alignment, limit, alignmentLimit):
             what = "section \(section) asks for 0x\(String(size, radix: 16)) bytes aligned to 0x\(String(alignment, radix: 16)); "
                 + "a payload may place at most 0x\(String(limit, radix: 16)) bytes, aligned to at most 0x\(String(alignmentLimit, radix: 16))"

@@ -131,10 +131,17 @@ public final class PayloadLoader {
                 }
             }
         }
-        // Sizes and alignments from the file are bounded before any arithmetic on them.
+        // Sizes, alignments and symbol offsets from the file are bounded before any
+        // arithmetic on them (placed address + offset cannot overflow after this).
         for s in allocated where s.size > Self.maximumPlacedBytes || s.alignment > Self.maximumAlignment {
             throw fail(.sectionTooLarge(section: s.name, size: s.size, alignment: s.alignment,
                                         limit: Self.maximumPlacedBytes, alignmentLimit: Self.maximumAlignment))
+        }
+        for sym in elf.symbols where sym.isDefined {
+            guard let section = allocated.first(where: { $0.index == Int(sym.sectionIndex) }) else { continue }
+            if sym.value > section.size {
+                throw fail(.symbolOutsideSection(symbol: sym.name, section: section.name, value: sym.value, size: section.size))
+            }
         }
         var groupSize: [UInt64] = [0, 0, 0]
         var offsetInGroup: [Int: UInt64] = [:]
