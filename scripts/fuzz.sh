@@ -24,7 +24,7 @@ export SPLICE_FUZZ=$target
 if [ "${1:-}" = "--merge" ]; then
     # The committed corpus becomes the smallest set that keeps all coverage found so far.
     tmp=$(mktemp -d)
-    "$fuzzer" -merge=1 -max_len=4096 "$tmp" "fuzz/corpus/$target" "$work"
+    "$fuzzer" -set_cover_merge=1 -max_len=4096 "$tmp" "fuzz/corpus/$target" "$work"
     rm -f "fuzz/corpus/$target"/*
     cp "$tmp"/* "fuzz/corpus/$target"/
     rm -rf "$tmp"
