@@ -41,11 +41,14 @@ public enum Samples {
     /// A payload from the sample patches (samples/build/patches/DIR): `original`'s
     /// unpatched object against `patched`'s patched one (the same folder for one patch,
     /// two for a cumulative payload), built for `target` with `backend`.
+    /// `expectBytes`: record that many of each old function's first bytes (checked at load).
     public static func payload(original: String, patched: String, isa: String, target: ELFFile, backend: any PatchBackend,
-                               directory: String) throws -> (bytes: [UInt8], report: PayloadBuilder.Report) {
-        try PayloadBuilder(original: try ELFFile(contentsOf: "\(directory)/patches/\(original)/orig-\(isa).o"),
-                           patched: try ELFFile(contentsOf: "\(directory)/patches/\(patched)/patched-\(isa).o"),
-                           target: target, backend: backend).build()
+                               directory: String, expectBytes: Int = 0) throws -> (bytes: [UInt8], report: PayloadBuilder.Report) {
+        var builder = PayloadBuilder(original: try ELFFile(contentsOf: "\(directory)/patches/\(original)/orig-\(isa).o"),
+                                     patched: try ELFFile(contentsOf: "\(directory)/patches/\(patched)/patched-\(isa).o"),
+                                     target: target, backend: backend)
+        builder.expectBytes = expectBytes
+        return try builder.build()
     }
 
     /// The directory holding the running executable (where SwiftPM puts its siblings).

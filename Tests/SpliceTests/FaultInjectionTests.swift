@@ -8,9 +8,9 @@ import XCTest
 final class FaultInjectionTests: XCTestCase {
     let isas = ["x86_64", "ppc64le"]
 
-    func payload(_ patch: String, _ isa: String, _ live: LiveMachine, patched: String? = nil) throws -> [UInt8] {
+    func payload(_ patch: String, _ isa: String, _ live: LiveMachine, patched: String? = nil, expectBytes: Int = 0) throws -> [UInt8] {
         try Samples.payload(original: patch, patched: patched ?? patch, isa: isa, target: live.image.elf,
-                            backend: try Architectures.backend(named: isa), directory: samplesDirectory).bytes
+                            backend: try Architectures.backend(named: isa), directory: samplesDirectory, expectBytes: expectBytes).bytes
     }
 
     func le64(_ v: UInt64) -> [UInt8] { (0..<8).map { UInt8(truncatingIfNeeded: v >> (8 * UInt64($0))) } }
@@ -137,12 +137,7 @@ final class FaultInjectionTests: XCTestCase {
             let live = try LiveMachine(configuration: .init(image: samplePath("kernel-\(isa).elf"), cpus: 1, workload: nil))
             defer { live.shutdown() }
             // Built with the old functions' first 16 bytes recorded (splice build --expect-bytes 16).
-            var builder = PayloadBuilder(
-                original: try ELFFile(contentsOf: samplePath("patches/01-greeting-len-fix/orig-\(isa).o")),
-                patched: try ELFFile(contentsOf: samplePath("patches/04-scaled-twice-stacked/patched-\(isa).o")),
-                target: live.image.elf, backend: try Architectures.backend(named: isa))
-            builder.expectBytes = 16
-            let bytes = try builder.build().bytes
+            let bytes = try payload("01-greeting-len-fix", isa, live, patched: "04-scaled-twice-stacked", expectBytes: 16)
             let functions = try Payload(bytes: bytes, name: "cumulative").functions
             XCTAssertGreaterThanOrEqual(functions.count, 2, isa)
             let second = functions[1].name
@@ -166,12 +161,7 @@ final class FaultInjectionTests: XCTestCase {
             // payload built the same way: the bytes live patching rewrote (p02's jump or
             // mcount call and odd-TOC mark, ppc64le's nop'ed mcount sites) are not a mismatch.
             try live.machine.memory.write(address, original)
-            var p02 = PayloadBuilder(
-                original: try ELFFile(contentsOf: samplePath("patches/02-scaled-plus-two/orig-\(isa).o")),
-                patched: try ELFFile(contentsOf: samplePath("patches/02-scaled-plus-two/patched-\(isa).o")),
-                target: live.image.elf, backend: try Architectures.backend(named: isa))
-            p02.expectBytes = 16
-            try live.upload(id: "p02", bytes: try p02.build().bytes)
+            try live.upload(id: "p02", bytes: try payload("02-scaled-plus-two", isa, live, expectBytes: 16))
             try live.perform(.check, id: "p02")
             try live.perform(.apply, id: "p02")
             try live.perform(.check, id: "cumulative")
