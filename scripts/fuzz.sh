@@ -25,8 +25,12 @@ if [ "${1:-}" = "--merge" ]; then
     # The committed corpus becomes the smallest set that keeps all coverage found so far.
     tmp=$(mktemp -d)
     "$fuzzer" -set_cover_merge=1 -max_len=4096 "$tmp" "fuzz/corpus/$target" "$work"
-    rm -f "fuzz/corpus/$target"/*
-    cp "$tmp"/* "fuzz/corpus/$target"/
+    # The named seeds (seed-*: the sample payloads) stay; the tests refer to them.
+    find "fuzz/corpus/$target" -type f ! -name 'seed-*' -delete
+    for f in "$tmp"/*; do
+        grep -qxF "$(basename "$f")" <(cd "fuzz/corpus/$target" && sha1sum seed-* 2>/dev/null | cut -d' ' -f1) \
+            || cp "$f" "fuzz/corpus/$target"/
+    done
     rm -rf "$tmp"
     echo "fuzz/corpus/$target: $(ls "fuzz/corpus/$target" | wc -l) inputs, $(du -sh "fuzz/corpus/$target" | cut -f1)"
     exit 0
