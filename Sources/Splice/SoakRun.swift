@@ -140,11 +140,12 @@ public enum SoakRun {
     }
 }
 
-/// A small seeded generator (SplitMix64): the same seed gives the same mix of actions.
-struct SplitMix64 {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
+/// A small seeded generator (SplitMix64): the same seed gives the same sequence, so a
+/// soak's mix of actions, or a test's corruptions, can be reproduced.
+public struct SplitMix64: Sendable {
+    public var state: UInt64
+    public init(seed: UInt64) { state = seed }
+    public mutating func next() -> UInt64 {
         state &+= 0x9E37_79B9_7F4A_7C15
         var z = state
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9

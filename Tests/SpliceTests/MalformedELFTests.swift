@@ -193,16 +193,3 @@ final class MalformedELFTests: XCTestCase {
         XCTAssertGreaterThan(accepted, 0, "harmless corruptions (padding, code bytes) still read")
     }
 }
-
-/// A small deterministic PRNG (SplitMix64), so failures reproduce.
-struct SplitMix64 {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9e37_79b9_7f4a_7c15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
-        z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
-        return z ^ (z >> 31)
-    }
-}
