@@ -120,6 +120,8 @@ public final class LivePatcher {
     /// Shadow variables of this machine, and the host calls that give guest code (payloads)
     /// access to them.
     public let shadows: ShadowVariables
+    /// The applied payloads' states, for `splice_state_prev` (the loader keeps it).
+    public let states = PayloadStates()
     public let hostCalls: HostCalls
     /// Where writes happen: directly (default), or inside a rendezvous of running vCPUs.
     /// Code allocations follow it (mapping a region touches every engine).
@@ -156,7 +158,7 @@ public final class LivePatcher {
         self.space = space ?? CodeSpace(machine: image.machine)
         executor = DirectExecutor(machine: image.machine)
         shadows = try ShadowVariables(space: self.space)
-        let functions = shadows.hostFunctions
+        let functions = shadows.hostFunctions + states.hostFunctions
         // Near the image's text: payloads placed there reach the entries with a direct call.
         let text = image.regions.filter { $0.permissions.contains(.execute) }.map { $0.end }.max()
         // A region of their own: code arenas come and go with redirects, this stays.

@@ -139,6 +139,13 @@ public protocol PatchBackend: Sendable {
     /// to restore r2). The payload builder then carries the callee into the payload.
     func callNeedsSameTOC(type: UInt32, code: [UInt8], offset: Int) -> Bool
 
+    /// Where in its target section relocation `type` at `offset` of `code` (a function's
+    /// whole section) points, given its addend: the addend itself for absolute and
+    /// TOC-relative types; for a PC-relative one the addend plus the distance from the
+    /// field to the end of its instruction (x86-64 `lea .LC0(%rip)` has addend -4). The
+    /// payload builder compares string literals by what they say through this.
+    func relocationTargetOffset(type: UInt32, addend: Int64, code: [UInt8], offset: Int) -> Int64
+
     /// Bytes of a call stub that reaches `target` in another module from `address`, or
     /// nil when relocation `type` to an external symbol needs none.
     func callStub(type: UInt32, symbol: String, to target: UInt64, at address: UInt64) -> [UInt8]?
@@ -184,6 +191,7 @@ public protocol PatchRuntime: AnyObject {
 extension PatchBackend {
     public func installRuntime(for image: LoadedImage, space: CodeSpace) throws -> (any PatchRuntime)? { nil }
     public func callNeedsSameTOC(type: UInt32, code: [UInt8], offset: Int) -> Bool { false }
+    public func relocationTargetOffset(type: UInt32, addend: Int64, code: [UInt8], offset: Int) -> Int64 { addend }
     public func callStub(type: UInt32, symbol: String, to target: UInt64, at address: UInt64) -> [UInt8]? { nil }
     public var callStubSize: Int { 0 }
     public func payloadTOC(sections: [(name: String, address: UInt64)]) -> UInt64? { nil }

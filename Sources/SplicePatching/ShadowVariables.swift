@@ -14,6 +14,7 @@ import SpliceMachine
 ///     void *splice_shadow_get_or_attach(void *object, unsigned long id, unsigned long size); // NULL if full
 ///     void  splice_shadow_free(void *object, unsigned long id);
 ///     void  splice_shadow_free_all(unsigned long id);                                        // every object
+///     void *splice_shadow_any(unsigned long id);   // an object that has shadow id, NULL if none (free-all with a destructor)
 ///
 /// The host side is this class's methods, with the same meaning. There are no
 /// constructor / destructor callbacks: storage starts zeroed, and a payload's hooks can
@@ -78,6 +79,13 @@ public final class ShadowVariables: @unchecked Sendable {
         if let v = variables.removeValue(forKey: Key(object: object, id: id)) { release(v) }
     }
 
+    /// Some object that has a variable `id` (the lowest address), or nil: what a guest
+    /// free-all with a destructor walks.
+    public func anyObject(id: UInt64) -> UInt64? {
+        lock.lock(); defer { lock.unlock() }
+        return variables.keys.filter { $0.id == id }.map(\.object).min()
+    }
+
     /// Frees the variables with `id` of every object.
     public func freeAll(id: UInt64) {
         lock.lock(); defer { lock.unlock() }
@@ -111,6 +119,7 @@ public final class ShadowVariables: @unchecked Sendable {
             },
             .init(name: "splice_shadow_free", arguments: 2) { [self] a in free(object: a[0], id: a[1]); return 0 },
             .init(name: "splice_shadow_free_all", arguments: 1) { [self] a in freeAll(id: a[0]); return 0 },
+            .init(name: "splice_shadow_any", arguments: 1) { [self] a in ptr(anyObject(id: a[0])) },
         ]
     }
 

@@ -1,4 +1,5 @@
 import SpliceELF
+import SplicePatching
 
 /// A payload file, parsed and checked on its own (before anything about the target is
 /// known): its records, notes and hooks.
@@ -8,11 +9,29 @@ public struct Payload: Sendable {
         public var name: String
         /// The payload's new function; nil means NOP out the old one (new_addr 0).
         public var newSymbol: ELFSymbol?
+        /// The new function's size; for a NOP patch, how many bytes become no-ops (0: the
+        /// function returns at once).
         public var newSize: UInt32
         /// Expected size of the old function (0: not checked).
         public var oldSize: UInt32
         /// The old function must start with these bytes (empty: not checked).
         public var expectedBytes: [UInt8]
+        /// NOP patch with a size: where the no-ops start, from the function's start.
+        public var nopOffset: UInt32 = 0
+
+        /// What the patcher is asked to do for this record.
+        public func target(newAddress: UInt64?) -> RedirectTarget {
+            if let newAddress { return .address(newAddress) }
+            return newSize == 0 ? .returnImmediately : .nopOut(offset: UInt64(nopOffset), length: Int(newSize))
+        }
+    }
+
+    /// A `.livepatch.states` record (Linux's klp_state).
+    public struct State: Sendable, Equatable {
+        public var id: UInt64
+        public var version: UInt64
+        /// Where the record starts in `.livepatch.states`.
+        public var offset: Int
     }
 
     public let name: String
@@ -24,6 +43,7 @@ public struct Payload: Sendable {
     public let functions: [Function]
     /// Hook functions by kind, in order.
     public let hooks: [PayloadFormat.HookKind: [ELFSymbol]]
+    public let states: [State]
 
     public var buildIDHex: String { hexString(buildID) }
 
@@ -56,18 +76,21 @@ public struct Payload: Sendable {
         targetBuildID = target
         dependencies = notes(PayloadFormat.payloadDependsSection)
 
-        guard let funcs = elf.section(named: PayloadFormat.funcsSection) else { throw fail(.missingSection(PayloadFormat.funcsSection)) }
-        guard funcs.size % UInt64(PayloadFormat.recordSize) == 0, UInt64(funcs.data.count) == funcs.size else {
+        // No functions at all is a payload of hooks only (Xen's xen_action_hooks_nofunc);
+        // whether it has hooks is checked below.
+        let funcs = elf.section(named: PayloadFormat.funcsSection)
+        if let funcs, funcs.size % UInt64(PayloadFormat.recordSize) != 0 || UInt64(funcs.data.count) != funcs.size {
             throw fail(.badRecordSize(size: funcs.size, recordSize: PayloadFormat.recordSize))
         }
         let strings = elf.section(named: PayloadFormat.stringsSection)
-        let relocs = elf.relocationSections.first { $0.targetSectionIndex == funcs.index }?.entries ?? []
+        let relocs = funcs.flatMap { f in elf.relocationSections.first { $0.targetSectionIndex == f.index }?.entries } ?? []
         func reloc(at offset: Int) -> ELFRelocation? { relocs.first { $0.offset == UInt64(offset) } }
+        let records = funcs?.data ?? []
 
         var functions: [Function] = []
-        for r in 0..<(funcs.data.count / PayloadFormat.recordSize) {
+        for r in 0..<(records.count / PayloadFormat.recordSize) {
             let base = r * PayloadFormat.recordSize
-            let d = funcs.data
+            let d = records
             func u32(_ o: Int) -> UInt32 { (0..<4).reduce(0) { $0 | UInt32(d[base + o + $1]) << (8 * UInt32($1)) } }
             func u64(_ o: Int) -> UInt64 { (0..<8).reduce(0) { $0 | UInt64(d[base + o + $1]) << (8 * UInt64($1)) } }
             let version = d[base + 32]
@@ -100,8 +123,12 @@ public struct Payload: Sendable {
             } else if u64(8) != 0 {
                 throw fail(.badRecord(record: r, reason: "new_addr is nonzero but not relocated"))
             }
+            if newSymbol != nil && u32(36) != 0 {
+                throw fail(.badRecord(record: r, reason: "nop_offset is set but new_addr is not 0"))
+            }
             functions.append(Function(record: r, name: functionName, newSymbol: newSymbol, newSize: u32(24),
-                                      oldSize: u32(28), expectedBytes: Array(d[(base + 40)..<(base + 40 + expectLength)])))
+                                      oldSize: u32(28), expectedBytes: Array(d[(base + 40)..<(base + 40 + expectLength)]),
+                                      nopOffset: u32(36)))
         }
         var seen: [String: [Int]] = [:]
         for f in functions { seen[f.name, default: []].append(f.record) }
@@ -128,7 +155,31 @@ public struct Payload: Sendable {
                 return s
             }
         }
+        for kind in [PayloadFormat.HookKind.apply, .revert] where (hooks[kind]?.count ?? 0) > 1 {
+            throw fail(.badRecord(record: -1, reason: "\(PayloadFormat.hooksPrefix + kind.rawValue) has \(hooks[kind]!.count) hooks: an action has one"))
+        }
+        if elf.section(named: PayloadFormat.funcsSection) == nil && hooks.isEmpty {
+            throw fail(.missingSection(PayloadFormat.funcsSection))
+        }
         self.hooks = hooks
+
+        var states: [State] = []
+        if let section = elf.section(named: PayloadFormat.statesSection) {
+            guard section.size % UInt64(PayloadFormat.stateSize) == 0, UInt64(section.data.count) == section.size,
+                  section.isAllocated, section.isWritable else {
+                throw fail(.badRecord(record: -1, reason: "\(section.name) must be writable, loaded and a multiple of \(PayloadFormat.stateSize) bytes"))
+            }
+            let d = section.data
+            func u64(_ o: Int) -> UInt64 { (0..<8).reduce(0) { $0 | UInt64(d[o + $1]) << (8 * UInt64($1)) } }
+            for o in stride(from: 0, to: d.count, by: PayloadFormat.stateSize) {
+                let state = State(id: u64(o), version: u64(o + 8), offset: o)
+                if states.contains(where: { $0.id == state.id }) {
+                    throw fail(.badRecord(record: -1, reason: "\(section.name) has state id \(state.id) twice"))
+                }
+                states.append(state)
+            }
+        }
+        self.states = states
     }
 }
 

@@ -31,6 +31,24 @@ public struct PayloadBuilder {
     public var nopFunctions: [String] = []
     /// For each function, how many of the target's first bytes the payload expects.
     public var expectBytes = 0
+    /// Expected first bytes given outright, by function (Xen's `expect` data), instead of
+    /// read from the target.
+    public var expectedBytes: [String: [UInt8]] = [:]
+    /// Stretches of functions to turn into no-ops (NOP records with a size, Xen's xen_nop).
+    public var nopRanges: [NopRange] = []
+    /// Leave the target's build id out (a payload any loader must refuse; for tests).
+    public var omitTargetBuildID = false
+
+    public struct NopRange: Sendable, Equatable {
+        public var function: String
+        public var offset: UInt32
+        public var length: UInt32
+        public init(function: String, offset: UInt32, length: UInt32) {
+            self.function = function
+            self.offset = offset
+            self.length = length
+        }
+    }
 
     public init(original: ELFFile, patched: ELFFile, target: ELFFile, backend: any PatchBackend) {
         self.original = original
@@ -58,13 +76,25 @@ public struct PayloadBuilder {
         s.kind == .section ? "section:" + elf.sections[Int(s.sectionIndex)].name : s.name
     }
 
-    static func signature(_ elf: ELFFile, _ f: ELFSymbol) -> Signature {
+    /// A string literal is known by what it says, not by where the compiler put it in its
+    /// merged-strings section (`return "";` and `return "Hello World";` may both point at
+    /// offset 0 of `.rodata.str1.1`).
+    func signature(_ elf: ELFFile, _ f: ELFSymbol) -> Signature {
         let section = elf.sections[Int(f.sectionIndex)]
         let relocs = elf.relocationSections.first { $0.targetSectionIndex == section.index }?.entries ?? []
-        return Signature(bytes: section.data, relocations: relocs.map {
-            "\($0.offset) \($0.type) \(symbolKey(elf, elf.symbols[Int($0.symbolIndex)])) \($0.addend ?? 0)"
+        return Signature(bytes: section.data, relocations: relocs.map { r in
+            let s = elf.symbols[Int(r.symbolIndex)]
+            if s.kind == .section, Int(s.sectionIndex) < elf.sections.count, case let target = elf.sections[Int(s.sectionIndex)], target.flags & Self.flagStrings != 0 {
+                let at = backend.relocationTargetOffset(type: r.type, addend: r.addend ?? 0, code: section.data, offset: Int(r.offset))
+                if at >= 0, at < target.data.count {
+                    let text = target.data[Int(at)...].prefix { $0 != 0 }
+                    return "\(r.offset) \(r.type) string \(String(decoding: text, as: UTF8.self).debugDescription)"
+                }
+            }
+            return "\(r.offset) \(r.type) \(Self.symbolKey(elf, s)) \(r.addend ?? 0)"
         })
     }
+    static let flagStrings: UInt64 = 0x20 // SHF_STRINGS
 
     /// The payload's bytes, and what went into it.
     public func build() throws -> (bytes: [UInt8], report: Report) {
@@ -79,7 +109,7 @@ public struct PayloadBuilder {
         // 1. Changed and new functions.
         for (name, f) in patchedFunctions.sorted(by: { $0.key < $1.key }) {
             if let o = originalFunctions[name] {
-                if Self.signature(original, o) != Self.signature(patched, f) { report.changed.append(name) }
+                if signature(original, o) != signature(patched, f) { report.changed.append(name) }
             } else {
                 report.newFunctions.append(name)
             }
@@ -98,6 +128,7 @@ public struct PayloadBuilder {
         for kind in PayloadFormat.HookKind.allCases {
             if let s = patched.section(named: PayloadFormat.hooksPrefix + kind.rawValue) { carry(s.index) }
         }
+        if let s = patched.section(named: PayloadFormat.statesSection) { carry(s.index) }
         /// How a relocation of a carried section refers to its symbol in the payload.
         enum Target { case internalSection(Int, addend: Int64), external(String, addend: Int64), internalSymbol(ELFSymbol) }
         var decisions: [Int: [Int: Target]] = [:] // section -> relocation index -> target
@@ -204,15 +235,18 @@ public struct PayloadBuilder {
         // Records: one per changed function that the target has, plus NOP patches.
         var metadata = PayloadMetadata(targetBuildID: targetID)
         metadata.dependencies = dependencies.map(\.buildID)
-        let entries = report.changed.map { ($0, true) } + nopFunctions.map { ($0, false) }
-        for (name, redirect) in entries {
+        metadata.omitTargetBuildID = omitTargetBuildID
+        let entries = report.changed.map { ($0, true, nil as NopRange?) } + nopFunctions.map { ($0, false, nil) }
+            + nopRanges.map { ($0.function, false, $0) }
+        for (name, redirect, range) in entries {
             guard let old = target.symbol(named: name), old.isFunction else {
                 throw Failure(description: "the target \(target.name) has no function \(name)")
             }
             let new = redirect ? patchedFunctions[name] : nil
-            let expected = expectBytes > 0 ? Array(try target.bytes(of: old).prefix(expectBytes)) : []
+            let expected = try expectedBytes[name] ?? (expectBytes > 0 ? Array(try target.bytes(of: old).prefix(expectBytes)) : [])
             metadata.records.append(.init(name: name, newSymbol: new.map { definedSymbol[$0.name]! },
-                                          newSize: new?.size ?? 0, oldSize: old.size, expectedBytes: expected))
+                                          newSize: range.map { UInt64($0.length) } ?? new?.size ?? 0, oldSize: old.size,
+                                          expectedBytes: expected, nopOffset: range?.offset ?? 0))
         }
         metadata.write(into: &w, absolute: backend.absoluteAddressRelocation)
         return (try w.write(), report)

@@ -21,6 +21,10 @@ public struct PayloadError: Error, Equatable, CustomStringConvertible {
         case alreadyLoaded(buildID: String)
         case sectionTooLarge(section: String, size: UInt64, alignment: UInt64, limit: UInt64, alignmentLimit: UInt64)
         case symbolOutsideSection(symbol: String, section: String, value: UInt64, size: UInt64)
+        /// A pre hook vetoed the action, or an action hook failed: it returned `rc`.
+        case hookRefused(hook: String, address: UInt64, rc: Int32)
+        /// Its states do not fit those of the applied payloads (Linux's klp_state rules).
+        case incompatibleState(String)
         case elf(String)
         case patch(String)
     }
@@ -60,6 +64,10 @@ public struct PayloadError: Error, Equatable, CustomStringConvertible {
         case let .sectionTooLarge(section, size, alignment, limit, alignmentLimit):
             what = "section \(section) asks for 0x\(String(size, radix: 16)) bytes aligned to 0x\(String(alignment, radix: 16)); "
                 + "a payload may place at most 0x\(String(limit, radix: 16)) bytes, aligned to at most 0x\(String(alignmentLimit, radix: 16))"
+        case let .hookRefused(hook, address, rc):
+            let role = hook.hasPrefix("pre") ? "vetoed the action" : "failed, so the action did not happen"
+            what = "\(hook) hook at 0x\(String(address, radix: 16)) \(role): it returned \(rc)"
+        case let .incompatibleState(why): what = why
         case let .elf(e): what = "is not a valid ELF file: \(e)"
         case let .patch(e): what = e
         }

@@ -8,27 +8,41 @@ public enum PayloadFormat {
     public static let dependsSection = ".livepatch.depends"
     /// Zero or more GNU build-id notes: payloads that must be loaded first.
     public static let payloadDependsSection = ".livepatch.payload_depends"
-    /// `.livepatch.hooks.<kind>`: arrays of 8-byte pointers to `void hook(void)`.
+    /// `.livepatch.hooks.<kind>`: arrays of 8-byte pointers to hook functions.
     public static let hooksPrefix = ".livepatch.hooks."
+    /// `stateSize`-byte records (Linux's klp_state): u64 id, u64 version, u64 data. The
+    /// section is loaded (writable): the payload's hooks keep `data`.
+    public static let statesSection = ".livepatch.states"
+    public static let stateSize = 24
     public static let buildIDSection = ".note.gnu.build-id"
 
     /// One `.livepatch.funcs` record (little-endian):
     ///
     ///     0   u64 name        relocated: address of a NUL-terminated name in .livepatch.strings
-    ///     8   u64 new_addr    relocated: the new function; 0 (no relocation) = NOP patch
+    ///     8   u64 new_addr    relocated: the new function; 0 (no relocation) = NOP patch:
+    ///                         with new_size 0 the function returns at once, else new_size
+    ///                         bytes from nop_offset become no-ops (Xen's xen_nop)
     ///     16  u64 old_addr    0 in the file: resolved by name against the target at load
     ///     24  u32 new_size
     ///     28  u32 old_size    expected size of the old function; 0 = not checked
     ///     32  u8  version     1
     ///     33  u8  expect_len  0..24: how many bytes of `expect` the old function must start with
-    ///     34  u8  pad[6]
+    ///     34  u8  pad[2]
+    ///     36  u32 nop_offset  NOP patch: where the no-ops start, from the function's start
     ///     40  u8  expect[24]
     ///     64  u8  opaque[32]  zero in the file: room for the backend's undo bytes
     public static let recordSize = 96
     public static let recordVersion: UInt8 = 1
     public static let maxExpectedBytes = 24
 
+    /// Hooks (samples/src/splice_livepatch.h). `load`, `unload` and the post hooks are
+    /// `void hook(void)`; the pre hooks are `int hook(void)`, nonzero vetoing the action;
+    /// `apply` and `revert` are Xen's action hooks, `int hook(void)` run instead of the
+    /// native redirect writes, nonzero failing the action.
     public enum HookKind: String, CaseIterable, Sendable, Codable {
-        case load, unload, preapply, postapply, prerevert, postrevert
+        case load, unload, preapply, postapply, prerevert, postrevert, apply, revert
+
+        /// Whether the hook's int result decides (nonzero: veto or failure).
+        public var returnsResult: Bool { [.preapply, .prerevert, .apply, .revert].contains(self) }
     }
 }

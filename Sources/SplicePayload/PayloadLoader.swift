@@ -21,13 +21,22 @@ public final class LoadedPayload {
     public let functions: [Resolved]
     public let hooks: [PayloadFormat.HookKind: [UInt64]]
     public internal(set) var redirects: [ActiveRedirect] = []
-    public var isApplied: Bool { !redirects.isEmpty }
+    /// Applied: its redirects are in (or its apply action hook succeeded).
+    public internal(set) var isApplied = false
+    /// Orders applied payloads, newest highest (whose state `splice_state_prev` gives).
+    var appliedSequence = 0
+    /// Guest address of each of its `.livepatch.states` records, by state id.
+    public var stateRecords: [UInt64: UInt64] {
+        guard let section = payload.elf.section(named: PayloadFormat.statesSection),
+              let base = sectionAddresses[section.index] else { return [:] }
+        return Dictionary(uniqueKeysWithValues: payload.states.map { ($0.id, base + UInt64($0.offset)) })
+    }
     /// The redirects the payload makes, as a batch for the patcher (made once: REPLACE
     /// applies the same payload many times).
     public private(set) lazy var items: [LivePatcher.BatchItem] = {
         let file = payload.name.split(separator: "/").last.map(String.init) ?? ""
         return functions.map {
-            .init(function: $0.function.name, target: $0.newAddress.map { .address($0) } ?? .returnImmediately,
+            .init(function: $0.function.name, target: $0.function.target(newAddress: $0.newAddress),
                   label: file + ":" + $0.function.name)
         }
     }()
@@ -228,7 +237,7 @@ public final class PayloadLoader {
                 throw fail(.badRecord(record: f.record, reason: "new function \(f.newSymbol!.name) is not in a loaded section"))
             }
             do {
-                try patcher.check(.init(function: f.name, target: newAddress.map { .address($0) } ?? .returnImmediately))
+                try patcher.check(.init(function: f.name, target: f.target(newAddress: newAddress)))
             } catch {
                 throw fail(.patch("cannot patch \(f.name): \(error)"))
             }
@@ -307,45 +316,101 @@ public final class PayloadLoader {
 
     // MARK: Life cycle
 
-    /// Redirects every function of the payload, all or none. A failing hook undoes the
-    /// action: a pre-apply hook before anything is written, a post-apply hook by taking
-    /// the redirects out again.
+    /// Redirects every function of the payload, all or none (or, when the payload has an
+    /// apply action hook, runs that instead). A pre-apply hook that returns nonzero vetoes
+    /// the apply before anything is written; a failing post-apply hook undoes it.
     public func apply(_ p: LoadedPayload) throws {
         guard !p.isApplied else { return }
+        try checkStates(of: p, replacing: false)
         try runHooks(.preapply, of: p)
-        p.redirects = try engine.apply(batch: items(of: p))
+        if p.hooks[.apply] != nil {
+            try runHooks(.apply, of: p)
+        } else if !p.items.isEmpty {
+            p.redirects = try engine.apply(batch: items(of: p))
+        }
+        markApplied([p], true)
         do { try runHooks(.postapply, of: p) } catch {
             try undo(p, error) {
-                _ = try engine.replace(reverting: p.redirects.map(\.id), with: [])
+                if p.hooks[.revert] != nil { try runHooks(.revert, of: p) } else if !p.redirects.isEmpty {
+                    _ = try engine.replace(reverting: p.redirects.map(\.id), with: [])
+                }
                 p.redirects = []
+                markApplied([p], false)
             }
         }
     }
 
     /// REPLACE: reverts every applied payload and applies `p`, in one action (one
-    /// rendezvous while vCPUs run, or one non-stop sequence). Either all of it happens or
-    /// nothing: a failing post hook puts the payloads that were applied back, in one action.
+    /// rendezvous while vCPUs run, or one non-stop sequence). As with Xen's REPLACE and
+    /// Linux's cumulative patches, `p` takes over: its pre- and post-apply hooks run, the
+    /// replaced payloads' pre- and post-revert hooks do not (what they set up, `p` now
+    /// owns; `splice_state_prev` hands it their states). `p` must carry every state of
+    /// the payloads it replaces, at the same or a newer version. Either all of it happens
+    /// or nothing: a failing post-apply hook puts the payloads that were applied back, in
+    /// one action. Payloads with action hooks have them run, before (revert) and after
+    /// (apply) the native writes.
     public func replace(with p: LoadedPayload) throws {
-        let others = payloads.filter { $0.isApplied && $0 !== p }
-        for o in others { try runHooks(.prerevert, of: o) }
+        let others = payloads.filter { $0.isApplied && $0 !== p }.sorted { $0.appliedSequence < $1.appliedSequence }
+        try checkStates(of: p, replacing: true)
         try runHooks(.preapply, of: p)
+        for o in others.reversed() where o.hooks[.revert] != nil { try runHooks(.revert, of: o) }
         let previous = others.map(\.items)
-        p.redirects = try engine.replace(reverting: others.flatMap { $0.redirects.map(\.id) }, with: items(of: p))
+        let native = others.filter { $0.hooks[.revert] == nil }
+        p.redirects = try engine.replace(reverting: native.flatMap { $0.redirects.map(\.id) },
+                                         with: p.hooks[.apply] == nil ? items(of: p) : [])
         for o in others { o.redirects = [] }
+        markApplied(others, false)
+        if p.hooks[.apply] != nil { try runHooks(.apply, of: p) }
+        markApplied([p], true)
         do {
-            for o in others { try runHooks(.postrevert, of: o) }
             try runHooks(.postapply, of: p)
         } catch {
             try undo(p, error) {
                 var back = try engine.replace(reverting: p.redirects.map(\.id), with: previous.flatMap { $0 })[...]
                 p.redirects = []
+                markApplied([p], false)
                 for (o, items) in zip(others, previous) {
                     o.redirects = Array(back.prefix(items.count))
                     back = back.dropFirst(items.count)
                 }
+                markApplied(others, true)
             }
         }
     }
+
+    /// Linux's klp_is_patch_compatible: every state of an applied payload must be in `p`
+    /// at the same or a newer version; a REPLACE must carry all of them, an apply only the
+    /// ones it has.
+    func checkStates(of p: LoadedPayload, replacing: Bool) throws {
+        for o in payloads where o.isApplied && o !== p {
+            for old in o.payload.states {
+                let new = p.payload.states.first { $0.id == old.id }
+                if let new, new.version >= old.version { continue }
+                if new == nil && !replacing { continue }
+                let has = new.map { "has version \($0.version)" } ?? "does not have it"
+                throw PayloadError(p.payload.name, .incompatibleState(
+                    "state \(old.id) is at version \(old.version) (payload \(o.payload.name)) and this payload \(has): "
+                    + "it is not compatible with the applied payloads"))
+            }
+        }
+    }
+
+    /// Sets the payloads' applied flags and the states table `splice_state_prev` reads.
+    private func markApplied(_ ps: [LoadedPayload], _ applied: Bool) {
+        for p in ps {
+            p.isApplied = applied
+            if applied {
+                appliedCount += 1
+                p.appliedSequence = appliedCount
+            }
+        }
+        var table: [UInt64: UInt64] = [:]
+        for p in payloads.filter(\.isApplied).sorted(by: { $0.appliedSequence < $1.appliedSequence }) {
+            table.merge(p.stateRecords) { $1 }
+        }
+        patcher.states.set(table)
+    }
+    private var appliedCount = 0
 
     /// After a post hook failed: runs `rollback` and rethrows the hook's failure, or says
     /// the action could not be taken back either (the payloads stay as the action left
@@ -360,7 +425,9 @@ public final class PayloadLoader {
     /// The redirects `p` makes, as a batch for the patcher.
     public func items(of p: LoadedPayload) -> [LivePatcher.BatchItem] { p.items }
 
-    /// Reverts the payload's redirects, all in one action; refused unless all of them are on top.
+    /// Reverts the payload's redirects, all in one action (or runs its revert action
+    /// hook); refused unless all of them are on top. A pre-revert hook returning nonzero
+    /// vetoes it.
     public func revert(_ p: LoadedPayload) throws {
         guard p.isApplied else { return }
         for r in p.redirects {
@@ -369,10 +436,20 @@ public final class PayloadLoader {
             }
         }
         try runHooks(.prerevert, of: p)
-        _ = try engine.replace(reverting: p.redirects.map(\.id), with: [])
+        if p.hooks[.revert] != nil {
+            try runHooks(.revert, of: p)
+        } else if !p.redirects.isEmpty {
+            _ = try engine.replace(reverting: p.redirects.map(\.id), with: [])
+        }
         p.redirects = []
+        markApplied([p], false)
         do { try runHooks(.postrevert, of: p) } catch {
-            try undo(p, error) { p.redirects = try engine.apply(batch: items(of: p)) }
+            try undo(p, error) {
+                if p.hooks[.apply] != nil { try runHooks(.apply, of: p) } else if !p.items.isEmpty {
+                    p.redirects = try engine.apply(batch: items(of: p))
+                }
+                markApplied([p], true)
+            }
         }
     }
 
@@ -388,12 +465,19 @@ public final class PayloadLoader {
     }
 
     /// Calls each hook of `kind` in the guest, in order, where the engine says it is safe.
+    /// A hook that returns a result (pre and action hooks) and returns nonzero stops the
+    /// action: a veto, or an action hook's failure, with its value.
     func runHooks(_ kind: PayloadFormat.HookKind, of p: LoadedPayload) throws {
         for address in p.hooks[kind] ?? [] {
+            let result: Int64
             do {
-                _ = try engine.callGuest(CallEntry(kind: .global, address: address), [])
+                result = try engine.callGuest(CallEntry(kind: .global, address: address), [])
             } catch {
                 throw PayloadError(p.payload.name, .patch("\(kind.rawValue) hook at 0x\(String(address, radix: 16)) failed: \(error)"))
+            }
+            let rc = Int32(truncatingIfNeeded: result)
+            if kind.returnsResult && rc != 0 {
+                throw PayloadError(p.payload.name, .hookRefused(hook: kind.rawValue, address: address, rc: rc))
             }
         }
     }

@@ -12,19 +12,26 @@ public struct PayloadMetadata {
         public var newSize: UInt64
         public var oldSize: UInt64
         public var expectedBytes: [UInt8]
+        /// A NOP patch of `newSize` bytes: where they start in the function.
+        public var nopOffset: UInt32
 
-        public init(name: String, newSymbol: Int?, newSize: UInt64, oldSize: UInt64, expectedBytes: [UInt8] = []) {
+        public init(name: String, newSymbol: Int?, newSize: UInt64, oldSize: UInt64, expectedBytes: [UInt8] = [],
+                    nopOffset: UInt32 = 0) {
             self.name = name
             self.newSymbol = newSymbol
             self.newSize = newSize
             self.oldSize = oldSize
             self.expectedBytes = expectedBytes
+            self.nopOffset = nopOffset
         }
     }
 
     public var records: [Record] = []
     public var targetBuildID: [UInt8]
     public var dependencies: [[UInt8]] = []
+    /// Leave `.livepatch.depends` out (Xen's xen_no_xen_buildid test payload: a payload
+    /// the loader must refuse).
+    public var omitTargetBuildID = false
 
     public init(targetBuildID: [UInt8]) { self.targetBuildID = targetBuildID }
 
@@ -43,6 +50,7 @@ public struct PayloadMetadata {
             func put(_ v: UInt64, _ o: Int) { for k in 0..<4 { record[o + k] = UInt8(truncatingIfNeeded: v >> (8 * UInt64(k))) } }
             put(r.newSize, 24)
             put(r.oldSize, 28)
+            put(UInt64(r.nopOffset), 36)
             record[32] = PayloadFormat.recordVersion
             let expected = r.expectedBytes.prefix(PayloadFormat.maxExpectedBytes)
             record[33] = UInt8(expected.count)
@@ -55,8 +63,10 @@ public struct PayloadMetadata {
         }
         w.setData(of: stringsIndex, strings)
         w.setData(of: funcsIndex, funcs)
-        w.add(.init(name: PayloadFormat.dependsSection, type: ELFSection.typeNote,
-                    data: ELFWriter.note(owner: "GNU", type: ELFNote.gnuBuildID, descriptor: targetBuildID), alignment: 4))
+        if !omitTargetBuildID {
+            w.add(.init(name: PayloadFormat.dependsSection, type: ELFSection.typeNote,
+                        data: ELFWriter.note(owner: "GNU", type: ELFNote.gnuBuildID, descriptor: targetBuildID), alignment: 4))
+        }
         if !dependencies.isEmpty {
             w.add(.init(name: PayloadFormat.payloadDependsSection, type: ELFSection.typeNote,
                         data: dependencies.flatMap { ELFWriter.note(owner: "GNU", type: ELFNote.gnuBuildID, descriptor: $0) },

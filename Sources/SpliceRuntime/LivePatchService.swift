@@ -161,6 +161,8 @@ public final class LivePatchService {
     /// may succeed later. -EINVAL for everything else.
     public static func errno(of error: Error) -> Int32 {
         if let r = error as? Rendezvous.Failure { return r.errno }
+        // A hook's own negative errno (Xen and Linux pass it on as the payload's rc).
+        if let p = error as? PayloadError, case let .hookRefused(_, _, rc) = p.reason, rc < 0 { return rc }
         if error is MachineRunner.SyncTimeout || error is StackCheck.FunctionLive { return EBUSY }
         return EINVAL
     }

@@ -21,6 +21,14 @@ public final class NonStopEngine: PatchEngine {
     public let patcher: LivePatcher
     /// How long one sync may take.
     public var timeout: TimeInterval = 1
+    /// How long an action waits for the functions it replaces to leave every stack (Linux's
+    /// transition stalls while a task sleeps in one, and retries): the stack walk is
+    /// repeated every `stackRetryInterval` until none is live, or this passes and the action
+    /// fails with `StackCheck.FunctionLive` (-EBUSY: try again). 0: no wait.
+    public var stackWait: TimeInterval = 0
+    public var stackRetryInterval: TimeInterval = 0.005
+    /// How many stack walks found a function live and were repeated (all actions).
+    public private(set) var stackRetries = 0
 
     /// What the last action did.
     public struct Trace: Sendable {
@@ -93,20 +101,28 @@ public final class NonStopEngine: PatchEngine {
             totals.nanoseconds += trace.nanoseconds
             actions += 1
         }
-        trace.syncs += 1
         let machine = runner.machine, code = patcher.image.functionMap
-        let found = NSLock()
-        var live: [StackCheck.LiveFrame] = [], walkError: Error?
-        try runner.sync(dropping: [], timeout: timeout, inspect: functions.isEmpty ? nil : { index, _ in
-            let result = Result { try StackCheck.liveFrames(of: functions, machine: machine, vcpus: [index], code: code) }
-            found.lock(); defer { found.unlock() }
-            switch result {
-            case let .success(frames): live += frames
-            case let .failure(error): walkError = error
+        let deadline = Date().addingTimeInterval(stackWait)
+        while true {
+            trace.syncs += 1
+            let found = NSLock()
+            var live: [StackCheck.LiveFrame] = [], walkError: Error?
+            try runner.sync(dropping: [], timeout: timeout, inspect: functions.isEmpty ? nil : { index, _ in
+                let result = Result { try StackCheck.liveFrames(of: functions, machine: machine, vcpus: [index], code: code) }
+                found.lock(); defer { found.unlock() }
+                switch result {
+                case let .success(frames): live += frames
+                case let .failure(error): walkError = error
+                }
+            })
+            if let walkError { throw walkError }
+            if live.isEmpty { break }
+            guard Date() < deadline else {
+                throw StackCheck.FunctionLive(frames: live.sorted { ($0.vcpu, $0.depth) < ($1.vcpu, $1.depth) })
             }
-        })
-        if let walkError { throw walkError }
-        if !live.isEmpty { throw StackCheck.FunctionLive(frames: live.sorted { ($0.vcpu, $0.depth) < ($1.vcpu, $1.depth) }) }
+            stackRetries += 1
+            Thread.sleep(forTimeInterval: stackRetryInterval)
+        }
         return try body()
     }
 

@@ -45,7 +45,7 @@ final class ShadowVariableTests: XCTestCase {
             let image = try loadImage(path: PayloadTests.targetPath(isa))
             let calls = try LivePatcher(image: image, backend: try Architectures.backend(for: image.elf)).hostCalls
             let d = try Disassembler(mode: image.machine.architecture.disassemblyMode)
-            XCTAssertEqual(calls.functions.count, 5, isa)
+            XCTAssertEqual(calls.functions.map(\.name).sorted(), ["splice_shadow_any", "splice_shadow_attach", "splice_shadow_free", "splice_shadow_free_all", "splice_shadow_get", "splice_shadow_get_or_attach", "splice_state_prev"], isa)
             for f in calls.functions {
                 let at = try XCTUnwrap(calls.address(of: f.name))
                 XCTAssertEqual(calls.symbols[f.name], at, isa)

@@ -135,6 +135,19 @@ public struct X86_64PatchBackend: PatchBackend {
         }
     }
 
+    /// PC-relative fields count from the end of their instruction, which may carry an
+    /// immediate after the field: the instruction holding `offset` is decoded (Capstone,
+    /// from the function's start) to find that end.
+    public func relocationTargetOffset(type: UInt32, addend: Int64, code: [UInt8], offset: Int) -> Int64 {
+        guard [2, 4, 24].contains(type), let d = try? Disassembler(mode: .x86_64) else { return addend }
+        var at = 0
+        while at < code.count, let insn = d.decodeOne(code, offset: at, address: UInt64(at)) {
+            if at + insn.size > offset { return addend + Int64(at + insn.size - offset) }
+            at += max(insn.size, 1)
+        }
+        return addend + 4
+    }
+
     /// x86-64 psABI relocations a payload uses: S + A (64, 32, 32S), S + A - P (PC32,
     /// PLT32 with the PLT entry being the symbol itself, PC64).
     public func relocate(type: UInt32, addend: Int64, symbol: UInt64, place: UInt64, bytes: inout [UInt8], offset: Int,
