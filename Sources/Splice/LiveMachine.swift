@@ -33,9 +33,14 @@ public final class LiveMachine {
         /// How long a rendezvous waits for every vCPU to arrive (seed 000: 30 ms on
         /// hardware; an emulated vCPU sharing 2 host cores needs longer).
         public var rendezvousTimeoutMicroseconds: UInt64
+        /// Non-stop engine: how long an action waits for the functions it replaces to leave
+        /// every vCPU's stack (reading PROGRESS meanwhile) before it fails with -EBUSY.
+        public var stackWaitMilliseconds: UInt64
 
         public init(image: String, cpus: Int = 2, workload: String? = "workload", engine: PatchEngineKind = .stop,
-                    returnStrategy: ReturnStrategy? = nil, rendezvousTimeoutMicroseconds: UInt64 = 1_000_000) {
+                    returnStrategy: ReturnStrategy? = nil, rendezvousTimeoutMicroseconds: UInt64 = 1_000_000,
+                    stackWaitMilliseconds: UInt64 = 10_000) {
+            self.stackWaitMilliseconds = stackWaitMilliseconds
             self.image = image
             self.cpus = cpus
             self.workload = workload
@@ -189,7 +194,10 @@ public final class LiveMachine {
         runner.rendezvous.timeoutMicroseconds = c.rendezvousTimeoutMicroseconds
         patcher.executor = runner.rendezvous
         nonStop = c.engine == .nonstop ? NonStopEngine(runner: runner, patcher: patcher) : nil
-        if let nonStop { loader.engine = nonStop }
+        if let nonStop {
+            nonStop.stackWait = Double(c.stackWaitMilliseconds) / 1000
+            loader.engine = nonStop
+        }
         if let workload = c.workload {
             guard let entry = try? image.entries(of: workload).first else { throw Failure.noSuchFunction(workload) }
             let rings = try machine.map(name: "rings", at: Self.ringBase, size: Self.ringStride * UInt64(c.cpus),
@@ -433,6 +441,11 @@ public final class LiveMachine {
     /// results must be `expect`. Returns what it saw; throws on the first wrong result, a
     /// vCPU that is not running, or no progress in 30 s.
     public func checkWorkload(expect: Scenario.Linear?, milliseconds: Int = 0) throws -> String {
+        try checkWorkload(anyOf: expect.map { [$0] } ?? [], milliseconds: milliseconds)
+    }
+
+    /// `checkWorkload`, each result being one of `anyOf` (empty: not checked).
+    public func checkWorkload(anyOf expect: [Scenario.Linear], milliseconds: Int = 0) throws -> String {
         struct Wrong: Error, CustomStringConvertible { let description: String }
         let start = Date()
         let before = try status(records: 0).vcpus.map(\.iterations)
@@ -447,20 +460,92 @@ public final class LiveMachine {
             Thread.sleep(forTimeInterval: 0.002)
             now = try status(records: 16)
         }
+        let checked = try Self.check(now, anyOf: expect)
+        let iterations = zip(now.vcpus, before).map { $0.iterations - $1 }
+        return "\(iterations.map(String.init).joined(separator: "+")) iterations; \(checked) results"
+            + (expect.isEmpty ? "" : " all " + expect.map(\.description).joined(separator: " or "))
+    }
+
+    /// Checks every record of `status`: each result is one of `expect` (empty: any), every
+    /// vCPU running. Returns how many results it checked.
+    static func check(_ status: Status, anyOf expect: [Scenario.Linear]) throws -> Int {
+        var matches: [Int] = []
+        return try check(status, anyOf: expect, matches: &matches)
+    }
+
+    /// `check`, adding to `matches[i]` the results that were `expect[i]` (the first that fits).
+    static func check(_ status: Status, anyOf expect: [Scenario.Linear], matches: inout [Int]) throws -> Int {
+        struct Wrong: Error, CustomStringConvertible { let description: String }
+        if matches.count < expect.count { matches += Array(repeating: 0, count: expect.count - matches.count) }
         var checked = 0
-        for v in now.vcpus {
+        for v in status.vcpus {
             guard v.state == "running" else { throw Wrong(description: "vCPU \(v.index) is \(v.state)") }
             for r in v.records {
                 for y in r.results {
                     checked += 1
-                    if let e = expect, y != e.a * r.x + e.b {
-                        throw Wrong(description: "vCPU \(v.index): x=\(r.x) gave \(y), expected \(e) = \(e.a * r.x + e.b)")
+                    guard !expect.isEmpty else { continue }
+                    guard let i = expect.firstIndex(where: { y == $0.a * r.x + $0.b }) else {
+                        throw Wrong(description: "vCPU \(v.index): x=\(r.x) gave \(y), expected "
+                                    + expect.map { "\($0) = \($0.a * r.x + $0.b)" }.joined(separator: " or "))
                     }
+                    matches[i] += 1
                 }
             }
         }
-        let iterations = zip(now.vcpus, before).map { $0.iterations - $1 }
-        return "\(iterations.map(String.init).joined(separator: "+")) iterations; \(checked) results" + (expect.map { " all \($0)" } ?? "")
+        return checked
+    }
+
+    /// Applies and reverts payload `id` `cycles` times (each a full action) while the
+    /// workload runs; after each action reads every vCPU's whole ring, which spans the
+    /// action, and checks each result is one of `expect`. Returns what it checked.
+    public func hammer(id: String, cycles: Int, expect: [Scenario.Linear]) throws -> String {
+        var checked = 0, actions = 0, matches: [Int] = []
+        let before = try status(records: 0).vcpus.map(\.iterations)
+        for _ in 0..<cycles {
+            for action in [LivePatchService.Action.apply, .revert] {
+                try perform(action, id: id)
+                actions += 1
+                checked += try Self.check(try status(records: Self.ringSlots), anyOf: expect, matches: &matches)
+            }
+        }
+        let after = try status(records: 0).vcpus.map(\.iterations)
+        let ran = zip(after, before).map { $0 - $1 }
+        guard ran.allSatisfy({ $0 > 0 }) else {
+            throw Failure.badConfiguration("a vCPU made no progress while \(id) was applied and reverted: \(ran)")
+        }
+        return "\(actions) actions on \(ran.count) vCPUs; \(checked) results: "
+            + zip(expect, matches).map { "\($1) \($0)" }.joined(separator: ", ") + ", none else; iterations per vCPU \(ran.min()!)-\(ran.max()!)"
+    }
+
+    /// What a workload keeps in its ring page after the ring (syscall_workload's tally),
+    /// `words` 8-byte words for each vCPU.
+    public func ringTail(words: Int) throws -> [[Int64]] {
+        guard let rings else { throw Failure.badConfiguration("the machine runs no workload, so it has no rings") }
+        let tail = UInt64(8 + Self.ringSlots * Self.ringFields * 8)
+        serviceLock.lock(); defer { serviceLock.unlock() }
+        return try (0..<configuration.cpus).map { i in
+            let at = rings.base + UInt64(i) * Self.ringStride + tail
+            return try (0..<words).map { Int64(bitPattern: try machine.memory.readUInt64(at + UInt64(8 * $0))) }
+        }
+    }
+
+    /// Stores `value` into the 8-byte variable `symbol` from the host, without a guest call
+    /// or the action lock: it reaches the guest while an action is in progress (a flag a
+    /// vCPU spins on).
+    public func write(_ symbol: String, _ value: Int64) throws {
+        try machine.memory.write(try address(of: symbol), withUnsafeBytes(of: value.littleEndian, Array.init))
+    }
+
+    /// The NUL-terminated string at `address` (at most `limit` bytes).
+    public func string(at address: UInt64, limit: Int = 4096) throws -> String {
+        serviceLock.lock(); defer { serviceLock.unlock() }
+        var bytes: [UInt8] = []
+        while bytes.count < limit {
+            let b = try machine.memory.read(address + UInt64(bytes.count), count: 1)[0]
+            if b == 0 { break }
+            bytes.append(b)
+        }
+        return String(decoding: bytes, as: UTF8.self)
     }
 
     /// The phases of the last rendezvous (stop engine).

@@ -43,11 +43,13 @@ public enum Samples {
     /// two for a cumulative payload), built for `target` with `backend`.
     /// `expectBytes`: record that many of each old function's first bytes (checked at load).
     public static func payload(original: String, patched: String, isa: String, target: ELFFile, backend: any PatchBackend,
-                               directory: String, expectBytes: Int = 0) throws -> (bytes: [UInt8], report: PayloadBuilder.Report) {
+                               directory: String, expectBytes: Int = 0,
+                               configure: (inout PayloadBuilder) throws -> Void = { _ in }) throws -> (bytes: [UInt8], report: PayloadBuilder.Report) {
         var builder = PayloadBuilder(original: try ELFFile(contentsOf: "\(directory)/patches/\(original)/orig-\(isa).o"),
                                      patched: try ELFFile(contentsOf: "\(directory)/patches/\(patched)/patched-\(isa).o"),
                                      target: target, backend: backend)
         builder.expectBytes = expectBytes
+        try configure(&builder)
         return try builder.build()
     }
 

@@ -42,30 +42,91 @@ public struct Scenario: Sendable {
         }
     }
 
+    /// How a `build` step builds beyond the two objects (PayloadBuilder's knobs).
+    public struct BuildOptions: Sendable, Equatable {
+        /// Ids of payloads built earlier that this one depends on (their build ids).
+        public var depends: [String] = []
+        /// Record each function's first N bytes as the target has them.
+        public var expectBytes = 0
+        /// Expected first bytes given outright, by function.
+        public var expect: [String: [UInt8]] = [:]
+        /// NOP records with a size: `bytes` bytes of `function` from `at` (a symbol of the
+        /// image inside the function) or `offset`.
+        public var nops: [Nop] = []
+        /// false: leave the target's build id out.
+        public var targetBuildID = true
+
+        public struct Nop: Sendable, Equatable {
+            public var function: String
+            public var at: String?
+            public var offset: Int
+            public var bytes: Int
+        }
+
+        public init() {}
+        var summary: String {
+            var parts: [String] = []
+            if !depends.isEmpty { parts.append("depends on \(depends.joined(separator: ", "))") }
+            if expectBytes > 0 { parts.append("expects \(expectBytes) bytes") }
+            for (f, b) in expect.sorted(by: { $0.key < $1.key }) { parts.append("expects \(f) to start \(b.map { String(format: "%02x", $0) }.joined(separator: " "))") }
+            for n in nops { parts.append("nop \(n.bytes) bytes of \(n.function) at \(n.at ?? "+\(n.offset)")") }
+            if !targetBuildID { parts.append("no target build id") }
+            return parts.isEmpty ? "" : " (" + parts.joined(separator: "; ") + ")"
+        }
+    }
+
     public enum Step: Sendable, Equatable, CustomStringConvertible {
         /// A payload from samples/build/patches/<original>/orig-<isa>.o and <patched>/patched-<isa>.o.
-        case build(id: String, original: String, patched: String)
+        case build(id: String, original: String, patched: String, options: BuildOptions)
         /// Uploads the payload built under `id`, or the file at `file` ({isa} substituted).
         case upload(id: String, file: String?)
-        case action(LivePatchService.Action, id: String)
-        case call(function: String, arguments: [Argument], expect: Int64?)
+        /// `engineActions`: the action must take exactly this many rendezvous (stop engine)
+        /// or non-stop sequences (non-stop engine).
+        case action(LivePatchService.Action, id: String, engineActions: Int? = nil)
+        /// `expectString`: the result is a pointer to this NUL-terminated string.
+        case call(function: String, arguments: [Argument], expect: Int64?, expectString: String?)
         /// Reads the 8-byte variable `symbol` of the image.
         case read(symbol: String, expect: Int64)
+        /// Stores `value` into the 8-byte variable `symbol` from the host (no guest call:
+        /// it works while an action holds the machine).
+        case write(symbol: String, value: Int64)
         /// Lets the workload run at least `milliseconds` and a ring's worth of iterations
-        /// on every vCPU, then checks every vCPU's newest records against `expect`.
-        case run(milliseconds: Int, expect: Linear?)
+        /// on every vCPU, then checks every vCPU's newest records: each result is one of
+        /// `expect` (none: not checked).
+        case run(milliseconds: Int, expect: [Linear])
+        /// Starts an action in the background (the payload reads PROGRESS until it ends).
+        case begin(LivePatchService.Action, id: String)
+        /// The payload's state is `state` now, and stays so for `milliseconds`.
+        case state(id: String, state: String, milliseconds: Int)
+        /// Waits (up to 30 s) until the payload is no longer in PROGRESS, then its state
+        /// must be `state`; a failed action fails the step with its error.
+        case wait(id: String, state: String)
+        /// Applies and reverts `id` `cycles` times while every vCPU runs the workload;
+        /// after each action every vCPU's whole ring (64 records, spanning the action) is
+        /// read and each result must be one of `expect`. `tally`: the workload also checks
+        /// every result itself as it returns (syscall_workload) and tallies old, new and
+        /// other in its ring page: other must stay 0 and both old and new must occur.
+        case hammer(id: String, cycles: Int, expect: [Linear], tally: Bool)
         /// The image's executable bytes are the ones it was loaded with.
         case textUnchanged
 
         public var description: String {
             switch self {
-            case let .build(id, o, p): return "build \(id) from \(o == p ? o : "\(o) -> \(p)")"
+            case let .build(id, o, p, options): return "build \(id) from \(o == p ? o : "\(o) -> \(p)")" + options.summary
             case let .upload(id, file): return "upload \(id)" + (file.map { " (\($0))" } ?? "")
-            case let .action(a, id): return "\(a.rawValue) \(id)"
-            case let .call(f, args, expect):
+            case let .action(a, id, n): return "\(a.rawValue) \(id)" + (n.map { " in \($0) engine action\($0 == 1 ? "" : "s")" } ?? "")
+            case let .call(f, args, expect, string):
                 return "call \(f)(\(args.map(\.description).joined(separator: ", ")))" + (expect.map { " == \($0)" } ?? "")
+                    + (string.map { " == \"\($0)\"" } ?? "")
             case let .read(s, e): return "read \(s) == \(e)"
-            case let .run(ms, e): return "run \(ms) ms" + (e.map { ", results \($0)" } ?? "")
+            case let .write(s, v): return "write \(s) = \(v)"
+            case let .run(ms, e): return "run \(ms) ms" + (e.isEmpty ? "" : ", results " + e.map(\.description).joined(separator: " or "))
+            case let .begin(a, id): return "begin \(a.rawValue) \(id)"
+            case let .state(id, state, ms): return "\(id) is \(state)" + (ms > 0 ? " for \(ms) ms" : "")
+            case let .wait(id, state): return "wait for \(id): \(state)"
+            case let .hammer(id, cycles, e, tally):
+                return "hammer: apply and revert \(id) \(cycles) times, results " + e.map(\.description).joined(separator: " or ")
+                    + (tally ? ", every call checked in the guest" : "")
             case .textUnchanged: return "text unchanged"
             }
         }
@@ -158,15 +219,50 @@ public struct Scenario: Sendable {
             if let s = v as? String, let i = s.hasPrefix("0x") ? Int64(s.dropFirst(2), radix: 16) : Int64(s) { return i }
             throw fail("\(what) must be an integer")
         }
+        /// One a·x+b or a list of them.
+        func linears(_ v: Any?) throws -> [Linear] {
+            guard let v else { return [] }
+            return try (v as? [Any] ?? [v]).map {
+                guard let l = Linear("\($0)") else { throw fail("expect is a·x+b, such as 3x+2, or a list of them (got \($0))") }
+                return l
+            }
+        }
         let step: Step
         switch verb {
         case "build":
             let a = try args()
             guard let id = a["id"] as? String else { throw fail("build needs an id") }
+            let known: Set = ["id", "patch", "original", "patched", "depends", "expect-bytes", "expect", "nop", "target-build-id"]
+            if let unknown = a.keys.filter({ !known.contains($0) }).sorted().first {
+                throw fail("build: unknown key '\(unknown)' (known: \(known.sorted().joined(separator: ", ")))")
+            }
+            var o = BuildOptions()
+            o.depends = a["depends"].map { ($0 as? [Any] ?? [$0]).map { "\($0)" } } ?? []
+            o.expectBytes = Int(try a["expect-bytes"].map { try integer($0, "expect-bytes") } ?? 0)
+            if let e = a["expect"] {
+                guard let m = e as? [String: Any] else { throw fail("build: expect maps a function to hex bytes, e.g. {f: \"de ad\"}") }
+                for (f, v) in m {
+                    let hex = "\(v)".split(whereSeparator: { $0 == " " }).map { UInt8($0, radix: 16) }
+                    guard !hex.isEmpty, hex.allSatisfy({ $0 != nil }) else { throw fail("build: expect \(f): '\(v)' is not hex bytes") }
+                    o.expect[f] = hex.map { $0! }
+                }
+            }
+            for n in a["nop"] as? [Any] ?? [] {
+                guard let m = n as? [String: Any], let f = m["function"] as? String, let b = m["bytes"] else {
+                    throw fail("build: a nop is {function, at or offset, bytes}")
+                }
+                o.nops.append(.init(function: f, at: m["at"] as? String,
+                                    offset: Int(try m["offset"].map { try integer($0, "offset") } ?? 0),
+                                    bytes: Int(try integer(b, "bytes"))))
+            }
+            if let t = a["target-build-id"] {
+                guard let b = t as? Bool else { throw fail("build: target-build-id is true or false") }
+                o.targetBuildID = b
+            }
             if let patch = a["patch"] as? String {
-                step = .build(id: id, original: patch, patched: patch)
-            } else if let o = a["original"] as? String, let p = a["patched"] as? String {
-                step = .build(id: id, original: o, patched: p)
+                step = .build(id: id, original: patch, patched: patch, options: o)
+            } else if let orig = a["original"] as? String, let p = a["patched"] as? String {
+                step = .build(id: id, original: orig, patched: p, options: o)
             } else {
                 throw fail("build needs 'patch' (a samples/build/patches folder) or 'original' and 'patched'")
             }
@@ -179,8 +275,14 @@ public struct Scenario: Sendable {
                 step = .upload(id: id, file: a["file"] as? String)
             }
         case let v where LivePatchService.Action(rawValue: v) != nil:
-            guard let id = value as? String else { throw fail("'\(verb)' takes a payload id") }
-            step = .action(LivePatchService.Action(rawValue: v)!, id: id)
+            if let id = value as? String {
+                step = .action(LivePatchService.Action(rawValue: v)!, id: id)
+            } else if let a = value as? [String: Any], let id = a["id"] as? String {
+                step = .action(LivePatchService.Action(rawValue: v)!, id: id,
+                               engineActions: try a["engine-actions"].map { Int(try integer($0, "engine-actions")) })
+            } else {
+                throw fail("'\(verb)' takes a payload id, or {id, engine-actions}")
+            }
         case "call":
             let a = try args()
             guard let f = a["function"] as? String else { throw fail("call needs a function") }
@@ -188,23 +290,45 @@ public struct Scenario: Sendable {
                 if let s = v as? String, s.hasPrefix("&") { return .address(String(s.dropFirst())) }
                 return .value(try integer(v, "an argument"))
             }
-            step = .call(function: f, arguments: arguments, expect: try a["expect"].map { try integer($0, "expect") })
+            step = .call(function: f, arguments: arguments, expect: try a["expect"].map { try integer($0, "expect") },
+                         expectString: a["expect-string"].map { "\($0)" })
         case "read":
             let a = try args()
             guard let s = a["symbol"] as? String else { throw fail("read needs a symbol") }
             step = .read(symbol: s, expect: try integer(a["expect"], "expect"))
+        case "write":
+            let a = try args()
+            guard let s = a["symbol"] as? String else { throw fail("write needs a symbol") }
+            step = .write(symbol: s, value: try integer(a["value"], "value"))
+        case "begin":
+            let a = try args()
+            guard let v = a["action"] as? String, let action = LivePatchService.Action(rawValue: v), let id = a["id"] as? String else {
+                throw fail("begin needs an action (check, apply, revert, replace, unload) and an id")
+            }
+            step = .begin(action, id: id)
+        case "state":
+            let a = try args()
+            guard let id = a["id"] as? String, let st = a["is"] as? String else { throw fail("state needs an id and 'is'") }
+            step = .state(id: id, state: st, milliseconds: Int(try a["for-ms"].map { try integer($0, "for-ms") } ?? 0))
+        case "wait":
+            let a = try args()
+            guard let id = a["id"] as? String, let st = a["until"] as? String else { throw fail("wait needs an id and 'until'") }
+            step = .wait(id: id, state: st)
+        case "hammer":
+            let a = try args()
+            guard let id = a["id"] as? String else { throw fail("hammer needs an id") }
+            let e = try linears(a["expect"])
+            guard !e.isEmpty else { throw fail("hammer needs expect: the results allowed, e.g. [3x+1, 3x+2]") }
+            step = .hammer(id: id, cycles: Int(try a["cycles"].map { try integer($0, "cycles") } ?? 10), expect: e,
+                           tally: a["tally"] as? Bool ?? false)
         case "run":
             let a = value is NSNull ? [:] : try args()
-            var linear: Linear?
-            if let e = a["expect"] {
-                guard let l = Linear("\(e)") else { throw fail("run's expect is a·x+b, such as 3x+2 (got \(e))") }
-                linear = l
-            }
-            step = .run(milliseconds: Int(try a["ms"].map { try integer($0, "ms") } ?? 0), expect: linear)
+            step = .run(milliseconds: Int(try a["ms"].map { try integer($0, "ms") } ?? 0), expect: try linears(a["expect"]))
         case "text-unchanged":
             step = .textUnchanged
         default:
-            throw fail("unknown step '\(verb)' (build, upload, check, apply, revert, replace, unload, call, read, run, text-unchanged)")
+            throw fail("unknown step '\(verb)' (build, upload, check, apply, revert, replace, unload, call, read, write, run, "
+                       + "begin, state, wait, hammer, text-unchanged)")
         }
         return Entry(step: step, fails: fails)
     }
@@ -214,9 +338,22 @@ public struct Scenario: Sendable {
         ((try Samples.directory() as NSString).deletingLastPathComponent as NSString).deletingLastPathComponent + "/scenarios"
     }
 
+    /// The conformance suite's folder: samples/conformance (docs/conformance.md).
+    public static func conformanceDirectory() throws -> String {
+        ((try Samples.directory() as NSString).deletingLastPathComponent as NSString).appendingPathComponent("conformance")
+    }
+
     /// Every bundled scenario (scenarios/*.yaml), in file-name order.
-    public static func bundled() throws -> [Scenario] {
-        let dir = try bundledDirectory()
+    public static func bundled() throws -> [Scenario] { try load(directory: try bundledDirectory()) }
+
+    /// The conformance suite (samples/conformance/*.yaml): Xen's test payloads and Linux's
+    /// livepatch selftests, one scenario per case.
+    public static func conformance() throws -> [Scenario] { try load(directory: try conformanceDirectory()) }
+
+    /// The bundled scenarios, then the conformance suite: what `splice matrix` runs.
+    public static func all() throws -> [Scenario] { try bundled() + conformance() }
+
+    static func load(directory dir: String) throws -> [Scenario] {
         guard let names = try? FileManager.default.contentsOfDirectory(atPath: dir) else {
             throw Failure(description: "no scenarios folder at \(dir)")
         }

@@ -136,9 +136,30 @@ public enum ScenarioRunner {
     static func perform(_ step: Scenario.Step, _ machine: LiveMachine, _ variant: ScenarioVariant, samples: String,
                         scenarioDir: String, built: inout [String: [UInt8]], text: [LiveMachine.TextRegion]) throws -> String {
         switch step {
-        case let .build(id, original, patched):
-            let result = try Samples.payload(original: original, patched: patched, isa: variant.isa, target: machine.image.elf,
-                                             backend: machine.patcher.backend, directory: samples)
+        case let .build(id, original, patched, options):
+            let elf = machine.image.elf
+            let dependencies = try options.depends.map { d -> Payload in
+                guard let bytes = built[d] else { throw StepFailure(description: "no payload built under id \(d) to depend on") }
+                return try Payload(bytes: bytes, name: d)
+            }
+            let result = try Samples.payload(original: original, patched: patched, isa: variant.isa, target: elf,
+                                             backend: machine.patcher.backend, directory: samples) { b in
+                b.dependencies = dependencies
+                b.expectBytes = options.expectBytes
+                b.expectedBytes = options.expect
+                b.omitTargetBuildID = !options.targetBuildID
+                b.nopRanges = try options.nops.map { n in
+                    guard let f = elf.symbol(named: n.function) else { throw StepFailure(description: "the image has no \(n.function)") }
+                    var offset = UInt64(n.offset)
+                    if let at = n.at {
+                        guard let s = elf.symbol(named: at), s.value >= f.value, s.value < f.value + f.size else {
+                            throw StepFailure(description: "\(at) is not a symbol inside \(n.function)")
+                        }
+                        offset = s.value - f.value
+                    }
+                    return .init(function: n.function, offset: UInt32(offset), length: UInt32(n.bytes))
+                }
+            }
             built[id] = result.bytes
             return "\(result.bytes.count) bytes; changed: " + result.report.changed.joined(separator: ", ")
         case let .upload(id, file):
@@ -153,10 +174,18 @@ public enum ScenarioRunner {
             }
             try machine.upload(id: id, bytes: bytes)
             return try machine.get(id).state
-        case let .action(action, id):
+        case let .action(action, id, engineActions):
+            let rendezvousBefore = machine.runner.rendezvous.completed, nonStopBefore = machine.nonStop?.actions ?? 0
             try machine.perform(action, id: id)
-            return action == .unload ? "unloaded" : try machine.get(id).state
-        case let .call(function, arguments, expect):
+            let state = action == .unload ? "unloaded" : try machine.get(id).state
+            guard let engineActions else { return state }
+            let (n, what) = machine.nonStop.map { ($0.actions - nonStopBefore, "non-stop sequence") }
+                ?? (machine.runner.rendezvous.completed - rendezvousBefore, "rendezvous")
+            guard n == engineActions else {
+                throw StepFailure(description: "\(state), but it took \(n) \(what)\(n == 1 || what == "rendezvous" ? "" : "s"), not \(engineActions)")
+            }
+            return "\(state) in \(n) \(what)\(n == 1 || what == "rendezvous" ? "" : "s")"
+        case let .call(function, arguments, expect, expectString):
             let values = try arguments.map { a -> Int64 in
                 switch a {
                 case let .value(v): return v
@@ -165,13 +194,66 @@ public enum ScenarioRunner {
             }
             let v = try machine.call(function, values)
             if let expect, v != expect { throw StepFailure(description: "\(function) returned \(v), expected \(expect)") }
+            if let expectString {
+                let got = try machine.string(at: UInt64(bitPattern: v))
+                guard got == expectString else {
+                    throw StepFailure(description: "\(function) returned \"\(got)\", expected \"\(expectString)\"")
+                }
+                return "= \"\(got)\""
+            }
             return "= \(v)"
         case let .read(symbol, expect):
             let v = try machine.read(symbol)
             guard v == expect else { throw StepFailure(description: "\(symbol) is \(v) (0x\(String(UInt64(bitPattern: v), radix: 16))), expected \(expect)") }
             return "= \(v)"
+        case let .write(symbol, value):
+            try machine.write(symbol, value)
+            return "\(symbol) = \(value)"
         case let .run(ms, expect):
-            return try machine.checkWorkload(expect: expect, milliseconds: ms)
+            return try machine.checkWorkload(anyOf: expect, milliseconds: ms)
+        case let .begin(action, id):
+            let ticket = try machine.begin(action, id: id)
+            return "ticket \(ticket): " + (try machine.get(id).state)
+        case let .state(id, state, ms):
+            let end = Date().addingTimeInterval(Double(ms) / 1000)
+            var samples = 0
+            repeat {
+                let now = try machine.get(id).state
+                guard now == state else {
+                    throw StepFailure(description: "\(id) is \(now)" + (samples > 0 ? " after \(samples) looks" : "") + ", expected \(state)")
+                }
+                samples += 1
+                if ms > 0 { Thread.sleep(forTimeInterval: 0.005) }
+            } while Date() < end
+            return "\(state) (\(samples) looks)"
+        case let .wait(id, state):
+            let deadline = Date().addingTimeInterval(30)
+            var s = try machine.get(id)
+            while s.state == "PROGRESS" && Date() < deadline {
+                Thread.sleep(forTimeInterval: 0.002)
+                s = try machine.get(id)
+            }
+            if s.state != state {
+                throw StepFailure(description: "\(id) is \(s.state)" + (s.error.map { ": \($0)" } ?? "") + ", expected \(state)")
+            }
+            return s.state + (s.rc != 0 ? " (rc \(s.rc): \(s.error ?? ""))" : "")
+        case let .hammer(id, cycles, expect, tally):
+            let before = tally ? try machine.ringTail(words: 3) : []
+            var detail = try machine.hammer(id: id, cycles: cycles, expect: expect)
+            if tally {
+                let after = try machine.ringTail(words: 5)
+                let old = zip(after, before).reduce(0) { $0 + $1.0[0] - $1.1[0] }
+                let new = zip(after, before).reduce(0) { $0 + $1.0[1] - $1.1[1] }
+                if let bad = after.indices.first(where: { after[$0][2] != before[$0][2] }) {
+                    throw StepFailure(description: "vCPU \(bad): \(after[bad][2] - before[bad][2]) calls returned neither old nor new "
+                                      + "(the last: x=\(after[bad][3]) gave \(after[bad][4]))")
+                }
+                guard old > 0, new > 0 else {
+                    throw StepFailure(description: "the calls gave \(old) old and \(new) new results: both must occur")
+                }
+                detail += "; in the guest, every call: \(old) old, \(new) new, 0 other"
+            }
+            return detail
         case .textUnchanged:
             let now = try machine.executableText()
             guard now == text else {

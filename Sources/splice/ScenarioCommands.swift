@@ -2,12 +2,15 @@ import ArgumentParser
 import Foundation
 import Splice
 
-/// Loads a scenario by path, or by name from the bundled scenarios/ folder.
+/// Loads a scenario by path, or by name from the bundled scenarios/ folder or the
+/// conformance suite (samples/conformance/).
 func loadScenario(_ nameOrPath: String) throws -> Scenario {
     if FileManager.default.fileExists(atPath: nameOrPath) { return try Scenario(contentsOf: nameOrPath) }
-    let file = try Scenario.bundledDirectory() + "/\(nameOrPath).yaml"
-    if FileManager.default.fileExists(atPath: file) { return try Scenario(contentsOf: file) }
-    let bundled = try Scenario.bundled()
+    for dir in [try Scenario.bundledDirectory(), try Scenario.conformanceDirectory()] {
+        let file = dir + "/\(nameOrPath).yaml"
+        if FileManager.default.fileExists(atPath: file) { return try Scenario(contentsOf: file) }
+    }
+    let bundled = try Scenario.all()
     guard let s = bundled.first(where: { $0.name == nameOrPath }) else {
         throw Failure(description: "no scenario file \(nameOrPath), and no bundled scenario of that name (bundled: "
                       + bundled.map(\.name).joined(separator: ", ") + ")")
@@ -59,14 +62,19 @@ struct Run: ParsableCommand {
 struct MatrixCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "matrix",
-        abstract: "Run every bundled scenario on each ISA, engine and ppc64le return strategy it names; print a table, write JSON and JUnit XML.")
+        abstract: "Run every bundled scenario and the conformance suite on each ISA, engine and ppc64le return strategy it names; print a table, write JSON and JUnit XML.")
     @Option(help: "Only these scenarios (repeatable; names or files).") var scenario: [String] = []
+    @Option(help: "Which scenarios without --scenario: all, demo (scenarios/) or conformance (samples/conformance/).")
+    var suite = "all"
     @Option(help: "Where to write the JUnit XML.") var junit = ".build/matrix/junit.xml"
     @Option(name: .customLong("json-out"), help: "Where to write the JSON results.") var jsonOut = ".build/matrix/results.json"
 
     func run() throws {
         let (scenarios, samples) = try reportingErrors {
-            (try scenario.isEmpty ? Scenario.bundled() : scenario.map(loadScenario), try Samples.directory())
+            (try !scenario.isEmpty ? scenario.map(loadScenario)
+                : suite == "demo" ? Scenario.bundled() : suite == "conformance" ? Scenario.conformance()
+                : suite == "all" ? Scenario.all() : { throw Failure(description: "--suite is all, demo or conformance") }(),
+             try Samples.directory())
         }
         let reports = Matrix.run(scenarios, samples: samples) { r in
             print(String(format: "%@ %@ %@ (%.2f s)", r.passed ? "pass" : "FAIL", r.scenario, r.variant.description, r.seconds))

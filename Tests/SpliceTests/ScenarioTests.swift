@@ -17,8 +17,8 @@ final class ScenarioTests: XCTestCase {
     func testScenarioFilesAreCheckedWithTheStepNamed() throws {
         let head = "image: kernel-{isa}.elf\nsteps:\n"
         let s = try parse(head + "  - run: { expect: 3*x - 1 }\n  - apply: p\n    fails: EINVAL\n  - call: { function: poke, args: [\"&tick_count\", 0x10] }\n  - text-unchanged:\n")
-        XCTAssertEqual(s.steps.map(\.step), [.run(milliseconds: 0, expect: Scenario.Linear("3x-1")), .action(.apply, id: "p"),
-                                             .call(function: "poke", arguments: [.address("tick_count"), .value(16)], expect: nil),
+        XCTAssertEqual(s.steps.map(\.step), [.run(milliseconds: 0, expect: [Scenario.Linear("3x-1")!]), .action(.apply, id: "p"),
+                                             .call(function: "poke", arguments: [.address("tick_count"), .value(16)], expect: nil, expectString: nil),
                                              .textUnchanged])
         XCTAssertEqual(s.steps[1].fails, "EINVAL")
         XCTAssertEqual(ScenarioVariant.all(of: s).map(\.description), [
@@ -26,7 +26,7 @@ final class ScenarioTests: XCTestCase {
             "ppc64le/nonstop/frameless", "ppc64le/nonstop/shadow-stack",
         ])
         assertRefused(head + "  - apply: p\n  - explode: now\n", "t.yaml: step 2: unknown step 'explode'")
-        assertRefused(head + "  - run: { expect: 3y }\n", "step 1: run's expect is a·x+b")
+        assertRefused(head + "  - run: { expect: 3y }\n", "step 1: expect is a·x+b")
         assertRefused(head + "  - apply: p\n    check: q\n", "step 1: one verb per step")
         assertRefused("image: a\ncpu: 4\nsteps:\n  - apply: p\n", "unknown key 'cpu'")
         assertRefused("image: a\nisa: arm64\nsteps:\n  - apply: p\n", "isa 'arm64'")
