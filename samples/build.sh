@@ -56,7 +56,6 @@ x86=(gcc "${common[@]}" -no-pie -fno-pic -fcf-protection=none -mno-red-zone)
 fp=(-fno-omit-frame-pointer -mno-omit-leaf-frame-pointer -fno-shrink-wrap)
 "${x86[@]}" "${fp[@]}" -c "$src/checked.c" -fcf-protection=branch -mmanual-endbr -o "$out/checked-x86_64-fp.o"
 "${x86[@]}" "${fp[@]}" "$rt/x86_64/start.S" "$src/kernel.c" "$out/checked-x86_64-fp.o" -o "$out/kernel-x86_64-fp.elf"
-rm -f "$out"/checked-x86_64*.o
 
 # ppc64le (ELFv2), -mprofile-kernel: every function has `mflr r0; bl _mcount` right after
 # its local entry. POWER8: Unicorn 2.0.1 treats POWER10 prefixed instructions as illegal.
@@ -68,6 +67,13 @@ ppc=(powerpc64le-linux-gnu-gcc "${common[@]}" -mcpu=power8 -pg -mprofile-kernel)
 # no -pg, no sibling calls. No entry point is ever run.
 powerpc64le-linux-gnu-gcc "${common[@]}" -mcpu=power8 -fno-optimize-sibling-calls \
     -Wl,-Ttext-segment=0x30000000 -Wl,-e,scaled_v2 "$src/patch.c" -o "$out/patch-ppc64le.elf"
+
+# The conformance suite's image (samples/conformance/): the sample kernel plus
+# conformance.c, plain on x86-64, -mprofile-kernel on ppc64le.
+"${x86[@]}" "$rt/x86_64/start.S" "$src/kernel.c" "$src/conformance.c" "$out/checked-x86_64.o" \
+    -o "$out/conformance-x86_64.elf"
+"${ppc[@]}" "$rt/ppc64le/start.S" "$rt/ppc64le/old_prologue.S" "$src/kernel.c" "$src/conformance.c" "$src/checked.c" \
+    -o "$out/conformance-ppc64le.elf"
 
 # A kernel with 1,000 more patchable functions (f0000..f0999: return x + i + 1), for the
 # REPLACE-of-1,000-functions benchmark (x + i + 1: never shorter than a 5-byte jmp).
@@ -82,6 +88,7 @@ gen=$(mktemp -d)
 "${ppc[@]}" -ffile-prefix-map="$gen"=. "$rt/ppc64le/start.S" "$rt/ppc64le/old_prologue.S" "$src/kernel.c" "$gen/many.c" \
     "$src/checked.c" -o "$out/kernel-many-ppc64le.elf"
 rm -rf "$gen"
+rm -f "$out"/checked-x86_64*.o
 
 # Relocatable objects of the same source (RELA relocations for the ELF reader's tests,
 # and what a payload is made of).
@@ -96,27 +103,34 @@ powerpc64le-linux-gnu-gcc -O2 -static -ffile-prefix-map="$here"=. -I"$src" "$src
 "$out/oracle-x86_64" > "$out/oracle-x86_64.txt"
 qemu-ppc64le "$out/oracle-ppc64le" > "$out/oracle-ppc64le.txt"
 
-# Source-level patches (samples/patches/*.patch, against src/kernel.c). For each, both ISAs:
-# the original and the patched kernel.c as objects with one section per function and object
-# (what `splice build` diffs), and the patched program's oracle output. NAME:BASE means
-# the patch applies on top of patch BASE (a stacked payload depends on BASE's).
+# patch_objects DIR NAME BASE FILE: copies src/ to a work folder ($work), applies
+# patches/DIR/BASE.patch there when BASE is set, and compiles FILE before and after
+# patches/DIR/NAME.patch, both ISAs, with one section per function and object (what
+# `splice build` diffs) into build/patches/DIR/NAME as orig-<isa>.o and patched-<isa>.o.
+# The work folder is left for the caller (which removes it).
+patch_objects() {
+    local dir=$1 name=$2 base=$3 file=$4 stage
+    work=$(mktemp -d)
+    cp "$src"/*.c "$src"/*.h "$src"/cases.def "$work"/
+    [ -n "$base" ] && patch -s -d "$work" -p1 < "patches/$dir$base.patch"
+    dest="$out/patches/$dir$name"
+    mkdir -p "$dest"
+    local sections=(-ffunction-sections -fdata-sections -ffile-prefix-map="$work"=. -I.)
+    for stage in orig patched; do
+        [ $stage = patched ] && patch -s -d "$work" -p1 < "patches/$dir$name.patch"
+        (cd "$work" && "${x86[@]}" "${sections[@]}" -c "$file" -o "$dest/$stage-x86_64.o")
+        (cd "$work" && "${ppc[@]}" "${sections[@]}" -c "$file" -o "$dest/$stage-ppc64le.o")
+    done
+}
+
+# Source-level patches (samples/patches/*.patch, against src/kernel.c): the objects, and
+# the patched program's oracle output, both ISAs. NAME:BASE means the patch applies on top
+# of patch BASE (a stacked payload depends on BASE's).
 patches=(01-greeting-len-fix: 02-scaled-plus-two: 03-greeting-sum-helper:
          04-scaled-twice-stacked:02-scaled-plus-two 05-hooks: 06-shadow-write-count:
          07-faulting-fix: 08-failing-hook:)
 for spec in "${patches[@]}"; do
-    name=${spec%%:*}
-    base=${spec#*:}
-    work=$(mktemp -d)
-    cp "$src"/*.c "$src"/*.h "$src"/cases.def "$work"/
-    [ -n "$base" ] && patch -s -d "$work" -p1 < "patches/$base.patch"
-    dest="$out/patches/$name"
-    mkdir -p "$dest"
-    sections=(-ffunction-sections -fdata-sections -ffile-prefix-map="$work"=. -I.)
-    for stage in orig patched; do
-        [ $stage = patched ] && patch -s -d "$work" -p1 < "patches/$name.patch"
-        (cd "$work" && "${x86[@]}" "${sections[@]}" -c kernel.c -o "$dest/$stage-x86_64.o")
-        (cd "$work" && "${ppc[@]}" "${sections[@]}" -c kernel.c -o "$dest/$stage-ppc64le.o")
-    done
+    patch_objects "" "${spec%%:*}" "${spec#*:}" kernel.c
     (cd "$work" && gcc -O2 -ffile-prefix-map="$work"=. -I. oracle.c kernel.c checked.c shadow_ref.c -o oracle-x86_64 \
         && ./oracle-x86_64 > "$dest/oracle-x86_64.txt")
     (cd "$work" && powerpc64le-linux-gnu-gcc -O2 -static -ffile-prefix-map="$work"=. -I. oracle.c kernel.c checked.c shadow_ref.c \
@@ -124,9 +138,20 @@ for spec in "${patches[@]}"; do
     rm -rf "$work"
 done
 
+# The conformance patches (samples/patches/conformance/*.patch, against src/conformance.c):
+# the objects only (the suite's scenarios are its oracle). NAME:BASE as above.
+conformance=(xen-hello-world: xen-bye-world:xen-hello-world xen-replace-world: xen-nop: xen-prepost-hooks:
+             xen-prepost-hooks-fail: xen-action-hooks: xen-action-hooks-nofunc: xen-action-hooks-noapply:
+             linux-livepatch-sample: linux-atomic-replace: linux-callbacks: linux-callbacks-fail:
+             linux-callbacks-busy: linux-shadow-vars: linux-state: linux-state2: linux-state3:)
+for spec in "${conformance[@]}"; do
+    patch_objects conformance/ "${spec%%:*}" "${spec#*:}" conformance.c
+    rm -rf "$work"
+done
+
 if [ $check -eq 1 ]; then
     status=0
-    for f in kernel-x86_64.elf kernel-x86_64-fentry.elf kernel-x86_64-pfe.elf kernel-x86_64-fp.elf kernel-ppc64le.elf kernel-many-x86_64.elf kernel-many-ppc64le.elf patch-ppc64le.elf kernel-x86_64.o kernel-ppc64le.o oracle-x86_64.txt oracle-ppc64le.txt; do
+    for f in kernel-x86_64.elf conformance-x86_64.elf conformance-ppc64le.elf kernel-x86_64-fentry.elf kernel-x86_64-pfe.elf kernel-x86_64-fp.elf kernel-ppc64le.elf kernel-many-x86_64.elf kernel-many-ppc64le.elf patch-ppc64le.elf kernel-x86_64.o kernel-ppc64le.o oracle-x86_64.txt oracle-ppc64le.txt; do
         if cmp -s "$out/$f" "$here/build/$f"; then echo "same: $f"; else echo "DIFFERENT: $f"; status=1; fi
     done
     if diff -r -q "$out/patches" "$here/build/patches"; then echo "same: patches/"; else status=1; fi
