@@ -23,8 +23,17 @@ enum ExitStatus: Int32 {
         Exit codes: 0 done; 1 bad arguments or unreadable file; 2 refused, nothing changed (unknown id, \
         wrong state, malformed/unsigned/tampered payload); 3 the action ran and failed (rc printed); \
         4 busy, try again (another action runs, rendezvous timeout); 5 still in progress when --timeout \
-        passed; 6 no machine at the socket, or not yours.
+        passed; 6 no machine at the socket, or not yours. With --exit-status xen (the default of `load`), \
+        xen-livepatch's: 0 success, 1 error, 2 try again (4 and 5 above).
         """
+
+    /// The code a script sees under `contract`.
+    func code(_ contract: ExitContract) -> Int32 {
+        switch contract {
+        case .splice: return rawValue
+        case .xen: return self == .success ? 0 : self == .busy || self == .timedOut ? 2 : 1
+        }
+    }
 
     init(_ kind: ControlReply.ErrorKind?) {
         switch kind {
@@ -37,8 +46,17 @@ enum ExitStatus: Int32 {
     }
 }
 
+/// Which exit codes a command uses: Splice's seven (`ExitStatus`), or xen-livepatch's three
+/// (0 success, 1 error, 2 try again), for scripts written against xen-livepatch.
+enum ExitContract: String, ExpressibleByArgument, CaseIterable {
+    case splice, xen
+}
+
 /// Options every command against a live machine takes.
 struct MachineOptions: ParsableArguments {
+    @Option(name: .customLong("exit-status"),
+            help: "Exit codes: splice (0-6, the default) or xen (xen-livepatch's 0 success, 1 error, 2 try again; the default of load).")
+    var exitStatus: ExitContract?
     @Option(help: "The machine's control socket (default: $SPLICE_SOCKET, $XDG_RUNTIME_DIR/splice/machine.sock or /tmp/splice-UID/machine.sock).")
     var socket: String?
     @Flag(help: "Print JSON.") var json = false
@@ -58,7 +76,7 @@ struct MachineOptions: ParsableArguments {
         if json { try printJSON(reply) } else {
             FileHandle.standardError.write(Data("splice: error: \(reply.error ?? "unknown failure")\n".utf8))
         }
-        throw ExitCode((exit ?? ExitStatus(reply.kind)).rawValue)
+        throw ExitCode((exit ?? ExitStatus(reply.kind)).code(exitStatus ?? .splice))
     }
 }
 
@@ -94,6 +112,8 @@ struct MachineCommand: ParsableCommand {
         @Option(help: "stop (every action in a rendezvous) or nonstop.") var engine = "stop"
         @Option(help: "ppc64le: frameless or shadow-stack.") var returnStrategy: String?
         @Option(help: "How long a rendezvous waits for all vCPUs, in ms.") var rendezvousTimeoutMs: UInt64 = 1000
+        @Option(help: "Non-stop engine: how long an action waits for the functions it replaces to leave every stack, in ms (then it fails with -EBUSY).")
+        var stackWaitMs: UInt64 = 10_000
         @Option(help: "Only accept payloads signed by this public key (PEM; splice keygen makes one).")
         var requireSignature: String?
         @Option(help: "Where the background machine writes its log (default: next to the socket).") var log: String?
@@ -112,7 +132,8 @@ struct MachineCommand: ParsableCommand {
             guard (1...64).contains(cpus) else { throw ValidationError("--cpus is 1 to 64 (not \(cpus))") }
             return LiveMachine.Configuration(image: try image ?? Samples.path(Samples.x86_64), cpus: cpus,
                                              workload: workload == "none" ? nil : workload, engine: e,
-                                             returnStrategy: strategy, rendezvousTimeoutMicroseconds: rendezvousTimeoutMs * 1000)
+                                             returnStrategy: strategy, rendezvousTimeoutMicroseconds: rendezvousTimeoutMs * 1000,
+                                             stackWaitMilliseconds: stackWaitMs)
         }
 
         func run() throws {
@@ -132,7 +153,7 @@ struct MachineCommand: ParsableCommand {
                 child.executableURL = URL(fileURLWithPath: try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
                 var args = ["machine", "start", "--foreground", "--socket", socketPath, "--image", config.image,
                             "--cpus", String(cpus), "--workload", workload, "--engine", engine,
-                            "--rendezvous-timeout-ms", String(rendezvousTimeoutMs)]
+                            "--rendezvous-timeout-ms", String(rendezvousTimeoutMs), "--stack-wait-ms", String(stackWaitMs)]
                 if let r = returnStrategy { args += ["--return-strategy", r] }
                 if let k = requireSignature { args += ["--require-signature", k] }
                 child.arguments = args
@@ -399,13 +420,36 @@ struct ActionCommand<Verb: ActionVerb>: ParsableCommand {
 
 struct Load: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Upload, check and apply a payload; if check or apply fails, it is unloaded again.")
-    @Argument(help: "The payload's id.") var id: String
-    @Argument(help: "The payload file.") var payload: String
+        abstract: "Upload, check and apply a payload; if check or apply fails, it is unloaded again (xen-livepatch load).",
+        discussion: """
+        As `xen-livepatch load FILE`: the payload is named after the file, without its directory and \
+        extension (hello.livepatch: hello), unless an id is given first; the exit status is \
+        xen-livepatch's: 0 success, 1 error, 2 try again (busy, or still in progress when --timeout \
+        passed). --exit-status splice gives Splice's finer codes instead.
+        """)
+    @Argument(help: ArgumentHelp("[<id>] <file>: the payload file, optionally preceded by its id.", valueName: "id-or-file"))
+    var arguments: [String]
     @Option(help: "Seconds to wait for each action.") var timeout = 30.0
     @OptionGroup var options: MachineOptions
 
+    /// The id and the file: `load FILE` names it as xen-livepatch does.
+    static func idAndFile(_ arguments: [String]) throws -> (id: String, file: String) {
+        switch arguments.count {
+        case 1:
+            let base = (arguments[0] as NSString).lastPathComponent
+            let id = base.contains(".") && !base.hasPrefix(".") ? String(base[..<base.lastIndex(of: ".")!]) : base
+            return (id, arguments[0])
+        case 2: return (arguments[0], arguments[1])
+        default: throw ValidationError("load takes a payload file, optionally preceded by its id (got \(arguments.count) arguments)")
+        }
+    }
+
+    func validate() throws { _ = try Self.idAndFile(arguments) }
+
     func run() throws {
+        var options = self.options
+        if options.exitStatus == nil { options.exitStatus = .xen }
+        let (id, payload) = try Self.idAndFile(arguments)
         var request = ControlRequest(.upload, id: id)
         request.payload = try reportingErrors { try readPayloadFile(payload) }
         try options.send(request)

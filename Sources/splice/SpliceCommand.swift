@@ -11,6 +11,21 @@ struct SpliceCommand: ParsableCommand {
                       MachineCommand.self, Upload.self, List.self, Get.self, ActionCommand<CheckVerb>.self,
                       ActionCommand<ApplyVerb>.self, ActionCommand<RevertVerb>.self, ActionCommand<ReplaceVerb>.self,
                       ActionCommand<UnloadVerb>.self, Load.self, Sign.self, Keygen.self, Run.self, MatrixCommand.self, Trace.self, Soak.self])
+
+    /// As ArgumentParser's, but bad arguments exit 1, the code documented for them (and
+    /// xen-livepatch's "error"), instead of sysexits' EX_USAGE (64).
+    static func main() {
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch {
+            if exitCode(for: error).rawValue == 64 {
+                FileHandle.standardError.write(Data((fullMessage(for: error) + "\n").utf8))
+                Foundation.exit(1)
+            }
+            exit(withError: error)
+        }
+    }
 }
 
 /// Formats numbers the way porting engineers read them.

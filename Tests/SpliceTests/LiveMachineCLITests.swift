@@ -32,11 +32,12 @@ final class LiveMachineCLITests: XCTestCase {
         try JSONDecoder().decode(T.self, from: Data(try splice(args + ["--json"]).utf8))
     }
 
-    func buildPayload(_ isa: String, _ original: String, _ patched: String, _ name: String) throws -> String {
-        let out = directory + "/\(name)-\(isa).lp"
+    func buildPayload(_ isa: String, _ original: String, _ patched: String, _ name: String,
+                      target: String = "kernel", file: String? = nil) throws -> String {
+        let out = directory + "/" + (file ?? "\(name)-\(isa).lp")
         let r = try runSplice(["build", "--original", samplePath("patches/\(original)/orig-\(isa).o"),
                                "--patched", samplePath("patches/\(patched)/patched-\(isa).o"),
-                               "--target", samplePath("kernel-\(isa).elf"), "-o", out])
+                               "--target", samplePath("\(target)-\(isa).elf"), "-o", out])
         XCTAssertEqual(r.status, 0, r.err)
         return out
     }
@@ -111,9 +112,63 @@ final class LiveMachineCLITests: XCTestCase {
         try splice(["machine", "start", "--cpus", "1", "--image", samplePath(Samples.x86_64)])
         // A ppc64le payload on an x86-64 machine: uploads (it parses) but check refuses it.
         let foreign = try buildPayload("ppc64le", "02-scaled-plus-two", "02-scaled-plus-two", "foreign")
-        let out = try splice(["load", "wrong", foreign], expect: 3)
+        let out = try splice(["load", "wrong", foreign], expect: 1) // xen-livepatch's "error"
         XCTAssertTrue(out.contains("check of payload wrong failed"), out)
         XCTAssertEqual(try json(LiveMachine.Page.self, ["list"]).total, 0, "load left the payload behind")
+        XCTAssertTrue(try splice(["load", "wrong", foreign, "--exit-status", "splice"], expect: 3).contains("check of payload wrong failed"))
+        XCTAssertEqual(try json(LiveMachine.Page.self, ["list"]).total, 0, "load left the payload behind")
+    }
+
+    /// xen-livepatch's contract: `load FILE` names the payload after the file and exits 0
+    /// (success), 1 (error) or 2 (try again). "Try again" is shown for real: every vCPU
+    /// loops inside busy_target while the non-stop engine is asked to patch it, so the
+    /// apply stays in progress and then fails with -EBUSY.
+    func testLoadFollowsXenLivepatch() throws {
+        let image = samplePath("conformance-x86_64.elf")
+        let hello = try buildPayload("x86_64", "conformance/xen-hello-world", "conformance/xen-hello-world", "hello",
+                                     target: "conformance", file: "hello.livepatch")
+        let busy = try buildPayload("x86_64", "conformance/linux-callbacks-busy", "conformance/linux-callbacks-busy", "busy",
+                                    target: "conformance", file: "busy.livepatch")
+        let flag = try XCTUnwrap(try ELFFile(contentsOf: image).symbol(named: "busy_flag")).value
+        try splice(["machine", "start", "--image", image, "--cpus", "2", "--workload", "busy_workload",
+                    "--engine", "nonstop", "--stack-wait-ms", "1500"])
+
+        // 0: uploaded under the file's base name, checked, applied.
+        XCTAssertTrue(try splice(["load", hello]).contains("apply hello: APPLIED"))
+        XCTAssertEqual(try json(LiveMachine.PayloadStatus.self, ["get", "hello"]).state, "APPLIED")
+        try splice(["revert", "hello"])
+        try splice(["unload", "hello"])
+        // 1: an error (a file that is no payload), nothing left behind.
+        FileManager.default.createFile(atPath: directory + "/junk.livepatch", contents: Data("not an ELF".utf8))
+        XCTAssertTrue(try splice(["load", directory + "/junk.livepatch"], expect: 1).contains("not a valid ELF file"))
+        XCTAssertEqual(try json(LiveMachine.Page.self, ["list"]).total, 0)
+
+        // 2: try again. Every vCPU enters busy_target and stays there.
+        try splice(["machine", "call", "poke", String(flag), "1"])
+        Thread.sleep(forTimeInterval: 0.1)
+        let stalled = try splice(["load", busy, "--timeout", "0.3"], expect: 2)
+        XCTAssertTrue(stalled.contains("apply of payload busy is still in progress"), stalled)
+        // Meanwhile another load is refused as busy, and leaves nothing behind either.
+        XCTAssertTrue(try splice(["load", hello], expect: 2).contains("EBUSY"))
+        // The apply gives up after --stack-wait-ms with -EBUSY: busy stays CHECKED.
+        let deadline = Date(timeIntervalSinceNow: 10)
+        var s = try json(LiveMachine.PayloadStatus.self, ["get", "busy"])
+        while s.state == "PROGRESS" && Date() < deadline {
+            Thread.sleep(forTimeInterval: 0.05)
+            s = try json(LiveMachine.PayloadStatus.self, ["get", "busy"])
+        }
+        XCTAssertEqual(s.state, "CHECKED")
+        XCTAssertEqual(s.rc, -16, s.error ?? "")
+        XCTAssertTrue(s.error?.contains("busy_target") ?? false, s.error ?? "")
+        XCTAssertEqual(try json(LiveMachine.Page.self, ["list"]).statuses.map(\.id), ["busy"])
+        // A failed -EBUSY action is "try again" too (Splice's own code for it is 4).
+        XCTAssertTrue(try splice(["apply", "busy", "--exit-status", "xen"], expect: 2).contains("failed (-16)"))
+        try splice(["apply", "busy"], expect: 4)
+        // The function returns: now it applies.
+        try splice(["machine", "call", "poke", String(flag), "0"])
+        try splice(["apply", "busy"])
+        try splice(["revert", "busy"])
+        try splice(["unload", "busy"])
     }
 
     /// Another uid cannot act: the socket's mode keeps it out, and when the mode is opened
