@@ -188,7 +188,27 @@ final class MalformedPayloadTests: XCTestCase {
         badHook.put64(hr + 8, UInt64(stringsSymbol) << 32 | (badHook.get64(hr + 8) & 0xffff_ffff))
         try run("hook-not-function", badHook, .contains(".livepatch.hooks.load[0] does not point at a payload function"))
 
-        XCTAssertGreaterThanOrEqual(cases, 25)
+        // What the conformance suite added to the format: NOP records with an offset, states.
+        try run("nop-offset-with-new-addr", try mutated { b, e in
+            b.put32(Int(e.section(named: PayloadFormat.funcsSection)!.offset) + 36, 4)
+        }, .reason(.badRecord(record: 0, reason: "nop_offset is set but new_addr is not 0")))
+        let identitySize = try ELFFile(contentsOf: PayloadTests.targetPath("x86_64")).symbol(named: "identity")!.size
+        try run("nop-range-outside", try rawBuild("02-scaled-plus-two") {
+            $0.nopRanges = [.init(function: "identity", offset: UInt32(identitySize), length: 4)]
+        }, .contains("cannot patch identity: identity+\(identitySize) length 4: outside the function"))
+        try run("nop-range-mid-instruction", try rawBuild("02-scaled-plus-two") {
+            $0.nopRanges = [.init(function: "add", offset: 1, length: 1)]
+        }, .contains("does not start on an instruction boundary"))
+        let (_, stateful, _) = try PayloadTests.build("conformance/linux-state", "x86_64", target: "conformance")
+        let stateELF = try ELFFile(bytes: stateful)
+        var readOnlyState = stateful
+        readOnlyState.put64(try Self.sectionHeader(stateELF, stateful, PayloadFormat.statesSection) + 8, 0x2) // SHF_ALLOC only
+        try run("state-not-writable", readOnlyState, .contains(".livepatch.states must be writable, loaded and a multiple of 24 bytes"))
+        var shortState = stateful
+        shortState.put64(try Self.sectionHeader(stateELF, stateful, PayloadFormat.statesSection) + 32, 23)
+        try run("state-size", shortState, .contains(".livepatch.states must be writable, loaded and a multiple of 24 bytes"))
+
+        XCTAssertGreaterThanOrEqual(cases, 30)
     }
 
     /// A payload's bytes straight from the builder (not parsed: it may be refused).

@@ -8,10 +8,10 @@ final class PayloadTests: XCTestCase {
 
     static func targetPath(_ isa: String) -> String { samplePath(isa == "x86_64" ? Samples.x86_64 : Samples.ppc64le) }
 
-    static func build(_ name: String, _ isa: String, dependencies: [Payload] = [],
+    static func build(_ name: String, _ isa: String, dependencies: [Payload] = [], target image: String = "kernel",
                       configure: (inout PayloadBuilder) -> Void = { _ in }) throws -> (Payload, [UInt8], PayloadBuilder.Report) {
         let dir = samplePath("patches/\(name)")
-        let target = try ELFFile(contentsOf: targetPath(isa))
+        let target = try ELFFile(contentsOf: samplePath("\(image)-\(isa).elf"))
         var b = PayloadBuilder(original: try ELFFile(contentsOf: "\(dir)/orig-\(isa).o"),
                                patched: try ELFFile(contentsOf: "\(dir)/patched-\(isa).o"),
                                target: target, backend: try Architectures.backend(for: target))
