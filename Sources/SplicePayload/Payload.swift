@@ -158,6 +158,13 @@ public struct Payload: Sendable {
         for kind in [PayloadFormat.HookKind.apply, .revert] where (hooks[kind]?.count ?? 0) > 1 {
             throw fail(.badRecord(record: -1, reason: "\(PayloadFormat.hooksPrefix + kind.rawValue) has \(hooks[kind]!.count) hooks: an action has one"))
         }
+        // One action hook alone would leave its action's undo to Splice's writes, which
+        // never made the change (or the other way round).
+        if (hooks[.apply] == nil) != (hooks[.revert] == nil) {
+            let (has, lacks) = hooks[.apply] != nil ? ("apply", "revert") : ("revert", "apply")
+            throw fail(.badRecord(record: -1, reason: "has a\(has == "apply" ? "n" : "") \(has) action hook but no \(lacks) action hook: "
+                                  + "they come in pairs, each undoing the other"))
+        }
         if elf.section(named: PayloadFormat.funcsSection) == nil && hooks.isEmpty {
             throw fail(.missingSection(PayloadFormat.funcsSection))
         }

@@ -45,7 +45,8 @@ public struct PayloadError: Error, Equatable, CustomStringConvertible {
         case let .missingSection(s): what = "has no \(s) section"
         case let .badRecordSize(size, rs): what = "\(PayloadFormat.funcsSection) is \(size) bytes, not a multiple of the \(rs)-byte record"
         case let .badRecordVersion(r, v): what = "\(PayloadFormat.funcsSection) record \(r) has version \(v), expected \(PayloadFormat.recordVersion)"
-        case let .badRecord(r, why): what = "\(PayloadFormat.funcsSection) record \(r): \(why)"
+        // Record -1: not about one record (a hook or state section); the reason names it.
+        case let .badRecord(r, why): what = r < 0 ? why : "\(PayloadFormat.funcsSection) record \(r): \(why)"
         case .noTargetBuildID: what = "has no target build id note in \(PayloadFormat.dependsSection)"
         case let .buildIDMismatch(e, t): what = "was built against build id \(e), the target's is \(t)"
         case let .missingDependency(id): what = "depends on payload \(id), which is not loaded"

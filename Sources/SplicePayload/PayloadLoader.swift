@@ -323,18 +323,11 @@ public final class PayloadLoader {
         guard !p.isApplied else { return }
         try checkStates(of: p, replacing: false)
         try runHooks(.preapply, of: p)
-        if p.hooks[.apply] != nil {
-            try runHooks(.apply, of: p)
-        } else if !p.items.isEmpty {
-            p.redirects = try engine.apply(batch: items(of: p))
-        }
+        try putIn(p)
         markApplied([p], true)
         do { try runHooks(.postapply, of: p) } catch {
             try undo(p, error) {
-                if p.hooks[.revert] != nil { try runHooks(.revert, of: p) } else if !p.redirects.isEmpty {
-                    _ = try engine.replace(reverting: p.redirects.map(\.id), with: [])
-                }
-                p.redirects = []
+                try takeOut(p)
                 markApplied([p], false)
             }
         }
@@ -345,37 +338,74 @@ public final class PayloadLoader {
     /// Linux's cumulative patches, `p` takes over: its pre- and post-apply hooks run, the
     /// replaced payloads' pre- and post-revert hooks do not (what they set up, `p` now
     /// owns; `splice_state_prev` hands it their states). `p` must carry every state of
-    /// the payloads it replaces, at the same or a newer version. Either all of it happens
-    /// or nothing: a failing post-apply hook puts the payloads that were applied back, in
-    /// one action. Payloads with action hooks have them run, before (revert) and after
-    /// (apply) the native writes.
+    /// the payloads it replaces, at the same or a newer version.
+    ///
+    /// Payloads with action hooks take their change out with their revert hook (newest
+    /// first) before the engine action, and `p`'s apply hook runs after it. Either all of
+    /// it happens or nothing: whatever fails after the first change (a revert or apply
+    /// hook, the engine action, the post-apply hook) puts back what was there.
     public func replace(with p: LoadedPayload) throws {
         let others = payloads.filter { $0.isApplied && $0 !== p }.sorted { $0.appliedSequence < $1.appliedSequence }
         try checkStates(of: p, replacing: true)
         try runHooks(.preapply, of: p)
-        for o in others.reversed() where o.hooks[.revert] != nil { try runHooks(.revert, of: o) }
-        let previous = others.map(\.items)
+        let byHook = others.filter { $0.hooks[.revert] != nil }
         let native = others.filter { $0.hooks[.revert] == nil }
-        p.redirects = try engine.replace(reverting: native.flatMap { $0.redirects.map(\.id) },
-                                         with: p.hooks[.apply] == nil ? items(of: p) : [])
-        for o in others { o.redirects = [] }
-        markApplied(others, false)
-        if p.hooks[.apply] != nil { try runHooks(.apply, of: p) }
-        markApplied([p], true)
+        let nativeItems = native.map(\.items)
+        var reverted: [LoadedPayload] = []
         do {
+            for o in byHook.reversed() {
+                try takeOut(o)
+                reverted.append(o)
+            }
+            p.redirects = try engine.replace(reverting: native.flatMap { $0.redirects.map(\.id) },
+                                             with: p.hooks[.apply] == nil ? items(of: p) : [])
+        } catch {
+            try undo(p, error) { for o in reverted.reversed() { try putIn(o) } }
+        }
+        for o in native { o.redirects = [] }
+        markApplied(others, false)
+        var hookApplied = false
+        do {
+            if p.hooks[.apply] != nil {
+                try runHooks(.apply, of: p)
+                hookApplied = true
+            }
+            markApplied([p], true)
             try runHooks(.postapply, of: p)
         } catch {
             try undo(p, error) {
-                var back = try engine.replace(reverting: p.redirects.map(\.id), with: previous.flatMap { $0 })[...]
+                if hookApplied { try runHooks(.revert, of: p) }
+                var back = try engine.replace(reverting: p.redirects.map(\.id), with: nativeItems.flatMap { $0 })[...]
                 p.redirects = []
                 markApplied([p], false)
-                for (o, items) in zip(others, previous) {
+                for (o, items) in zip(native, nativeItems) {
                     o.redirects = Array(back.prefix(items.count))
                     back = back.dropFirst(items.count)
                 }
+                for o in byHook { try putIn(o) }
                 markApplied(others, true)
             }
         }
+    }
+
+    /// Puts `p`'s change in: its apply action hook, or its redirects (one engine action).
+    /// Action hooks come in pairs (`Payload` refuses one alone), so `takeOut` is the inverse.
+    private func putIn(_ p: LoadedPayload) throws {
+        if p.hooks[.apply] != nil {
+            try runHooks(.apply, of: p)
+        } else if !p.items.isEmpty {
+            p.redirects = try engine.apply(batch: items(of: p))
+        }
+    }
+
+    /// Takes `p`'s change out: its revert action hook, or its redirects (one engine action).
+    private func takeOut(_ p: LoadedPayload) throws {
+        if p.hooks[.revert] != nil {
+            try runHooks(.revert, of: p)
+        } else if !p.redirects.isEmpty {
+            _ = try engine.replace(reverting: p.redirects.map(\.id), with: [])
+        }
+        p.redirects = []
     }
 
     /// Linux's klp_is_patch_compatible: every state of an applied payload must be in `p`
@@ -436,18 +466,11 @@ public final class PayloadLoader {
             }
         }
         try runHooks(.prerevert, of: p)
-        if p.hooks[.revert] != nil {
-            try runHooks(.revert, of: p)
-        } else if !p.redirects.isEmpty {
-            _ = try engine.replace(reverting: p.redirects.map(\.id), with: [])
-        }
-        p.redirects = []
+        try takeOut(p)
         markApplied([p], false)
         do { try runHooks(.postrevert, of: p) } catch {
             try undo(p, error) {
-                if p.hooks[.apply] != nil { try runHooks(.apply, of: p) } else if !p.items.isEmpty {
-                    p.redirects = try engine.apply(batch: items(of: p))
-                }
+                try putIn(p)
                 markApplied([p], true)
             }
         }

@@ -208,7 +208,13 @@ final class MalformedPayloadTests: XCTestCase {
         shortState.put64(try Self.sectionHeader(stateELF, stateful, PayloadFormat.statesSection) + 32, 23)
         try run("state-size", shortState, .contains(".livepatch.states must be writable, loaded and a multiple of 24 bytes"))
 
-        XCTAssertGreaterThanOrEqual(cases, 30)
+        let (_, actions, _) = try PayloadTests.build("conformance/xen-action-hooks", "x86_64", target: "conformance")
+        var applyHookOnly = actions
+        try Self.rename(&applyHookOnly, try ELFFile(bytes: actions), in: ".shstrtab", ".livepatch.hooks.revert", ".livepatch.hooks.rever_")
+        try run("apply-hook-alone", applyHookOnly,
+                .contains("has an apply action hook but no revert action hook: they come in pairs, each undoing the other"))
+
+        XCTAssertGreaterThanOrEqual(cases, 31)
     }
 
     /// A payload's bytes straight from the builder (not parsed: it may be refused).
