@@ -142,8 +142,9 @@ done
 # the objects only (the suite's scenarios are its oracle). NAME:BASE as above.
 conformance=(xen-hello-world: xen-bye-world:xen-hello-world xen-replace-world: xen-nop: xen-prepost-hooks:
              xen-prepost-hooks-fail: xen-action-hooks: xen-action-hooks-nofunc: xen-action-hooks-noapply:
-             linux-livepatch-sample: linux-atomic-replace: linux-callbacks: linux-callbacks-fail:
-             linux-callbacks-busy: linux-shadow-vars: linux-state: linux-state2: linux-state3:)
+             xen-action-hooks-marker: linux-livepatch-sample: linux-atomic-replace: linux-callbacks:
+             linux-callbacks-demo2: linux-callbacks-fail: linux-callbacks-busy: linux-shadow-vars: linux-state:
+             linux-state2: linux-state3:)
 for spec in "${conformance[@]}"; do
     patch_objects conformance/ "${spec%%:*}" "${spec#*:}" conformance.c
     rm -rf "$work"

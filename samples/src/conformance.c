@@ -126,3 +126,12 @@ KFUNC long syscall_workload(struct cpu_ring *ring, long iterations) {
     }
     return iterations;
 }
+
+/* xen_action_hooks_marker: whether extra_version is redirected, as the image's own callers
+ * see it (called through a pointer, so through its global entry, and the compiler cannot
+ * know what it returns). The marker payload's hooks check it at each point. */
+KFUNC long extra_version_is_patched(long unused) {
+    (void)unused;
+    const char *(*volatile call)(long) = extra_version;
+    return call(0)[0] != 0;
+}
