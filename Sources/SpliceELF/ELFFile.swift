@@ -139,7 +139,7 @@ struct RawHeader {
         guard b[4] == 2 else { throw ELFError.unsupportedClass("EI_CLASS \(b[4]) is not ELFCLASS64") }
         guard b[5] == 1 else { throw ELFError.unsupportedClass("EI_DATA \(b[5]) is not little-endian") }
         func u16(_ o: Int) -> Int { Int(b[o]) | Int(b[o + 1]) << 8 }
-        func u64(_ o: Int) -> UInt64 { (0..<8).reduce(0) { $0 | UInt64(b[o + $1]) << (8 * UInt64($1)) } }
+        func u64(_ o: Int) -> UInt64 { b.littleEndian(UInt64.self, at: o) }
         machine = UInt16(u16(18))
         phoff = u64(32); shoff = u64(40)
         phentsize = u16(54); phnum = u16(56)

@@ -1,4 +1,5 @@
 import Foundation
+import SpliceELF
 
 /// Why a guest memory operation was refused.
 public enum GuestMemoryError: Error, Equatable, CustomStringConvertible {
@@ -204,7 +205,7 @@ public final class GuestMemory: @unchecked Sendable {
     }
 
     public func readUInt64(_ address: UInt64) throws -> UInt64 {
-        try read(address, count: 8).enumerated().reduce(0) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) }
+        try read(address, count: 8).littleEndian(UInt64.self, at: 0)
     }
 
     public func writeUInt64(_ address: UInt64, _ value: UInt64) throws {
@@ -212,6 +213,6 @@ public final class GuestMemory: @unchecked Sendable {
     }
 
     public func readUInt32(_ address: UInt64) throws -> UInt32 {
-        try read(address, count: 4).enumerated().reduce(0) { $0 | UInt32($1.element) << (8 * UInt32($1.offset)) }
+        try read(address, count: 4).littleEndian(UInt32.self, at: 0)
     }
 }

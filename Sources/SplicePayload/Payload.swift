@@ -91,8 +91,8 @@ public struct Payload: Sendable {
         for r in 0..<(records.count / PayloadFormat.recordSize) {
             let base = r * PayloadFormat.recordSize
             let d = records
-            func u32(_ o: Int) -> UInt32 { (0..<4).reduce(0) { $0 | UInt32(d[base + o + $1]) << (8 * UInt32($1)) } }
-            func u64(_ o: Int) -> UInt64 { (0..<8).reduce(0) { $0 | UInt64(d[base + o + $1]) << (8 * UInt64($1)) } }
+            func u32(_ o: Int) -> UInt32 { d.littleEndian(UInt32.self, at: base + o) }
+            func u64(_ o: Int) -> UInt64 { d.littleEndian(UInt64.self, at: base + o) }
             let version = d[base + 32]
             guard version == PayloadFormat.recordVersion else { throw fail(.badRecordVersion(record: r, version: version)) }
             let expectLength = Int(d[base + 33])
@@ -177,9 +177,8 @@ public struct Payload: Sendable {
                 throw fail(.badRecord(record: -1, reason: "\(section.name) must be writable, loaded and a multiple of \(PayloadFormat.stateSize) bytes"))
             }
             let d = section.data
-            func u64(_ o: Int) -> UInt64 { (0..<8).reduce(0) { $0 | UInt64(d[o + $1]) << (8 * UInt64($1)) } }
             for o in stride(from: 0, to: d.count, by: PayloadFormat.stateSize) {
-                let state = State(id: u64(o), version: u64(o + 8), offset: o)
+                let state = State(id: d.littleEndian(UInt64.self, at: o), version: d.littleEndian(UInt64.self, at: o + 8), offset: o)
                 if states.contains(where: { $0.id == state.id }) {
                     throw fail(.badRecord(record: -1, reason: "\(section.name) has state id \(state.id) twice"))
                 }

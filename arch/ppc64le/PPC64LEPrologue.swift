@@ -10,7 +10,7 @@ public enum PPC64LEInstruction {
 
     public static func bytes(_ word: UInt32) -> [UInt8] { (0..<4).map { UInt8(truncatingIfNeeded: word >> (8 * $0)) } }
     public static func word(_ bytes: [UInt8], at offset: Int) -> UInt32 {
-        (0..<4).reduce(0) { $0 | UInt32(bytes[offset + $1]) << (8 * UInt32($1)) }
+        bytes.littleEndian(UInt32.self, at: offset)
     }
 
     static func primaryOpcode(_ w: UInt32) -> UInt32 { w >> 26 }
