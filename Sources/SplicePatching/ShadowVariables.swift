@@ -16,9 +16,11 @@ import SpliceMachine
 ///     void  splice_shadow_free_all(unsigned long id);                                        // every object
 ///     void *splice_shadow_any(unsigned long id);   // an object that has shadow id, NULL if none (free-all with a destructor)
 ///
-/// The host side is this class's methods, with the same meaning. There are no
-/// constructor / destructor callbacks: storage starts zeroed, and a payload's hooks can
-/// initialise or free what it attached. Thread-safe: vCPUs call it concurrently.
+/// The host side is this class's methods, with the same meaning. The host calls no
+/// constructor or destructor: storage starts zeroed, and Linux's ctor/dtor forms
+/// (`splice_shadow_alloc`, `_get_or_alloc`, `_free_with`, `_free_all_with` in
+/// samples/src/splice_livepatch.h) run them in the guest around these calls, which is why
+/// `splice_shadow_any` exists. Thread-safe: vCPUs call it concurrently.
 public final class ShadowVariables: @unchecked Sendable {
     public struct Variable: Equatable, Sendable {
         public var object: UInt64
