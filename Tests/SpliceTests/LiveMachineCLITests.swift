@@ -139,7 +139,7 @@ final class LiveMachineCLITests: XCTestCase {
         try splice(["revert", "hello"])
         try splice(["unload", "hello"])
         // 1: an error (a file that is no payload), nothing left behind.
-        FileManager.default.createFile(atPath: directory + "/junk.livepatch", contents: Data("not an ELF".utf8))
+        _ = FileManager.default.createFile(atPath: directory + "/junk.livepatch", contents: Data("not an ELF".utf8))
         XCTAssertTrue(try splice(["load", directory + "/junk.livepatch"], expect: 1).contains("not a valid ELF file"))
         XCTAssertEqual(try json(LiveMachine.Page.self, ["list"]).total, 0)
 
