@@ -29,6 +29,9 @@ let package = Package(
         // SO_PEERCRED for the control socket (struct ucred is not visible to Swift).
         .target(name: "CSpliceSocket"),
 
+        // Files and directories created safely next to other users (checked directories,
+        // O_EXCL|O_NOFOLLOW, atomic replacement).
+        .target(name: "SpliceFiles"),
         .target(name: "SpliceELF", dependencies: ["CLibelf"]),
         .target(name: "SpliceDisassembly", dependencies: ["CCapstone"]),
         .target(name: "SpliceMachine",
@@ -49,7 +52,7 @@ let package = Package(
 
         .target(name: "Splice",
                 dependencies: ["SpliceMachine", "SpliceELF", "SpliceDisassembly", "SplicePatching", "SplicePayload",
-                               "SpliceRuntime", "SpliceX86_64", "SplicePPC64LE", "CSpliceSocket",
+                               "SpliceRuntime", "SpliceX86_64", "SplicePPC64LE", "SpliceFiles", "CSpliceSocket",
                                .product(name: "Crypto", package: "swift-crypto"), .product(name: "Yams", package: "Yams")]),
         .executableTarget(name: "splice", dependencies: [
             "Splice", .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -1,5 +1,6 @@
 @_exported import SpliceDisassembly
 @_exported import SpliceELF
+@_exported import SpliceFiles
 @_exported import SpliceMachine
 @_exported import SplicePatching
 @_exported import SplicePayload

@@ -50,8 +50,7 @@ public enum PayloadBenchmark {
         }
         var metadata = PayloadMetadata(targetBuildID: target.buildID ?? [])
         metadata.records = [.init(name: "scaled", newSymbol: first, newSize: 0, oldSize: 0)]
-        metadata.write(into: &w, absolute: backend.absoluteAddressRelocation)
-        return try w.write()
+        return try metadata.write(into: &w, absolute: backend.absoluteAddressRelocation)
     }
 
     public static func run(samples: String, count: Int = 10_000, rounds: Int = 5) throws -> [Row] {
@@ -59,8 +58,8 @@ public enum PayloadBenchmark {
             let imagePath = samples + "/" + imageName
             let target = try ELFFile(contentsOf: imagePath)
             let bytes = try generate(target: target, count: count)
-            let file = NSTemporaryDirectory() + "splice-bench-\(imageName).lp"
-            try Data(bytes).write(to: URL(fileURLWithPath: file))
+            let file = NSTemporaryDirectory() + "splice-bench-\(getpid())-\(imageName).lp"
+            try SafeFile.write(bytes, to: file)
             defer { unlink(file) }
             let image = try loadImage(path: imagePath)
             let loader = PayloadLoader(patcher: try LivePatcher(image: image, backend: try Architectures.backend(for: target)))

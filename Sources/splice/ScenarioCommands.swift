@@ -86,10 +86,10 @@ struct MatrixCommand: ParsableCommand {
             for path in [junit, jsonOut] {
                 try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
             }
-            try Matrix.junitXML(reports).write(toFile: junit, atomically: true, encoding: .utf8)
+            try SafeFile.write(Array(Matrix.junitXML(reports).utf8), to: junit)
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            try encoder.encode(reports).write(to: URL(fileURLWithPath: jsonOut))
+            try SafeFile.write(Array(try encoder.encode(reports)), to: jsonOut)
         }
         let failed = reports.filter { !$0.passed }.count
         print("\n\(reports.count - failed)/\(reports.count) passed; JUnit XML \(junit), JSON \(jsonOut)")
@@ -117,7 +117,10 @@ struct Trace: ParsableCommand {
             guard !variants.isEmpty else {
                 throw Failure(description: "\(s.name): no variant with the stop engine matches (the timeline is of a rendezvous)")
             }
-            try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)
+            // Made if nothing is there; whatever is there (a symlink, a file) is checked, not followed.
+            var st = stat()
+            if lstat(output, &st) != 0 { try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true) }
+            let directory = try CheckedDirectory(output, policy: .stickyIfShared)
             let samples = try Samples.directory()
             var failed = false
             var reports: [ScenarioReport] = []
@@ -128,12 +131,11 @@ struct Trace: ParsableCommand {
                 for step in r.steps {
                     guard let t = step.rendezvous else { continue }
                     let name = "\(stem)-step\(step.index)-" + step.step.replacingOccurrences(of: " ", with: "-") + ".svg"
-                    try TraceRenderer.svg(t, title: "\(s.name) \(v): step \(step.index), \(step.step)")
-                        .write(toFile: output + "/" + name, atomically: true, encoding: .utf8)
+                    try directory.replace(name, contents: Array(TraceRenderer.svg(t, title: "\(s.name) \(v): step \(step.index), \(step.step)").utf8))
                     timelines[step.index] = name
                 }
                 let report = output + "/\(stem).md"
-                try TraceRenderer.markdown(r, timelines: timelines).write(toFile: report, atomically: true, encoding: .utf8)
+                try directory.replace("\(stem).md", contents: Array(TraceRenderer.markdown(r, timelines: timelines).utf8))
                 reports.append(r)
                 if !r.passed { failed = true }
                 if json { continue }

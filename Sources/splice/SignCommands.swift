@@ -13,10 +13,10 @@ struct Keygen: ParsableCommand {
         try reportingErrors {
             let key = P256.Signing.PrivateKey()
             let privatePath = prefix + ".pem", publicPath = prefix + ".pub.pem"
-            guard FileManager.default.createFile(atPath: privatePath, contents: Data(key.pemRepresentation.utf8),
-                                                 attributes: [.posixPermissions: 0o600]),
-                  FileManager.default.createFile(atPath: publicPath, contents: Data(key.publicKey.pemRepresentation.utf8))
-            else { throw Failure(description: "cannot write \(privatePath) / \(publicPath)") }
+            // Each created exclusively (an existing key or a symlink is refused), the
+            // private one 0600 from its first byte; both or neither.
+            try SafeFile.createNew([(privatePath, Array(key.pemRepresentation.utf8), 0o600),
+                                    (publicPath, Array(key.publicKey.pemRepresentation.utf8), 0o644)])
             let id = hexString(PayloadSignature.keyID(of: key.publicKey))
             if json { try printJSON(["privateKey": privatePath, "publicKey": publicPath, "keyID": id]); return }
             print("wrote \(privatePath) and \(publicPath); key id \(id)")
@@ -43,7 +43,7 @@ struct Sign: ParsableCommand {
             let privateKey = try PayloadSignature.privateKey(pemFile: key)
             let signed = try PayloadSignature.sign(bytes, key: privateKey, signer: signer)
             let out = output ?? payload + ".signed"
-            guard FileManager.default.createFile(atPath: out, contents: Data(signed)) else { throw Failure(description: "cannot write \(out)") }
+            try SafeFile.write(signed, to: out)
             let id = hexString(PayloadSignature.keyID(of: privateKey.publicKey))
             if json {
                 try printJSON(["payload": payload, "output": out, "keyID": id, "signer": signer, "appended": String(signed.count - bytes.count)])

@@ -454,7 +454,7 @@ struct Build: ParsableCommand {
             builder.expectBytes = expect
             let (bytes, report) = try builder.build()
             let payload = try Payload(bytes: bytes, name: output) // the loader's own checks, before writing
-            try Data(bytes).write(to: URL(fileURLWithPath: output))
+            try SafeFile.write(bytes, to: output)
             return Output(payload: output, buildID: payload.buildIDHex, targetBuildID: targetELF.buildIDHex ?? "",
                           bytes: bytes.count, changed: report.changed, newFunctions: report.newFunctions,
                           carriedCallees: report.carriedCallees, carriedData: report.carriedData, external: report.external)
@@ -597,7 +597,7 @@ struct Bench: ParsableCommand {
                     print("measuring: \(step)")
                     fflush(stdout)
                 }
-                try text.write(toFile: output, atomically: true, encoding: .utf8)
+                try SafeFile.write(Array(text.utf8), to: output)
                 print("wrote \(output)")
             }
         }
