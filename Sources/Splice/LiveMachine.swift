@@ -121,9 +121,15 @@ public final class LiveMachine {
         case badConfiguration(String)
         case noSuchFunction(String)
         case noSuchSymbol(String)
+        /// A request field out of its range or alphabet.
+        case badRequest(String)
+        /// The control socket already serves as many connections as it may.
+        case busyConnections(Int)
 
         public var description: String {
             switch self {
+            case let .badRequest(why): return "bad request: \(why)"
+            case let .busyConnections(n): return "the machine is serving \(n) connections already; try again (EBUSY)"
             case let .busy(id, action):
                 return "another action is in progress (\(action.rawValue) of payload \(id)); try again when it is done (EBUSY)"
             case let .badConfiguration(why): return why
@@ -134,7 +140,8 @@ public final class LiveMachine {
     }
 
     /// The sample ring: 8-byte iteration count, then 64 slots of (x, scaled, apply_unary).
-    static let ringSlots = 64, ringFields = 3, ringStride: UInt64 = 0x1000
+    public static let ringSlots = 64
+    static let ringFields = 3, ringStride: UInt64 = 0x1000
     static let ringBase: UInt64 = 0x5800_0000
 
     public let configuration: Configuration
@@ -359,6 +366,9 @@ public final class LiveMachine {
     /// Every vCPU's state, iteration count and newest `last` records, read while all of
     /// them wait at their safe point (so no record is half written).
     public func status(records last: Int = 4) throws -> Status {
+        guard (0...Self.ringSlots).contains(last) else {
+            throw Failure.badRequest("records must be 0 to \(Self.ringSlots) (got \(last)) (EINVAL)")
+        }
         let version = list(start: 0, count: 0).version
         serviceLock.lock(); defer { serviceLock.unlock() }
         var vcpus: [VCPUStatus] = []

@@ -87,9 +87,10 @@ public struct ControlReply: Codable, Sendable, Equatable {
             case .unknownKey: return (.refused, -126) // ENOKEY
             default: return (.refused, -129) // EKEYREJECTED
             }
-        case LiveMachine.Failure.busy: return (.busy, -16)
+        case LiveMachine.Failure.busy, LiveMachine.Failure.busyConnections: return (.busy, -16)
         case is LiveMachine.Failure, is PayloadError: return (.refused, -22)
-        case let f as ControlSocket.Failure: return (f.kind == .denied ? .denied : .protocolError, f.kind == .denied ? -1 : -71)
+        case let f as ControlSocket.Failure:
+            return [.denied, .untrusted].contains(f.kind) ? (.denied, -1) : (.protocolError, -71)
         default:
             let e = LivePatchService.errno(of: error)
             return (e == -16 ? .busy : .failed, e)
@@ -97,93 +98,110 @@ public struct ControlReply: Codable, Sendable, Equatable {
     }
 }
 
-/// Serves a `LiveMachine` on a control socket until a `shutdown` request (or SIGTERM /
-/// SIGINT) arrives. Each connection is one request, answered on its own thread.
-public final class MachineDaemon {
+extension ControlRequest {
+    /// The limits of a request's fields: a request outside them is refused (EINVAL) before
+    /// anything acts on it or logs it.
+    public static let maximumArguments = 32
+    public static let maximumFunctionName = 256
+    public static let maximumPageCount = 256
+    static let functionNameCharacters = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._$")
+
+    /// Every field checked against its range and alphabet.
+    public func validate() throws {
+        func bad(_ why: String) -> LiveMachine.Failure { .badRequest(why) }
+        if let id { try LivePatchService.validateID(id) }
+        if let f = function {
+            guard !f.isEmpty, f.utf8.count <= Self.maximumFunctionName, f.allSatisfy(Self.functionNameCharacters.contains) else {
+                throw bad("function must be 1 to \(Self.maximumFunctionName) of A-Z a-z 0-9 . _ $ (EINVAL)")
+            }
+        }
+        if let a = arguments, a.count > Self.maximumArguments {
+            throw bad("at most \(Self.maximumArguments) arguments (got \(a.count)) (EINVAL)")
+        }
+        if let r = records, !(0...LiveMachine.ringSlots).contains(r) {
+            throw bad("records must be 0 to \(LiveMachine.ringSlots) (got \(r)) (EINVAL)")
+        }
+        if let s = start, s < 0 { throw bad("start must not be negative (got \(s)) (EINVAL)") }
+        if let c = count, !(0...Self.maximumPageCount).contains(c) {
+            throw bad("count must be 0 to \(Self.maximumPageCount) (got \(c)) (EINVAL)")
+        }
+        if payload != nil, op != .upload { throw bad("only upload carries a payload (EINVAL)") }
+    }
+}
+
+/// Turns one request line from an admitted client into a reply: decode, validate, log,
+/// act. The socket is the daemon's business; this is what the protocol fuzzer drives.
+public final class ControlDispatcher {
     public let machine: LiveMachine
-    public let listener: ControlSocket.Listener
-    private let done = DispatchSemaphore(value: 0)
-    private var signalSources: [DispatchSourceSignal] = []
+    /// Where audit lines go (each already escaped: one line per event, whatever a request
+    /// carried).
+    public var log: (String) -> Void
 
-    public init(machine: LiveMachine, listener: ControlSocket.Listener) {
+    public init(machine: LiveMachine, log: @escaping (String) -> Void = ControlDispatcher.printLog) {
         self.machine = machine
-        self.listener = listener
+        self.log = log
     }
 
-    /// Blocks until the machine is stopped; the socket is removed on the way out.
-    public func run() {
-        machine.onActionFinished = { id, action, failure in
-            Self.log("\(action.rawValue) \(id) finished: " + (failure.map { "FAILED: \($0)" } ?? "ok"))
+    /// The reply to `line` from `who`, and whether it asked the machine to stop.
+    public func respond(to line: [UInt8], from who: String) -> (reply: ControlReply, stopping: Bool) {
+        let request: ControlRequest
+        do {
+            request = try JSONDecoder().decode(ControlRequest.self, from: Data(line))
+            try request.validate()
+        } catch {
+            let reply: ControlReply = error is DecodingError
+                ? .failure(ControlSocket.Failure(kind: .protocolError, description: "malformed request: \(error)"))
+                : .failure(error)
+            log("\(who): (invalid request, \(line.count) bytes): refused: \(reply.error ?? "")")
+            return (reply, false)
         }
-        for sig in [SIGTERM, SIGINT] {
-            signal(sig, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-            source.setEventHandler { [weak self] in self?.done.signal() }
-            source.resume()
-            signalSources.append(source)
-        }
-        let acceptor = Thread { [self] in
-            while let connection = listener.accept() {
-                Thread.detachNewThread { self.serve(connection) }
-            }
-        }
-        acceptor.start()
-        done.wait()
-        listener.close()
-        machine.shutdown()
-    }
-
-    private func serve(_ connection: ControlSocket.Connection) {
-        var timeout = timeval(tv_sec: 10, tv_usec: 0)
-        setsockopt(connection.fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        audit(who, request, nil)
         let reply: ControlReply
-        var stopping = false
-        var request: ControlRequest?
-        // The request is read before the credentials are judged, so a refused client
-        // gets its answer rather than a closed connection.
-        let line = Result { try connection.readLine() }
-        switch listener.admits(connection) {
-        case let .failure(f):
-            // Decoded only to say in the log what was refused.
-            request = (try? line.get()).flatMap { try? JSONDecoder().decode(ControlRequest.self, from: Data($0)) }
-            reply = .failure(f)
-        case .success:
-            do {
-                let decoded = try JSONDecoder().decode(ControlRequest.self, from: Data(try line.get()))
-                request = decoded
-                stopping = decoded.op == .shutdown
-                audit(connection, decoded, nil)
-                reply = try handle(decoded)
-            } catch let e as DecodingError {
-                reply = .failure(ControlSocket.Failure(kind: .protocolError, description: "malformed request: \(e)"))
-            } catch {
-                reply = .failure(error)
-            }
-        }
-        audit(connection, request, reply)
-        try? connection.writeLine(Array((try? JSONEncoder().encode(reply)) ?? Data()))
-        if stopping { done.signal() }
+        do { reply = try handle(request) } catch { reply = .failure(error) }
+        audit(who, request, reply)
+        return (reply, reply.ok && request.op == .shutdown)
     }
 
     /// Log lines for the requests that change something or are refused (seed 002: report
     /// the operations that could affect integrity), with who asked: the request before
-    /// it is handled, a refusal after, and an action's end when it ends.
-    private func audit(_ connection: ControlSocket.Connection, _ request: ControlRequest?, _ reply: ControlReply?) {
-        let who = connection.peer.map { "uid \($0.uid) pid \($0.pid)" } ?? "unknown peer"
-        var what = request.map { r in
-            [r.op == .action ? r.action?.rawValue : r.op.rawValue, r.id, r.function].compactMap { $0 }.joined(separator: " ")
-        } ?? "(unreadable request)"
-        if let p = request?.payload { what += " (\(p.count) bytes)" }
+    /// it is handled, a refusal after.
+    private func audit(_ who: String, _ r: ControlRequest, _ reply: ControlReply?) {
+        var what = [r.op == .action ? r.action?.rawValue : r.op.rawValue, r.id, r.function].compactMap { $0 }.joined(separator: " ")
+        if let p = r.payload { what += " (\(p.count) bytes)" }
         if let reply {
-            if !reply.ok { Self.log("\(who): \(what): refused: \(reply.error ?? "")") }
-        } else if let r = request, ![.status, .get, .list].contains(r.op) {
-            Self.log("\(who): \(what)")
+            if !reply.ok { log("\(who): \(what): refused: \(reply.error ?? "")") }
+        } else if ![.status, .get, .list].contains(r.op) {
+            log("\(who): \(what)")
         }
     }
 
-    static func log(_ line: String) {
-        print(ISO8601DateFormatter().string(from: Date()) + " " + line)
+    /// A log line on standard output (the daemon's log file), time-stamped, with every
+    /// control character escaped so that no text from a request or a payload can start a
+    /// line of its own.
+    public static func printLog(_ line: String) {
+        print(ISO8601DateFormatter().string(from: Date()) + " " + escaped(line))
         fflush(stdout)
+    }
+
+    /// `text` with control characters and backslashes written as escapes.
+    public static func escaped(_ text: String) -> String {
+        var out = ""
+        for u in text.unicodeScalars {
+            switch u {
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            default:
+                if u.value < 0x20 || (0x7f...0x9f).contains(u.value) || u.properties.generalCategory == .format
+                    || u.properties.generalCategory == .lineSeparator || u.properties.generalCategory == .paragraphSeparator {
+                    out += "\\u{" + String(u.value, radix: 16) + "}"
+                } else {
+                    out.unicodeScalars.append(u)
+                }
+            }
+        }
+        return out
     }
 
     func handle(_ r: ControlRequest) throws -> ControlReply {
@@ -202,7 +220,7 @@ public final class MachineDaemon {
         case .get:
             reply.payload = try machine.get(try need(r.id, "an id"))
         case .list:
-            reply.page = machine.list(start: r.start ?? 0, count: min(max(r.count ?? 16, 0), 256))
+            reply.page = machine.list(start: r.start ?? 0, count: r.count ?? 16)
         case .action:
             let id = try need(r.id, "an id")
             try machine.begin(try need(r.action, "an action"), id: id)
@@ -213,6 +231,103 @@ public final class MachineDaemon {
             break
         }
         return reply
+    }
+}
+
+/// Serves a `LiveMachine` on a control socket until a `shutdown` request (or SIGTERM /
+/// SIGINT) arrives. A connection's credentials are judged as it is accepted, before any
+/// of it is read: another user's gets its refusal at once and is closed, without a thread.
+/// An admitted one carries one request, which must arrive whole within
+/// `ControlSocket.requestDeadline` and fit `ControlSocket.maximumMessage`; at most
+/// `maximumConnections` are served at a time.
+public final class MachineDaemon {
+    public static let maximumConnections = 32
+
+    public let machine: LiveMachine
+    public let listener: ControlSocket.Listener
+    public let dispatcher: ControlDispatcher
+    private let done = DispatchSemaphore(value: 0)
+    private var signalSources: [DispatchSourceSignal] = []
+    private let slots = DispatchSemaphore(value: MachineDaemon.maximumConnections)
+    /// Refusals logged in the current second, so another user cannot flood the log.
+    private var refusalsLogged = (second: 0, count: 0, suppressed: 0)
+
+    public init(machine: LiveMachine, listener: ControlSocket.Listener) {
+        self.machine = machine
+        self.listener = listener
+        dispatcher = ControlDispatcher(machine: machine)
+    }
+
+    static func log(_ line: String) { ControlDispatcher.printLog(line) }
+
+    /// Blocks until the machine is stopped; the socket is removed on the way out.
+    public func run() {
+        machine.onActionFinished = { id, action, failure in
+            Self.log("\(action.rawValue) \(id) finished: " + (failure.map { "FAILED: \($0)" } ?? "ok"))
+        }
+        for sig in [SIGTERM, SIGINT] {
+            signal(sig, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            source.setEventHandler { [weak self] in self?.done.signal() }
+            source.resume()
+            signalSources.append(source)
+        }
+        let acceptor = Thread { [self] in
+            while let connection = listener.accept() {
+                if case let .failure(f) = listener.admits(connection) {
+                    refuse(connection, f)
+                    continue
+                }
+                guard slots.wait(timeout: .now()) == .success else {
+                    refuse(connection, LiveMachine.Failure.busyConnections(Self.maximumConnections))
+                    continue
+                }
+                Thread.detachNewThread { [self] in
+                    serve(connection)
+                    slots.signal()
+                }
+            }
+        }
+        acceptor.start()
+        done.wait()
+        listener.close()
+        machine.shutdown()
+    }
+
+    private func who(_ connection: ControlSocket.Connection) -> String {
+        connection.peer.map { "uid \($0.uid) pid \($0.pid)" } ?? "unknown peer"
+    }
+
+    /// Answers without reading the request, never blocking, and closes.
+    private func refuse(_ connection: ControlSocket.Connection, _ error: Error) {
+        let reply = ControlReply.failure(error)
+        try? connection.writeLine(Array((try? JSONEncoder().encode(reply)) ?? Data()), wait: false)
+        let second = Int(Date().timeIntervalSince1970)
+        if refusalsLogged.second != second {
+            if refusalsLogged.suppressed > 0 { Self.log("\(refusalsLogged.suppressed) more refusals not logged") }
+            refusalsLogged = (second, 0, 0)
+        }
+        if refusalsLogged.count < 10 {
+            refusalsLogged.count += 1
+            Self.log("\(who(connection)): refused before reading: \(reply.error ?? "")")
+        } else {
+            refusalsLogged.suppressed += 1
+        }
+    }
+
+    private func serve(_ connection: ControlSocket.Connection) {
+        connection.setSendTimeout(seconds: Int(ControlSocket.requestDeadline))
+        let reply: ControlReply
+        var stopping = false
+        do {
+            let line = try connection.readLine(deadline: Date(timeIntervalSinceNow: ControlSocket.requestDeadline))
+            (reply, stopping) = dispatcher.respond(to: line, from: who(connection))
+        } catch {
+            reply = .failure(error)
+            Self.log("\(who(connection)): request not read: \(error)")
+        }
+        try? connection.writeLine(Array((try? JSONEncoder().encode(reply)) ?? Data()))
+        if stopping { done.signal() }
     }
 }
 
@@ -229,8 +344,13 @@ public struct MachineClient {
             let line = try ControlSocket.exchange(path: socketPath, Array(try JSONEncoder().encode(request)))
             return try JSONDecoder().decode(ControlReply.self, from: Data(line))
         } catch let f as ControlSocket.Failure {
-            let kind: ControlReply.ErrorKind = f.kind == .denied ? .denied : f.kind == .unreachable ? .unreachable : .protocolError
-            return ControlReply(ok: false, error: f.description, kind: kind, errno: f.kind == .denied ? -13 : -111)
+            let kind: ControlReply.ErrorKind
+            switch f.kind {
+            case .denied, .untrusted: kind = .denied
+            case .unreachable: kind = .unreachable
+            case .protocolError: kind = .protocolError
+            }
+            return ControlReply(ok: false, error: f.description, kind: kind, errno: kind == .denied ? -13 : -111)
         } catch {
             return ControlReply(ok: false, error: "malformed reply from the machine at \(socketPath): \(error)", kind: .protocolError,
                                 errno: -71)

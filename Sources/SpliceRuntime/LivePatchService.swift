@@ -44,7 +44,7 @@ public final class LivePatchService {
 
         public var description: String {
             switch self {
-            case let .badID(id, why): return "payload id '\(id)' \(why)"
+            case let .badID(id, why): return "payload id \(id) \(why)"
             case let .exists(id): return "payload id \(id) is already uploaded (EEXIST)"
             case let .noSuchPayload(id): return "no payload with id \(id) (ENOENT)"
             case let .invalidTransition(id, state, action):
@@ -81,11 +81,18 @@ public final class LivePatchService {
 
     public init(loader: PayloadLoader) { self.loader = loader }
 
-    public func upload(id: String, bytes: [UInt8]) throws {
-        guard !id.isEmpty, id.count <= Self.maximumIDLength else {
-            throw Failure.badID(id, reason: "must be 1 to \(Self.maximumIDLength) characters")
+    /// Refuses an id that is not 1-40 of A-Z a-z 0-9 . _ - (the message shows it escaped).
+    public static func validateID(_ id: String) throws {
+        guard !id.isEmpty, id.count <= maximumIDLength else {
+            throw Failure.badID(String(id.debugDescription.prefix(100)), reason: "must be 1 to \(maximumIDLength) characters")
         }
-        guard id.allSatisfy(Self.idCharacters.contains) else { throw Failure.badID(id, reason: "may only use A-Z a-z 0-9 . _ -") }
+        guard id.allSatisfy(idCharacters.contains) else {
+            throw Failure.badID(String(id.debugDescription.prefix(100)), reason: "may only use A-Z a-z 0-9 . _ -")
+        }
+    }
+
+    public func upload(id: String, bytes: [UInt8]) throws {
+        try Self.validateID(id)
         guard !entries.contains(where: { $0.id == id }) else { throw Failure.exists(id) }
         let payload = try Payload(bytes: bytes, name: id)
         entries.append(Entry(id: id, payload: payload))

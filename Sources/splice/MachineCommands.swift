@@ -144,11 +144,22 @@ struct MachineCommand: ParsableCommand {
                 if MachineClient(socketPath: socketPath).send(ControlRequest(.status)).ok {
                     throw Failure(description: "a machine is already running at \(socketPath); stop it first (splice machine stop)")
                 }
-                let logPath = log ?? ((socketPath as NSString).deletingLastPathComponent + "/machine.log")
-                try? FileManager.default.createDirectory(atPath: (logPath as NSString).deletingLastPathComponent,
-                                                         withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-                FileManager.default.createFile(atPath: logPath, contents: nil, attributes: [.posixPermissions: 0o600])
-                guard let logHandle = FileHandle(forWritingAtPath: logPath) else { throw Failure(description: "cannot write the log \(logPath)") }
+                // The socket's directory is checked (and made 0700 if missing) before
+                // anything is created in it; the log is opened through it, never through a
+                // symlink, and appended to.
+                let directory: CheckedDirectory
+                do {
+                    directory = try CheckedDirectory(SafeFile.split(socketPath).directory, policy: .ownerOnly, create: true)
+                } catch let e as FileSafetyError where e.kind == .untrustedDirectory {
+                    FileHandle.standardError.write(Data("splice: error: \(e); the machine was not started\n".utf8))
+                    throw ExitCode(ExitStatus.unreachable.code(options.exitStatus ?? .splice))
+                }
+                let logPath = log ?? directory.path + "/machine.log"
+                let logFD = try log.map { try CheckedDirectory(SafeFile.split($0).directory, policy: .ownerOnly)
+                                              .openForAppending(SafeFile.split($0).name) }
+                    ?? directory.openForAppending("machine.log")
+                let logStart = lseek(logFD, 0, SEEK_END)
+                let logHandle = FileHandle(fileDescriptor: logFD, closeOnDealloc: true)
                 let child = Process()
                 child.executableURL = URL(fileURLWithPath: try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
                 var args = ["machine", "start", "--foreground", "--socket", socketPath, "--image", config.image,
@@ -172,7 +183,10 @@ struct MachineCommand: ParsableCommand {
                     Thread.sleep(forTimeInterval: 0.05)
                 }
                 guard reply.ok, let m = reply.machine else {
-                    let text = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
+                    // What this start wrote to the log, read through the descriptor it was written by.
+                    let reader = FileHandle(forReadingAtPath: "/proc/self/fd/\(logFD)")
+                    try? reader?.seek(toOffset: UInt64(max(logStart, 0)))
+                    let text = String(decoding: reader?.readDataToEndOfFile() ?? Data(), as: UTF8.self)
                     if child.isRunning { child.terminate() }
                     throw Failure(description: "the machine did not start: " + (text.isEmpty ? (reply.error ?? "no reply") : text.trimmingCharacters(in: .whitespacesAndNewlines)))
                 }
@@ -219,8 +233,14 @@ struct MachineCommand: ParsableCommand {
 
     struct Status: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "The machine's vCPUs, their workload's newest results and its payloads.")
-        @Option(help: "Workload records to show per vCPU.") var records = 4
+        @Option(help: "Workload records to show per vCPU (0-\(LiveMachine.ringSlots)).") var records = 4
         @OptionGroup var options: MachineOptions
+
+        func validate() throws {
+            guard (0...LiveMachine.ringSlots).contains(records) else {
+                throw ValidationError("--records is 0 to \(LiveMachine.ringSlots) (got \(records))")
+            }
+        }
 
         func run() throws {
             var request = ControlRequest(.status)

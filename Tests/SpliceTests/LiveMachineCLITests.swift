@@ -225,7 +225,7 @@ final class LiveMachineCLITests: XCTestCase {
         chmod(open, 0o777)
         let r = try runSplice(["machine", "start", "--foreground", "--socket", open + "/m.sock"])
         XCTAssertEqual(r.status, 1)
-        XCTAssertTrue(r.err.contains("writable by no one else (it is uid \(getuid()), mode 777)"), r.err)
+        XCTAssertTrue(r.err.contains("writable by no one else; it is owned by uid \(getuid()) with mode 777"), r.err)
         XCTAssertFalse(FileManager.default.fileExists(atPath: open + "/m.sock"))
     }
 
