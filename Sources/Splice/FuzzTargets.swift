@@ -24,9 +24,13 @@ public enum FuzzTargets {
     /// The payload path of an upload: the appended signature split off, the payload
     /// parsed and checked, then placed, resolved, relocated and verified against the
     /// sample image of its ISA (and unloaded, so every input starts from the same machine).
+    /// A mutated payload no longer hashes to its build id, so it is refused at once; the
+    /// harness tries it as it is (that check) and then sealed again (`PayloadFormat.sealed`),
+    /// as a hostile author would, to reach everything after it.
     public static func payload(_ bytes: [UInt8]) {
-        guard let body = try? PayloadSignature.split(bytes, name: "fuzz").payload,
-              let payload = try? Payload(bytes: body, name: "fuzz") else { return }
+        guard let body = try? PayloadSignature.split(bytes, name: "fuzz").payload else { return }
+        _ = try? Payload(bytes: body, name: "fuzz")
+        guard let sealed = try? PayloadFormat.sealed(body), let payload = try? Payload(bytes: sealed, name: "fuzz") else { return }
         guard let loader = loaders[payload.elf.header.machine] else { return }
         if let loaded = try? loader.load(payload), (try? loader.unload(loaded)) == nil {
             // Its unload hook failed, so it stays loaded (a failed action changes
@@ -34,6 +38,31 @@ public enum FuzzTargets {
             loaders = makeLoaders()
         }
     }
+
+    /// The control protocol: a stream of request lines, as an admitted client's, each
+    /// through the daemon's decoder, validation and dispatch into a live machine (one vCPU
+    /// running the sample workload), each action waited for before the next line. Afterwards
+    /// every payload the input left is reverted and unloaded, so each input starts from the
+    /// same machine.
+    public static func control(_ bytes: [UInt8]) {
+        let machine = dispatcher.machine
+        for line in bytes.split(separator: 10, omittingEmptySubsequences: true).prefix(16) {
+            let (reply, _) = dispatcher.respond(to: Array(line), from: "fuzz")
+            blackHole((try? JSONEncoder().encode(reply))?.count ?? 0)
+            machine.waitUntilIdle()
+        }
+        for s in machine.list(start: 0, count: Int.max).statuses {
+            if s.state == LivePatchService.State.applied.rawValue { try? machine.perform(.revert, id: s.id) }
+            try? machine.perform(.unload, id: s.id)
+        }
+    }
+
+    nonisolated(unsafe) static var dispatcher: ControlDispatcher = {
+        guard let path = try? Samples.path(Samples.x86_64),
+              let machine = try? LiveMachine(configuration: .init(image: path, cpus: 1))
+        else { fatalError("the fuzz target needs the sample images (run from the checkout or set SPLICE_SAMPLES)") }
+        return ControlDispatcher(machine: machine, log: { blackHole($0.utf8.count) })
+    }()
 
     /// One machine per ISA: the sample image with a patcher and loader.
     nonisolated(unsafe) static var loaders = makeLoaders()

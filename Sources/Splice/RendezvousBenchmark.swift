@@ -50,8 +50,7 @@ public enum RendezvousBenchmark {
         metadata.records = (0..<1000).map { i in
             .init(name: String(format: "f%04d", i), newSymbol: functions[i], newSize: 0, oldSize: 0)
         }
-        metadata.write(into: &w, absolute: backend.absoluteAddressRelocation)
-        return try Payload(bytes: try w.write(), name: "many+\(offset)")
+        return try Payload(bytes: try metadata.write(into: &w, absolute: backend.absoluteAddressRelocation), name: "many+\(offset)")
     }
 
     static func median(_ xs: [Double]) -> Double {

@@ -1,3 +1,4 @@
+import Foundation
 import SpliceELF
 import SplicePatching
 
@@ -50,19 +51,28 @@ public struct Payload: Sendable {
     public init(bytes: [UInt8], name: String) throws {
         let elf: ELFFile
         do { elf = try ELFFile(bytes: bytes, name: name) } catch { throw PayloadError(name, .elf("\(error)")) }
-        try self.init(elf: elf)
+        try self.init(elf: elf, bytes: bytes)
     }
 
     public init(contentsOf path: String) throws {
-        let elf: ELFFile
-        do { elf = try ELFFile(contentsOf: path) } catch { throw PayloadError(path, .elf("\(error)")) }
-        try self.init(elf: elf)
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw PayloadError(path, .elf("cannot read the file"))
+        }
+        try self.init(bytes: [UInt8](data), name: path)
     }
 
-    public init(elf: ELFFile) throws {
+    /// `elf` parsed from `bytes`: the build id is recomputed from the bytes first.
+    init(elf: ELFFile, bytes: [UInt8]) throws {
         let name = elf.name
         func fail(_ r: PayloadError.Reason) -> PayloadError { PayloadError(name, r) }
         guard elf.header.type == .relocatable else { throw fail(.notRelocatable("\(elf.header.type)")) }
+        guard let idRange = PayloadFormat.buildIDRange(in: elf) else {
+            throw fail(.missingSection("\(PayloadFormat.buildIDSection) with a \(PayloadFormat.buildIDSize)-byte GNU build-id note"))
+        }
+        let computed = PayloadFormat.buildID(of: bytes, range: idRange)
+        guard Array(bytes[idRange]) == computed else {
+            throw fail(.buildIDNotContents(note: hexString(Array(bytes[idRange])), contents: hexString(computed)))
+        }
         self.name = name
         self.elf = elf
 

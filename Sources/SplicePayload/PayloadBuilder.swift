@@ -248,8 +248,7 @@ public struct PayloadBuilder {
                                           newSize: range.map { UInt64($0.length) } ?? new?.size ?? 0, oldSize: old.size,
                                           expectedBytes: expected, nopOffset: range?.offset ?? 0))
         }
-        metadata.write(into: &w, absolute: backend.absoluteAddressRelocation)
-        return (try w.write(), report)
+        return (try metadata.write(into: &w, absolute: backend.absoluteAddressRelocation), report)
     }
 
 }

@@ -9,6 +9,9 @@ public struct PayloadError: Error, Equatable, CustomStringConvertible {
         case badRecordVersion(record: Int, version: UInt8)
         case badRecord(record: Int, reason: String)
         case noTargetBuildID
+        /// Its build-id note is not the hash of its contents: it was edited after it was
+        /// built (or the note was copied from another payload).
+        case buildIDNotContents(note: String, contents: String)
         case buildIDMismatch(expected: String, target: String)
         case missingDependency(buildID: String)
         case undefinedSymbol(symbol: String, section: String, relocation: Int)
@@ -47,6 +50,8 @@ public struct PayloadError: Error, Equatable, CustomStringConvertible {
         case let .badRecordVersion(r, v): what = "\(PayloadFormat.funcsSection) record \(r) has version \(v), expected \(PayloadFormat.recordVersion)"
         // Record -1: not about one record (a hook or state section); the reason names it.
         case let .badRecord(r, why): what = r < 0 ? why : "\(PayloadFormat.funcsSection) record \(r): \(why)"
+        case let .buildIDNotContents(note, contents):
+            what = "has build id \(note) in \(PayloadFormat.buildIDSection), but its contents hash to \(contents): it was changed after it was built"
         case .noTargetBuildID: what = "has no target build id note in \(PayloadFormat.dependsSection)"
         case let .buildIDMismatch(e, t): what = "was built against build id \(e), the target's is \(t)"
         case let .missingDependency(id): what = "depends on payload \(id), which is not loaded"

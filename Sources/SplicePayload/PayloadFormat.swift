@@ -1,3 +1,7 @@
+import Crypto
+import Foundation
+import SpliceELF
+
 /// The Splice payload format (docs/payload-format.md): a relocatable ELF per ISA.
 public enum PayloadFormat {
     /// The array of functions to patch: `recordSize`-byte records.
@@ -44,5 +48,45 @@ public enum PayloadFormat {
 
         /// Whether the hook's int result decides (nonzero: veto or failure).
         public var returnsResult: Bool { [.preapply, .prerevert, .apply, .revert].contains(self) }
+    }
+}
+
+extension PayloadFormat {
+    /// The size of the payload's own build id: a SHA-1.
+    public static let buildIDSize = 20
+
+    /// Where the payload's own build id lies in the file: the descriptor of the GNU note
+    /// in `.note.gnu.build-id` (nil when there is no such note of `buildIDSize` bytes).
+    public static func buildIDRange(in elf: ELFFile) -> Range<Int>? {
+        guard let s = elf.section(named: buildIDSection), s.type == ELFSection.typeNote, s.data.count >= 12 else { return nil }
+        let nameSize = Int(s.data.littleEndian(UInt32.self, at: 0)), descriptorSize = Int(s.data.littleEndian(UInt32.self, at: 4))
+        let start = 12 + (nameSize + 3) / 4 * 4
+        guard nameSize <= s.data.count, descriptorSize == buildIDSize, start + descriptorSize <= s.data.count,
+              s.data.littleEndian(UInt32.self, at: 8) == ELFNote.gnuBuildID else { return nil }
+        let fileStart = Int(s.offset) + start
+        return fileStart..<(fileStart + descriptorSize)
+    }
+
+    /// The build id `bytes` must carry: SHA-1 over the whole file with the id's own bytes
+    /// (`range`) taken as zero, as GNU ld computes `--build-id=sha1`. Every byte counts, so
+    /// an edited payload cannot keep the id of the one it was made from.
+    public static func buildID(of bytes: [UInt8], range: Range<Int>) -> [UInt8] {
+        var hash = Insecure.SHA1()
+        hash.update(data: bytes[..<range.lowerBound])
+        hash.update(data: [UInt8](repeating: 0, count: range.count))
+        hash.update(data: bytes[range.upperBound...])
+        return Array(hash.finalize())
+    }
+
+    /// `bytes` (a payload whose build-id note holds any 20 bytes) with its build id
+    /// computed and written in. `splice build` seals every payload it writes.
+    public static func sealed(_ bytes: [UInt8]) throws -> [UInt8] {
+        let elf = try ELFFile(bytes: bytes, name: "payload")
+        guard let range = buildIDRange(in: elf) else {
+            throw PayloadError(elf.name, .missingSection("\(buildIDSection) with a \(buildIDSize)-byte GNU build-id note"))
+        }
+        var out = bytes
+        out.replaceSubrange(range, with: buildID(of: bytes, range: range))
+        return out
     }
 }

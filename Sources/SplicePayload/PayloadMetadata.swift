@@ -1,4 +1,3 @@
-import Crypto
 import SpliceELF
 
 /// The payload's metadata sections (docs/payload-format.md), written into an `ELFWriter`
@@ -36,9 +35,10 @@ public struct PayloadMetadata {
     public init(targetBuildID: [UInt8]) { self.targetBuildID = targetBuildID }
 
     /// Adds .livepatch.strings, .livepatch.funcs with its relocations (`absolute`: the
-    /// ISA's 64-bit address relocation), the depends notes, and last the payload's own
-    /// build id: SHA-1 over every section and relocation written so far.
-    public func write(into w: inout ELFWriter, absolute: UInt32) {
+    /// ISA's 64-bit address relocation), the depends notes and the payload's own build-id
+    /// note, and returns the file, sealed: its build id computed from all of its bytes
+    /// (`PayloadFormat.buildID(of:range:)`).
+    public func write(into w: inout ELFWriter, absolute: UInt32) throws -> [UInt8] {
         var strings: [UInt8] = []
         var funcs: [UInt8] = []
         let stringsIndex = w.add(.init(name: PayloadFormat.stringsSection, alignment: 1))
@@ -72,12 +72,9 @@ public struct PayloadMetadata {
                         data: dependencies.flatMap { ELFWriter.note(owner: "GNU", type: ELFNote.gnuBuildID, descriptor: $0) },
                         alignment: 4))
         }
-        var hash = Insecure.SHA1()
-        for s in w.sections { hash.update(data: Array(s.name.utf8) + s.data) }
-        for (s, rs) in w.relocations.sorted(by: { $0.key < $1.key }) {
-            for r in rs { hash.update(data: Array("\(s) \(r.offset) \(r.type) \(w.symbols[r.symbol].name) \(r.addend)".utf8)) }
-        }
         w.add(.init(name: PayloadFormat.buildIDSection, type: ELFSection.typeNote, flags: ELFSection.flagAlloc,
-                    data: ELFWriter.note(owner: "GNU", type: ELFNote.gnuBuildID, descriptor: Array(hash.finalize())), alignment: 4))
+                    data: ELFWriter.note(owner: "GNU", type: ELFNote.gnuBuildID,
+                                         descriptor: [UInt8](repeating: 0, count: PayloadFormat.buildIDSize)), alignment: 4))
+        return try PayloadFormat.sealed(try w.write())
     }
 }

@@ -71,21 +71,30 @@ public struct PayloadSignature: Sendable, Equatable {
         return out
     }
 
+    /// The longest signature field accepted: 64 KiB, far above any scheme's (an ECDSA P-256
+    /// signature is at most 72 bytes, an RSA-16384 one 2 KiB). It bounds where a marker can
+    /// be: within `maximumTrailer` bytes of the end.
+    public static let maximumSignatureLength = 1 << 16
+    public static let maximumTrailer = marker.count + headerSize + maximumSignatureLength + 255 + 255
+
     /// Splits `bytes` into the payload and its appended signature (nil when there is none:
-    /// no marker whose header accounts for exactly the bytes after it).
+    /// no marker whose header accounts for exactly the bytes after it). Only the last
+    /// `maximumTrailer` bytes are searched, without copying, so the cost does not grow with
+    /// the payload (a 45 MB file of marker-like bytes is split as fast as a small one).
     public static func split(_ bytes: [UInt8], name: String) throws -> (payload: [UInt8], signature: PayloadSignature?) {
         // The last marker whose lengths add up to the end of the file: the payload itself
         // may contain the marker text anywhere.
         var end = bytes.count - marker.count - headerSize
+        let lowest = max(0, bytes.count - maximumTrailer)
         var sawMarker = false
-        while end >= 0 {
-            if bytes[end] == marker[0], Array(bytes[end..<end + marker.count]) == marker {
+        while end >= lowest {
+            if bytes[end] == marker[0], bytes[end..<end + marker.count].elementsEqual(marker) {
                 sawMarker = true
                 let h = end + marker.count
                 let signerLength = Int(bytes[h + 3]), keyIDLength = Int(bytes[h + 4])
                 let sigLength = Int(bytes[h + 8]) << 24 | Int(bytes[h + 9]) << 16 | Int(bytes[h + 10]) << 8 | Int(bytes[h + 11])
                 let body = h + headerSize
-                if body + sigLength + keyIDLength + signerLength == bytes.count {
+                if sigLength <= maximumSignatureLength, body + sigLength + keyIDLength + signerLength == bytes.count {
                     let s = body, k = s + sigLength, n = k + keyIDLength
                     return (Array(bytes[..<end]), PayloadSignature(
                         algorithm: bytes[h], hash: bytes[h + 1], keyIDType: bytes[h + 2],

@@ -15,6 +15,13 @@ final class FuzzRegressionTests: XCTestCase {
 
     func bytes(_ path: String) throws -> [UInt8] { [UInt8](try XCTUnwrap(FileManager.default.contents(atPath: path))) }
 
+    /// A found or edited payload as the payload fuzz target feeds it to the loader: with its
+    /// build id computed again, as a hostile author would, so that it reaches the check it
+    /// was found for instead of the build-id check.
+    func sealed(_ bytes: [UInt8], name: String) throws -> Payload {
+        try Payload(bytes: try PayloadFormat.sealed(bytes), name: name)
+    }
+
     func testTheCommittedCorpusAndFindingsReplayWithoutACrash() throws {
         var replayed = 0
         for (folder, target) in [("corpus/elf", FuzzTargets.elf), ("regressions/elf", FuzzTargets.elf),
@@ -50,7 +57,7 @@ final class FuzzRegressionTests: XCTestCase {
     /// unloads; it now starts from fresh machines after such an input.)
     func testAPayloadWhoseUnloadHookFaultsStaysLoaded() throws {
         let input = try bytes(fuzzDirectory + "/regressions/payload/unload-hook-faults")
-        let payload = try Payload(bytes: input, name: "found")
+        let payload = try sealed(input, name: "found")
         let elf = try ELFFile(contentsOf: samplePath(Samples.ppc64le))
         XCTAssertEqual(payload.elf.header.machine, elf.header.machine)
         let machine = try Machine(architecture: try Architectures.forELF(elf))
@@ -71,7 +78,7 @@ final class FuzzRegressionTests: XCTestCase {
     /// overflowed the placement arithmetic (a trap). Sizes and alignments are now bounded
     /// first, and such a payload is refused naming the section; nothing is mapped.
     func testAPayloadSectionTooLargeToPlaceIsRefused() throws {
-        let payload = try Payload(bytes: try bytes(fuzzDirectory + "/regressions/payload/section-size-overflows"), name: "found")
+        let payload = try sealed(try bytes(fuzzDirectory + "/regressions/payload/section-size-overflows"), name: "found")
         let elf = try ELFFile(contentsOf: samplePath(payload.elf.header.machine == 62 ? Samples.x86_64 : Samples.ppc64le))
         let machine = try Machine(architecture: try Architectures.forELF(elf))
         let image = try machine.load(elf)
@@ -105,16 +112,16 @@ final class FuzzRegressionTests: XCTestCase {
         let rela = try XCTUnwrap(elf.relocationSections.first { !$0.entries.isEmpty })
         let section = elf.sections[rela.sectionIndex]
         bytes.put64(Int(section.offset), 0xfc00_0000_0000_0018) // entry 0's r_offset
-        let text = try refusal(try Payload(bytes: bytes, name: "found"))
+        let text = try refusal(try sealed(bytes, name: "found"))
         XCTAssertTrue(text.contains("relocation 0 of \(rela.name): offset 0xfc00000000000018 is outside the section it applies to"), text)
     }
 
     /// Found by the payload fuzzer after 183,233 inputs: a function symbol at an offset
     /// near 2^64 of its section overflowed "placed address + offset" (a trap).
     func testASymbolOutsideItsSectionIsRefused() throws {
-        let text = try refusal(try Payload(bytes: try bytes(fuzzDirectory + "/regressions/payload/symbol-outside-section"), name: "found"))
+        let text = try refusal(try sealed(try bytes(fuzzDirectory + "/regressions/payload/symbol-outside-section"), name: "found"))
         XCTAssertTrue(text.contains("which has 0x") && text.contains("symbol "), text)
-        XCTAssertTrue(try refusal(try Payload(bytes: try bytes(fuzzDirectory + "/regressions/payload/relocation-offset-outside"), name: "r"))
+        XCTAssertTrue(try refusal(try sealed(try bytes(fuzzDirectory + "/regressions/payload/relocation-offset-outside"), name: "r"))
             .contains("symbol patch_on_unload is at offset 0x100001f700 of .text.patch_on_unload, which has 0x30 bytes"))
     }
 }

@@ -76,7 +76,7 @@ final class LifecycleTests: XCTestCase {
         var wrong = bytes
         let e = try ELFFile(bytes: wrong)
         wrong[Int(e.section(named: PayloadFormat.dependsSection)!.offset) + 16] ^= 0xff
-        try s.upload(id: "wrong-build", bytes: wrong)
+        try s.upload(id: "wrong-build", bytes: try PayloadFormat.sealed(wrong))
         XCTAssertThrowsError(try s.perform(.check, id: "wrong-build")) { error in
             guard case let .actionFailed(_, action, errno, reason)? = error as? LivePatchService.Failure else { return XCTFail("\(error)") }
             XCTAssertEqual(action, .check)

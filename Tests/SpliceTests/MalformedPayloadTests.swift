@@ -48,9 +48,13 @@ final class MalformedPayloadTests: XCTestCase {
         case contains(String)
     }
 
-    /// Loads `bytes` into a fresh machine of `isa` and checks the refusal.
-    func refuse(_ label: String, _ bytes: [UInt8], isa: String = "x86_64", expect: Expect,
+    /// Loads `bytes` into a fresh machine of `isa` and checks the refusal. The bytes are
+    /// sealed first (their build id computed again, when they parse) unless `seal` is
+    /// false: a hostile author can do that, so each malformation must be refused for what
+    /// it is, not for its stale build id.
+    func refuse(_ label: String, _ bytes: [UInt8], isa: String = "x86_64", seal: Bool = true, expect: Expect,
                 setup: (PayloadLoader) throws -> Void = { _ in }, file: StaticString = #filePath, line: UInt = #line) throws {
+        let bytes = seal ? (try? PayloadFormat.sealed(bytes)) ?? bytes : bytes
         let (image, loader) = try PayloadTests.machine(isa)
         try setup(loader)
         let before = try PayloadTests.memory(image)
@@ -70,9 +74,9 @@ final class MalformedPayloadTests: XCTestCase {
 
     func testTheTable() throws {
         var cases = 0
-        func run(_ label: String, _ bytes: [UInt8], isa: String = "x86_64", _ expect: Expect,
+        func run(_ label: String, _ bytes: [UInt8], isa: String = "x86_64", seal: Bool = true, _ expect: Expect,
                  setup: (PayloadLoader) throws -> Void = { _ in }) throws {
-            try refuse(label, bytes, isa: isa, expect: expect, setup: setup)
+            try refuse(label, bytes, isa: isa, seal: seal, expect: expect, setup: setup)
             cases += 1
         }
         let valid = try mutated { _, _ in }
@@ -141,7 +145,20 @@ final class MalformedPayloadTests: XCTestCase {
         }, .reason(.noTargetBuildID))
         try run("no-own-build-id", try mutated { b, e in
             try Self.rename(&b, e, in: ".shstrtab", PayloadFormat.buildIDSection, ".note.gnu.build-iX")
-        }, .reason(.missingSection(PayloadFormat.buildIDSection)))
+        }, .reason(.missingSection(PayloadFormat.buildIDSection + " with a 20-byte GNU build-id note")))
+        // Edited after it was built: the note is no longer the hash of the contents.
+        var editedID = ""
+        try run("edited-keeps-its-id", try mutated { b, e in
+            editedID = hexString(try XCTUnwrap(e.notes.first { $0.sectionName == PayloadFormat.buildIDSection }).descriptor)
+            b[Int(try XCTUnwrap(e.section(named: ".text.scaled")).offset)] ^= 0x01
+        }, seal: false, .contains("has build id \(editedID) in .note.gnu.build-id, but its contents hash to "))
+        // Another payload's id copied into this one's note.
+        let (p01, b01, _) = try PayloadTests.build("01-greeting-len-fix", "x86_64")
+        try run("copied-build-id", try mutated { b, e in
+            let note = try XCTUnwrap(PayloadFormat.buildIDRange(in: e))
+            b.replaceSubrange(note, with: p01.buildID)
+        }, seal: false, .contains("has build id \(p01.buildIDHex) in .note.gnu.build-id, but its contents hash to "))
+        XCTAssertEqual(PayloadFormat.buildID(of: b01, range: try XCTUnwrap(PayloadFormat.buildIDRange(in: p01.elf))), p01.buildID)
         let (p02, _, _) = try PayloadTests.build("02-scaled-plus-two", "x86_64")
         let (_, b04, _) = try PayloadTests.build("04-scaled-twice-stacked", "x86_64", dependencies: [p02])
         try run("missing-dependency", b04, .reason(.missingDependency(buildID: p02.buildIDHex)))

@@ -3,16 +3,17 @@ import Splice
 
 // Built two ways (scripts/fuzz.sh):
 // - with -sanitize=fuzzer,address -DFUZZING: libFuzzer's driver runs the target picked by
-//   SPLICE_FUZZ=elf|payload (libFuzzer's own flags and corpus folders as arguments);
-// - plainly: `splice-fuzz elf|payload FILE...` replays inputs (a finding, the corpus).
+//   SPLICE_FUZZ=elf|payload|control (libFuzzer's own flags and corpus folders as arguments);
+// - plainly: `splice-fuzz elf|payload|control FILE...` replays inputs (a finding, the corpus).
 
 let target: ([UInt8]) -> Void = {
     let env = ProcessInfo.processInfo.environment["SPLICE_FUZZ"]
     switch env ?? CommandLine.arguments.dropFirst().first {
     case "payload"?: return FuzzTargets.payload
     case "elf"?: return FuzzTargets.elf
+    case "control"?: return FuzzTargets.control
     default:
-        FileHandle.standardError.write(Data("splice-fuzz: set SPLICE_FUZZ=elf or payload (or name it first to replay files)\n".utf8))
+        FileHandle.standardError.write(Data("splice-fuzz: set SPLICE_FUZZ=elf, payload or control (or name it first to replay files)\n".utf8))
         exit(2)
     }
 }()
