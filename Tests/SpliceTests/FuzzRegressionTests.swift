@@ -25,7 +25,8 @@ final class FuzzRegressionTests: XCTestCase {
     func testTheCommittedCorpusAndFindingsReplayWithoutACrash() throws {
         var replayed = 0
         for (folder, target) in [("corpus/elf", FuzzTargets.elf), ("regressions/elf", FuzzTargets.elf),
-                                 ("corpus/payload", FuzzTargets.payload), ("regressions/payload", FuzzTargets.payload)] {
+                                 ("corpus/payload", FuzzTargets.payload), ("regressions/payload", FuzzTargets.payload),
+                                 ("corpus/control", FuzzTargets.control), ("regressions/control", FuzzTargets.control)] {
             for path in (try? files(folder)) ?? [] {
                 target(try bytes(path))
                 replayed += 1
@@ -123,5 +124,27 @@ final class FuzzRegressionTests: XCTestCase {
         XCTAssertTrue(text.contains("which has 0x") && text.contains("symbol "), text)
         XCTAssertTrue(try refusal(try sealed(try bytes(fuzzDirectory + "/regressions/payload/relocation-offset-outside"), name: "r"))
             .contains("symbol patch_on_unload is at offset 0x100001f700 of .text.patch_on_unload, which has 0x30 bytes"))
+    }
+
+    /// The control fuzzer's life-cycle seed really drives a machine through upload, check,
+    /// apply, a call of the patched function, revert and unload (so mutations of it start
+    /// from requests that reach every handler), and the log gets one line per change.
+    func testTheControlSeedDrivesTheLifeCycle() throws {
+        let machine = try LiveMachine(configuration: .init(image: samplePath(Samples.x86_64), cpus: 1))
+        defer { machine.shutdown() }
+        var log: [String] = []
+        let dispatcher = ControlDispatcher(machine: machine) { log.append($0) }
+        let lines = try bytes(fuzzDirectory + "/corpus/control/seed-lifecycle").split(separator: 10)
+        var replies: [ControlReply] = []
+        for line in lines {
+            replies.append(dispatcher.respond(to: Array(line), from: "test").reply)
+            machine.waitUntilIdle()
+        }
+        XCTAssertEqual(replies.count, 8)
+        XCTAssertTrue(replies.allSatisfy(\.ok), "\(replies.map { $0.error ?? "ok" })")
+        XCTAssertEqual(replies[3].value, 32, "scaled(10) with the payload applied")
+        XCTAssertEqual(log, ["test: upload p02 (1344 bytes)", "test: check p02", "test: apply p02", "test: call scaled",
+                             "test: revert p02", "test: unload p02"])
+        XCTAssertEqual(machine.list().total, 0)
     }
 }
