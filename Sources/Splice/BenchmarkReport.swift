@@ -28,6 +28,8 @@ public enum BenchmarkReport {
         let rendezvousRows = try RendezvousBenchmark.run(samples: samples, counts: o.rendezvousCounts, repeats: o.rendezvousRepeats)
         progress("non-stop engine vs rendezvous (splice bench engines)")
         let engineRows = try EngineBenchmark.run(samples: samples, repeats: o.engineRepeats)
+        progress("signature search and check (splice bench signature)")
+        let signatureRows = try SignatureBenchmark.run()
         let seconds = Date().timeIntervalSince(started)
 
         func f(_ v: Double, _ digits: Int = 1) -> String { String(format: "%.\(digits)f", v) }
@@ -74,6 +76,10 @@ public enum BenchmarkReport {
                 + "apply \(f(nonstop.applyMedianMicroseconds)) µs, revert \(f(nonstop.revertMedianMicroseconds)) µs, no vCPU held "
                 + "(\(f(nonstop.syncsPerCycle ?? 0)) syncs per cycle) | rendezvous: apply \(f(stop.applyMedianMicroseconds)) µs, revert "
                 + "\(f(stop.revertMedianMicroseconds)) µs, all vCPUs held \(f(stop.heldMedianMicroseconds ?? 0)) µs |\n"
+        }
+        for r in signatureRows {
+            out += "| finding the appended signature: \(r.input) | `splice bench signature` | split **\(f(r.splitMilliseconds, 3))** ms"
+                + (r.verifyMilliseconds.map { ", split + verify \(f($0)) ms" } ?? "") + " | one SHA-256 of the same \(r.bytes) bytes: \(f(r.sha256Milliseconds)) ms |\n"
         }
 
         out += "\n## Details\n\n### Emulator throughput (`splice bench emu`)\n\n"

@@ -554,7 +554,33 @@ struct Stress: ParsableCommand {
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Benchmarks that print what they measure on this machine.",
                                                     subcommands: [Emu.self, Redirect.self, PayloadLoad.self, RendezvousLatency.self,
-                                                                  Engines.self, Report.self])
+                                                                  Engines.self, SignatureScan.self, Report.self])
+
+    struct SignatureScan: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "signature",
+            abstract: "Finding and checking an upload's appended signature, next to one SHA-256 of the same bytes.")
+        @Option(help: "Size of the generated uploads, in MB.") var megabytes = 45
+        @Option(help: "Rounds (best of each).") var rounds = 5
+        @Flag(help: "Print JSON.") var json = false
+
+        func validate() throws {
+            guard (1...1024).contains(megabytes) else { throw ValidationError("--megabytes is 1 to 1024") }
+            guard rounds >= 1 else { throw ValidationError("--rounds is at least 1") }
+        }
+
+        func run() throws {
+            let rows = try reportingErrors { try SignatureBenchmark.run(megabytes: megabytes, rounds: rounds) }
+            if json { try printJSON(rows); return }
+            print("splice bench signature: best of \(rounds)")
+            print("input                          bytes      split ms   verify ms   SHA-256 of the same bytes ms")
+            for r in rows {
+                print([r.input.padding(toLength: 28, withPad: " ", startingAt: 0), String(format: "%10d", r.bytes),
+                       String(format: "%10.3f", r.splitMilliseconds), r.verifyMilliseconds.map { String(format: "%11.1f", $0) } ?? "          -",
+                       String(format: "%14.1f", r.sha256Milliseconds)].joined(separator: " "))
+            }
+        }
+    }
 
     struct Engines: ParsableCommand {
         static let configuration = CommandConfiguration(
