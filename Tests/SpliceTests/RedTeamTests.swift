@@ -441,11 +441,11 @@ final class RedTeamTests: XCTestCase {
             """)
         func replies(_ output: String) -> [String] { output.split(separator: "\n").filter { $0.hasPrefix("REPLY") }.map(String.init) }
 
-        // Huge requests: 5 connections of 60 MB each.
-        let rssBefore = try procStatus(pid, "VmRSS")
+        // Huge requests: 5 connections of 60 MB each. VmHWM is the daemon's peak resident size.
+        let rssBefore = try procStatus(pid, "VmHWM")
         var r = try runAsNobody(["/usr/bin/perl", client, socket, "big", "5", "60"])
-        let rssAfter = try procStatus(pid, "VmRSS")
-        print("oversize: daemon RSS \(rssBefore) kB before, \(rssAfter) kB after 5 x 60 MB from nobody")
+        let rssAfter = try procStatus(pid, "VmHWM")
+        print("oversize: daemon peak RSS \(rssBefore) kB before, \(rssAfter) kB after 5 x 60 MB from nobody")
         XCTAssertEqual(replies(r.output).count, 5, r.output)
         XCTAssertTrue(replies(r.output).allSatisfy { $0.contains("uid 65534") && $0.contains("may not act on this machine") }, r.output)
         XCTAssertLessThan(rssAfter - rssBefore, 32 * 1024, "the daemon grew by \(rssAfter - rssBefore) kB")
