@@ -40,10 +40,12 @@ public enum FuzzTargets {
     }
 
     /// The control protocol: a stream of request lines, as an admitted client's, each
-    /// through the daemon's decoder, validation and dispatch into a live machine (one vCPU
-    /// running the sample workload), each action waited for before the next line. Afterwards
-    /// every payload the input left is reverted and unloaded, so each input starts from the
-    /// same machine.
+    /// through the daemon's decoder, validation and dispatch into a live machine, each action
+    /// waited for before the next line. Afterwards every payload the input left is reverted
+    /// and unloaded, so each input starts from the same machine. The machine's one vCPU runs
+    /// no workload: each action's rendezvous then costs microseconds instead of a wait for a
+    /// running vCPU thread, so the fuzzer explores requests, not the host scheduler (the
+    /// daemon with running vCPUs is what LiveMachineCLITests and RedTeamTests drive).
     public static func control(_ bytes: [UInt8]) {
         let machine = dispatcher.machine
         for line in bytes.split(separator: 10, omittingEmptySubsequences: true).prefix(16) {
@@ -59,7 +61,7 @@ public enum FuzzTargets {
 
     nonisolated(unsafe) static var dispatcher: ControlDispatcher = {
         guard let path = try? Samples.path(Samples.x86_64),
-              let machine = try? LiveMachine(configuration: .init(image: path, cpus: 1))
+              let machine = try? LiveMachine(configuration: .init(image: path, cpus: 1, workload: nil))
         else { fatalError("the fuzz target needs the sample images (run from the checkout or set SPLICE_SAMPLES)") }
         return ControlDispatcher(machine: machine, log: { blackHole($0.utf8.count) })
     }()
