@@ -162,7 +162,7 @@ public final class ControlDispatcher {
         return (reply, reply.ok && request.op == .shutdown)
     }
 
-    /// Log lines for the requests that change something or are refused (seed 002: report
+    /// Log lines for the requests that change something or are refused (the xSplice design: report
     /// the operations that could affect integrity), with who asked: the request before
     /// it is handled, a refusal after.
     private func audit(_ who: String, _ r: ControlRequest, _ reply: ControlReply?) {
