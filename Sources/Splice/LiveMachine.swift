@@ -278,7 +278,8 @@ public final class LiveMachine {
             }
             serviceLock.unlock()
             stateLock.lock()
-            lastErrors[id] = failure
+            // An unloaded payload's id is free again: its last failure goes with it.
+            lastErrors[id] = action == .unload && thrown == nil ? nil : failure
             outcomes[ticket] = .some(thrown)
             // Nobody collects a background action's outcome but `perform`.
             if outcomes.count > 16 { outcomes.removeValue(forKey: outcomes.keys.min()!) }
