@@ -155,7 +155,7 @@ struct MachineCommand: ParsableCommand {
                     throw ExitCode(ExitStatus.unreachable.code(options.exitStatus ?? .splice))
                 }
                 let logPath = log ?? directory.path + "/machine.log"
-                let logFD = try log.map { try CheckedDirectory(SafeFile.split($0).directory, policy: .ownerOnly)
+                let logFD = try log.map { try CheckedDirectory(SafeFile.split($0).directory, policy: .stickyIfShared)
                                               .openForAppending(SafeFile.split($0).name) }
                     ?? directory.openForAppending("machine.log")
                 let logStart = lseek(logFD, 0, SEEK_END)

@@ -259,6 +259,16 @@ final class RedTeamTests: XCTestCase {
         assertUnchanged(target, before, "the log through a link")
         unlink(dir + "/machine.log")
 
+        // --log in a shared sticky directory: a file nobody made there first is not used.
+        let shared = base + "/shared"
+        try FileManager.default.createDirectory(atPath: shared, withIntermediateDirectories: false)
+        chmod(shared, 0o1777)
+        XCTAssertEqual(try runAsNobody(["/usr/bin/touch", shared + "/splice.log"]).status, 0)
+        r = try runSplice(args + ["--log", shared + "/splice.log"])
+        XCTAssertEqual(r.status, 1, r.out + r.err)
+        XCTAssertTrue(r.err.contains("must be a regular file of yours with one link; it is type 100000, uid 65534"), r.err)
+        XCTAssertEqual(state(shared + "/splice.log").bytes?.count, 0, "nobody's log was written")
+
         FileManager.default.createFile(atPath: dir + "/machine.log", contents: Data("an earlier run\n".utf8))
         chmod(dir + "/machine.log", 0o644)
         _ = try startMachine(in: dir)
