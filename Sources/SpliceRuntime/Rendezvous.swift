@@ -283,7 +283,17 @@ public final class Rendezvous: PatchExecutor {
             // If no vCPU reaches the safe point at all there is no master to time out:
             // the requester does, a little later than the master would have.
             let deadline = Date(timeIntervalSinceNow: 2 * Double(timeoutMicroseconds) / 1e6 + 0.05)
-            while (phase == .gathering || phase == .interruptsOff) && lock.wait(until: deadline) {}
+            while (phase == .gathering || phase == .interruptsOff) && !(master == nil && liveVCPUs == 0)
+                    && lock.wait(until: deadline) {}
+            if phase == .gathering && master == nil && liveVCPUs == 0 {
+                // Every vCPU left (returned or faulted) before any reached its safe point:
+                // nothing runs any more, so this is the direct write above, not a timeout.
+                phase = .idle
+                splice_flag_store(pending, 0)
+                self.work = nil
+                lock.unlock()
+                return try execute(work)
+            }
             if phase == .gathering && master == nil { abort() }
             while phase == .gathering || phase == .interruptsOff { lock.wait() }
             // Everyone that arrived resumes (after dropping translations) before we return.

@@ -236,4 +236,27 @@ final class RendezvousTests: XCTestCase {
         XCTAssertEqual(r.image.machine.memory.regions.map(\.name), regions, "slot and far regions released")
         XCTAssertEqual(try r.code(), pristine)
     }
+
+    /// A vCPU that leaves (here: returns) after a rendezvous was requested but before it
+    /// reached its safe point: no vCPU runs any more, so the action is written directly,
+    /// not refused with EBUSY after the timeout (the requester used to wait for a master
+    /// that could no longer come, and a faulting vCPU made FaultInjectionTests flaky).
+    func testAVCPUThatLeavesBeforeItsSafePointDoesNotTimeTheRendezvousOut() throws {
+        for name in [Samples.x86_64, Samples.ppc64le] {
+            let elf = try ELFFile(contentsOf: samplePath(name))
+            let machine = try Machine(architecture: try Architectures.forELF(elf), vcpuCount: 1)
+            let image = try machine.load(elf)
+            let runner = try MachineRunner(machine: machine, safePoint: try image.function(named: "safe_point").value)
+            runner.rendezvous.timeoutMicroseconds = 1_000_000
+            // mix_loop never passes safe_point; it runs for a fraction of a second, then returns.
+            let n: Int64 = 5_000_000
+            try runner.start(vcpu: 0, entry: try XCTUnwrap(image.entries(of: "mix_loop").first), arguments: [n])
+            XCTAssertEqual(runner.state(of: 0), .running, "\(name): mix_loop ended before the request")
+            var ran = false
+            XCTAssertNoThrow(try runner.rendezvous.execute { _ in ran = true }, name)
+            XCTAssertTrue(ran, name)
+            guard case .returned = runner.state(of: 0) else { return XCTFail("\(name): \(runner.state(of: 0))") }
+            runner.stop()
+        }
+    }
 }
