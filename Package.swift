@@ -1,14 +1,26 @@
 // swift-tools-version:6.0
 import PackageDescription
 
-// Layering (top to bottom): splice CLI -> Splice (registry, inspection, bench)
-// -> arch/<isa> backends -> SpliceMachine (Unicorn), SpliceELF (libelf),
-// SpliceDisassembly (Capstone) -> C system libraries and one small C shim.
+// Layering, every arrow pointing down (docs/architecture.md):
+//   splice CLI, splice-fuzz -> Splice (the umbrella: re-exports only)
+//   -> SpliceBench -> SpliceHarness -> SpliceDaemon -> SpliceArchitectures (the registry)
+//   -> arch/<isa> backends -> SpliceRuntime -> SplicePayload -> SplicePatching
+//   -> SpliceMachine (Unicorn), SpliceELF (libelf), SpliceDisassembly (Capstone), SpliceFiles
+//   -> C system libraries and small C shims.
+// Each module is a library product of its own, so a consumer can depend on less than the
+// umbrella (the runtime and one backend build without Yams, the harness or the benchmarks).
 let package = Package(
     name: "Splice",
     platforms: [.macOS(.v13)],
     products: [
         .library(name: "Splice", targets: ["Splice"]),
+        .library(name: "SpliceRuntime", targets: ["SpliceRuntime"]),
+        .library(name: "SpliceX86_64", targets: ["SpliceX86_64"]),
+        .library(name: "SplicePPC64LE", targets: ["SplicePPC64LE"]),
+        .library(name: "SpliceArchitectures", targets: ["SpliceArchitectures"]),
+        .library(name: "SpliceDaemon", targets: ["SpliceDaemon"]),
+        .library(name: "SpliceHarness", targets: ["SpliceHarness"]),
+        .library(name: "SpliceBench", targets: ["SpliceBench"]),
         .executable(name: "splice", targets: ["splice"]),
         .executable(name: "unicorn-bare-bench", targets: ["unicorn-bare-bench"]),
         .executable(name: "splice-fuzz", targets: ["splice-fuzz"]),
@@ -50,10 +62,25 @@ let package = Package(
         .target(name: "SplicePPC64LE", dependencies: ["SpliceMachine", "SplicePatching"], path: "arch/ppc64le",
                 exclude: ["README.md"]),
 
-        .target(name: "Splice",
-                dependencies: ["SpliceMachine", "SpliceELF", "SpliceDisassembly", "SplicePatching", "SplicePayload",
-                               "SpliceRuntime", "SpliceX86_64", "SplicePPC64LE", "SpliceFiles", "CSpliceSocket",
+        // The registry: the one place outside arch/ that names the backends.
+        .target(name: "SpliceArchitectures", dependencies: ["SpliceMachine", "SpliceELF", "SplicePatching", "SpliceX86_64", "SplicePPC64LE"]),
+        // A live machine: vCPUs running a workload, the payload life cycle, the control socket.
+        .target(name: "SpliceDaemon",
+                dependencies: ["SpliceArchitectures", "SpliceMachine", "SpliceELF", "SpliceDisassembly", "SplicePatching", "SplicePayload", "SpliceRuntime", "SpliceFiles", "SplicePPC64LE", "CSpliceSocket",
+                               .product(name: "Crypto", package: "swift-crypto")]),
+        // Scenarios, the matrix, soak, stress, traces, oracles, the inspector, the samples,
+        // the fuzz targets.
+        .target(name: "SpliceHarness",
+                dependencies: ["SpliceDaemon", "SpliceArchitectures", "SpliceMachine", "SpliceELF", "SpliceDisassembly", "SplicePatching", "SplicePayload", "SpliceRuntime", "SpliceFiles", "SpliceX86_64", "SplicePPC64LE",
                                .product(name: "Crypto", package: "swift-crypto"), .product(name: "Yams", package: "Yams")]),
+        // Every benchmark `splice bench` runs.
+        .target(name: "SpliceBench",
+                dependencies: ["SpliceHarness", "SpliceDaemon", "SpliceArchitectures", "SpliceMachine", "SpliceELF", "SpliceDisassembly", "SplicePatching", "SplicePayload", "SpliceRuntime", "SpliceFiles", "SpliceX86_64", "SplicePPC64LE",
+                               .product(name: "Crypto", package: "swift-crypto")]),
+        // The umbrella: re-exports only.
+        .target(name: "Splice",
+                dependencies: ["SpliceArchitectures", "SpliceDaemon", "SpliceHarness", "SpliceBench", "SpliceMachine", "SpliceELF", "SpliceDisassembly", "SplicePatching", "SplicePayload", "SpliceRuntime", "SpliceFiles",
+                               "SpliceX86_64", "SplicePPC64LE"]),
         .executableTarget(name: "splice", dependencies: [
             "Splice", .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Crypto", package: "swift-crypto"),

@@ -448,3 +448,15 @@ enum LibelfReader {
     }
 }
 
+extension ELFFile {
+    /// Function addresses to names, for labelling branch targets; a ppc64le local entry
+    /// (what local calls branch to) is named `f+8`.
+    public var functionNames: [UInt64: String] {
+        var names: [UInt64: String] = [:]
+        for s in symbols where s.isFunction && s.isDefined {
+            if names[s.value] == nil { names[s.value] = s.name }
+            if s.localEntryOffset > 0 { names[s.value + s.localEntryOffset] = "\(s.name)+\(s.localEntryOffset)" }
+        }
+        return names
+    }
+}

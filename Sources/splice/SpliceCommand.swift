@@ -225,7 +225,7 @@ struct Disasm: ParsableCommand {
                 address = symbol.value
                 bytes = try elf.bytes(of: symbol)
             }
-            let names = Inspector.symbolNames(elf)
+            let names = elf.functionNames
             for i in disassembler.decode(bytes, address: address, count: count ?? (location.hasPrefix("0x") ? 16 : nil)) {
                 print("  \(hex(i.address)):  \(i.bytesHex.padding(toLength: 24, withPad: " ", startingAt: 0)) \(Inspector.annotate(i.text, names))")
             }
@@ -346,7 +346,7 @@ extension Demo {
         let hashBefore = try codeHash()
         print("    before: \(try calls())   code hash \(hashBefore)")
         let r = try patcher.redirect("scaled", to: "checked_double")
-        let names = Inspector.symbolNames(image.elf)
+        let names = image.elf.functionNames
         for i in try image.machine.disassemble(at: r.plan.site.address, count: 1) {
             print("    site \(hex(i.address)): \(i.bytesHex)  \(Inspector.annotate(i.text, names))   (\(r.plan.method), undo \(r.undo[0].bytes.map { String(format: "%02x", $0) }.joined(separator: " ")))")
         }
@@ -398,7 +398,7 @@ extension Demo {
             let observed = k.elf.symbol(named: "observed_toc")!.value
             print("  live patch (\(strategy.rawValue)): redirect scaled -> scaled_v2 (patch image, TOC \(hex(p.elf.symbol(named: ".TOC.")!.value)))")
             let r = try patcher.redirect("scaled", toAddress: try p.function(named: "scaled_v2").value, label: "scaled_v2")
-            let names = Inspector.symbolNames(k.elf).merging(patcher.runtime?.symbols ?? [:]) { a, _ in a }
+            let names = k.elf.functionNames.merging(patcher.runtime?.symbols ?? [:]) { a, _ in a }
             for w in r.plan.writes {
                 let text = w.kind == .data ? "= \(hex(try machine.memory.readUInt64(w.address)))"
                     : (try machine.disassemble(at: w.address, count: 1).first.map { Inspector.annotate($0.text, names) } ?? "")

@@ -1,3 +1,14 @@
+import SpliceArchitectures
+import SpliceDaemon
+import SpliceDisassembly
+import SpliceELF
+import SpliceFiles
+import SpliceMachine
+import SplicePPC64LE
+import SplicePatching
+import SplicePayload
+import SpliceRuntime
+import SpliceX86_64
 /// What `splice inspect` shows about one function.
 public struct FunctionReport: Codable, Sendable {
     public var name: String
@@ -37,7 +48,7 @@ public enum Inspector {
     public static func report(_ elf: ELFFile, prologueInstructions: Int = 6) throws -> ImageReport {
         let arch = try Architectures.forELF(elf)
         let disassembler = try Disassembler(mode: arch.disassemblyMode)
-        let names = symbolNames(elf)
+        let names = elf.functionNames
         let functions = try elf.functions.map { symbol -> FunctionReport in
             let code = try elf.bytes(of: symbol)
             let entries = arch.entries(of: symbol, in: elf)
@@ -55,17 +66,6 @@ public enum Inspector {
         }
         return ImageReport(file: elf.name, architecture: arch.name, entry: elf.header.entry, buildID: elf.buildIDHex,
                            segments: segments, functions: functions)
-    }
-
-    /// Function addresses to names, for labelling branch targets.
-    public static func symbolNames(_ elf: ELFFile) -> [UInt64: String] {
-        var names: [UInt64: String] = [:]
-        for s in elf.symbols where s.isFunction && s.isDefined {
-            if names[s.value] == nil { names[s.value] = s.name }
-            // ppc64le local calls branch to the local entry.
-            if s.localEntryOffset > 0 { names[s.value + s.localEntryOffset] = "\(s.name)+\(s.localEntryOffset)" }
-        }
-        return names
     }
 
     /// Appends `<symbol>` to an instruction whose last operand is a known function

@@ -1,3 +1,14 @@
+import SpliceArchitectures
+import SpliceDaemon
+import SpliceDisassembly
+import SpliceELF
+import SpliceFiles
+import SpliceMachine
+import SplicePPC64LE
+import SplicePatching
+import SplicePayload
+import SpliceRuntime
+import SpliceX86_64
 import Foundation
 
 /// A before/after view of one redirect, made by really applying it in a machine: the
@@ -59,8 +70,8 @@ public struct RedirectPreview: Codable, Sendable {
         let extras = try extraImages.map { try machine.load(try ELFFile(contentsOf: $0)) }
         let patcher = try LivePatcher(image: image, backend: backend)
         let symbol = try image.function(named: function)
-        var names = Inspector.symbolNames(elf)
-        for extra in extras { names.merge(Inspector.symbolNames(extra.elf)) { a, _ in a } }
+        var names = elf.functionNames
+        for extra in extras { names.merge(extra.elf.functionNames) { a, _ in a } }
         names.merge(patcher.runtime?.symbols ?? [:]) { a, _ in a }
         func listing(_ address: UInt64, _ count: Int) throws -> Listing {
             Listing(address: address, instructions: try machine.disassemble(at: address, count: count).map {

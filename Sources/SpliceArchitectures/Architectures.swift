@@ -1,12 +1,8 @@
-@_exported import SpliceDisassembly
-@_exported import SpliceELF
-@_exported import SpliceFiles
-@_exported import SpliceMachine
-@_exported import SplicePatching
-@_exported import SplicePayload
-@_exported import SpliceRuntime
-@_exported import SplicePPC64LE
-@_exported import SpliceX86_64
+import SpliceELF
+import SpliceMachine
+import SplicePatching
+import SplicePPC64LE
+import SpliceX86_64
 
 /// The architectures Splice ships, selectable by name or by an ELF file's e_machine.
 public enum Architectures {

@@ -1,3 +1,12 @@
+import SpliceArchitectures
+import SpliceDisassembly
+import SpliceELF
+import SpliceFiles
+import SpliceMachine
+import SplicePPC64LE
+import SplicePatching
+import SplicePayload
+import SpliceRuntime
 import Foundation
 #if canImport(Glibc)
 import Glibc
