@@ -5,11 +5,9 @@ import SpliceELF
 import SpliceFiles
 import SpliceHarness
 import SpliceMachine
-import SplicePPC64LE
 import SplicePatching
 import SplicePayload
 import SpliceRuntime
-import SpliceX86_64
 import Foundation
 
 /// `splice bench emu`: guest instructions per second through Splice's machine, next to

@@ -9,7 +9,6 @@ import SplicePPC64LE
 import SplicePatching
 import SplicePayload
 import SpliceRuntime
-import SpliceX86_64
 /// `splice bench redirect`: what one redirected call costs in guest instructions, per
 /// redirect method, measured by running both the redirected function and its target.
 public enum RedirectBenchmark {

@@ -9,7 +9,6 @@ import SplicePPC64LE
 import SplicePatching
 import SplicePayload
 import SpliceRuntime
-import SpliceX86_64
 import Foundation
 
 extension FixedWidthInteger {

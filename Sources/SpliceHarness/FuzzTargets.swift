@@ -4,11 +4,9 @@ import SpliceDisassembly
 import SpliceELF
 import SpliceFiles
 import SpliceMachine
-import SplicePPC64LE
 import SplicePatching
 import SplicePayload
 import SpliceRuntime
-import SpliceX86_64
 import Foundation
 
 /// What the fuzzers feed bytes to (fuzz/, scripts/fuzz.sh). Each accepts any input:

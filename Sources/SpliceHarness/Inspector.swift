@@ -4,11 +4,9 @@ import SpliceDisassembly
 import SpliceELF
 import SpliceFiles
 import SpliceMachine
-import SplicePPC64LE
 import SplicePatching
 import SplicePayload
 import SpliceRuntime
-import SpliceX86_64
 /// What `splice inspect` shows about one function.
 public struct FunctionReport: Codable, Sendable {
     public var name: String

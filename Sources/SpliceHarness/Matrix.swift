@@ -4,11 +4,9 @@ import SpliceDisassembly
 import SpliceELF
 import SpliceFiles
 import SpliceMachine
-import SplicePPC64LE
 import SplicePatching
 import SplicePayload
 import SpliceRuntime
-import SpliceX86_64
 import Foundation
 
 /// `splice matrix`: every bundled scenario × each variant it names, and the results in

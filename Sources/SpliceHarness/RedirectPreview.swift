@@ -4,11 +4,9 @@ import SpliceDisassembly
 import SpliceELF
 import SpliceFiles
 import SpliceMachine
-import SplicePPC64LE
 import SplicePatching
 import SplicePayload
 import SpliceRuntime
-import SpliceX86_64
 import Foundation
 
 /// A before/after view of one redirect, made by really applying it in a machine: the

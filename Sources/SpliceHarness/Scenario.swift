@@ -4,11 +4,10 @@ import SpliceDisassembly
 import SpliceELF
 import SpliceFiles
 import SpliceMachine
-import SplicePPC64LE
 import SplicePatching
+import SplicePPC64LE
 import SplicePayload
 import SpliceRuntime
-import SpliceX86_64
 import Foundation
 import Yams
 

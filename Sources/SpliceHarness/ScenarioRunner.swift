@@ -4,11 +4,10 @@ import SpliceDisassembly
 import SpliceELF
 import SpliceFiles
 import SpliceMachine
-import SplicePPC64LE
 import SplicePatching
+import SplicePPC64LE
 import SplicePayload
 import SpliceRuntime
-import SpliceX86_64
 import Foundation
 
 /// One way to run a scenario: an ISA, an engine and (ppc64le) a return strategy.
