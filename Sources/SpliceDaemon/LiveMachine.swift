@@ -27,7 +27,7 @@ public enum PatchEngineKind: String, Codable, Sendable, CaseIterable {
 /// records (x, scaled(x), apply_unary(0, x)) in the ring (samples/src/kernel.h).
 ///
 /// Thread safety: any thread may call any method. Actions run one at a time; `begin`
-/// starts one in the background (the seed's asynchronous action: its status reads
+/// starts one in the background (the xSplice design's asynchronous action: its status reads
 /// PROGRESS until it is done), and while it runs `get` and `list` answer from the state
 /// before it, with that payload in PROGRESS.
 public final class LiveMachine {
@@ -39,7 +39,7 @@ public final class LiveMachine {
         public var engine: PatchEngineKind
         /// ppc64le only: how a redirected local call gets its TOC back.
         public var returnStrategy: ReturnStrategy?
-        /// How long a rendezvous waits for every vCPU to arrive (seed 000: 30 ms on
+        /// How long a rendezvous waits for every vCPU to arrive (Xen's livepatch: 30 ms on
         /// hardware; an emulated vCPU sharing 2 host cores needs longer).
         public var rendezvousTimeoutMicroseconds: UInt64
         /// Non-stop engine: how long an action waits for the functions it replaces to leave
@@ -158,7 +158,7 @@ public final class LiveMachine {
     public let machine: Machine
     public let runner: MachineRunner
     public let nonStop: NonStopEngine?
-    /// Uploads must carry a signature by this key when set (seed 002).
+    /// Uploads must carry a signature by this key when set (as the xSplice design asks).
     public let trustedKey: P256.Signing.PublicKey?
     package let patcher: LivePatcher
     package let loader: PayloadLoader
@@ -317,7 +317,7 @@ public final class LiveMachine {
 
     /// Statuses `start..<start+count` in upload order, with the version they belong to:
     /// it changes with every upload and at the start and end of every action, so a
-    /// client paging through sees whether it raced with one (seed 002's `version`).
+    /// client paging through sees whether it raced with one (the xSplice design's `version`).
     public func list(start: Int = 0, count: Int = 100) -> Page {
         stateLock.lock(); defer { stateLock.unlock() }
         let all: [PayloadStatus]

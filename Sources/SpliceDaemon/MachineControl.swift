@@ -12,7 +12,7 @@ import Glibc
 #endif
 
 /// The requests a live machine answers on its control socket (one JSON line each way),
-/// named after seed 002's xen-xsplice operations.
+/// named after the xen-xsplice operations of Xen's livepatch design.
 public struct ControlRequest: Codable, Sendable, Equatable {
     public enum Operation: String, Codable, Sendable {
         case status, upload, get, list, action, call, shutdown
@@ -368,7 +368,7 @@ public struct MachineClient {
 
 extension LiveMachine.Page {
     /// The whole list, read `pageSize` at a time through `fetch(start, count)` the way
-    /// seed 002's toolstack must: if the version changes between pages, the read raced
+    /// the xSplice design's toolstack must: if the version changes between pages, the read raced
     /// with a change and starts over. nil when it kept changing for `tries` attempts.
     public static func collect(pageSize: Int, tries: Int = 20,
                                fetch: (_ start: Int, _ count: Int) throws -> LiveMachine.Page) rethrows -> LiveMachine.Page? {

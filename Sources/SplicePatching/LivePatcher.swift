@@ -323,7 +323,7 @@ public final class LivePatcher {
         while let last = active.last { try revert(id: last.id) }
     }
 
-    /// Applies `batch` without stopping anyone (seed 001): every write is made as the
+    /// Applies `batch` without stopping anyone (Linux's text_poke_bp): every write is made as the
     /// backend's non-stop sequence (x86-64: the int3 protocol; ppc64le: whole aligned
     /// words in an order that keeps the odd-TOC mark consistent). `step` is called after
     /// each step: the caller syncs the vCPUs there (and a deterministic scheduler lets them

@@ -1,7 +1,7 @@
 import Foundation
 import SpliceMachine
 
-/// Shadow variables (seed 003: "a minimal bit of infrastructure to attach a new variable
+/// Shadow variables (the xSplice prototype: "a minimal bit of infrastructure to attach a new variable
 /// to an existing data structure"): a patch that needs a field an existing guest object
 /// lacks attaches storage to the object's address under a numeric id, and finds it again
 /// later, from any vCPU and from later payloads (REPLACE keeps the table). The storage is

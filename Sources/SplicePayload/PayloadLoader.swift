@@ -53,8 +53,8 @@ public final class LoadedPayload {
     }
 }
 
-/// The common payload loader (seed 003: copy sections, resolve symbols, relocate), with
-/// the checks of seed 002. Everything is decided and relocated in host memory first;
+/// The common payload loader (as Xen's livepatch: copy sections, resolve symbols, relocate), with
+/// the checks of the xSplice design. Everything is decided and relocated in host memory first;
 /// guest memory is written only when all of it succeeded.
 public final class PayloadLoader {
     public let patcher: LivePatcher

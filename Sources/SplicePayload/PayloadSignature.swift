@@ -1,17 +1,17 @@
 import Crypto
 import Foundation
 
-/// An appended payload signature in the layout of seed 002 (borrowed there from Linux
-/// module signing): the payload bytes, then the marker `~Module signature appended~\n`,
+/// An appended payload signature in the layout of Linux module signing
+/// (which the xSplice design adopts): the payload bytes, then the marker `~Module signature appended~\n`,
 /// a 12-byte header, the signature, the key identifier and the signer's name.
 ///
 /// ```
 /// u8 algo, u8 hash, u8 id_type, u8 signer_len, u8 key_id_len, u8 pad[3], be32 sig_len
 /// ```
 ///
-/// The seed's tables stop at DSA and RSA; Splice signs with ECDSA over P-256, so it adds
+/// Linux's tables stop at DSA and RSA; Splice signs with ECDSA over P-256, so it adds
 /// `algo` 2 (ECDSA P-256) and `id_type` 2 (the first 20 bytes of the SHA-256 of the
-/// public key's X9.63 form); `hash` is the seed's 4 (SHA-256). The signature (DER) covers
+/// public key's X9.63 form); `hash` is Linux's 4 (SHA-256). The signature (DER) covers
 /// every byte before the marker.
 public struct PayloadSignature: Sendable, Equatable {
     public static let marker = Array("~Module signature appended~\n".utf8)

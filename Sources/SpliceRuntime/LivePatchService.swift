@@ -1,7 +1,7 @@
 import SplicePatching
 import SplicePayload
 
-/// The payload life cycle of seed 002 (xen-xsplice): upload, get, list, and the actions
+/// The payload life cycle of Xen's livepatch (xen-xsplice): upload, get, list, and the actions
 /// check / apply / revert / replace / unload, with only these transitions:
 ///
 /// | action  | from                 | to                                        |
@@ -14,7 +14,7 @@ import SplicePayload
 /// | unload  | LOADED, CHECKED, REVERTED | (gone)                               |
 ///
 /// Anything else is refused and changes nothing. An action that fails keeps the state
-/// and records a negative errno in `rc` (the seed's "negative errno" status). Actions
+/// and records a negative errno in `rc` (the xSplice design's "negative errno" status). Actions
 /// complete before the call returns. While vCPUs run, apply / revert / replace are one
 /// rendezvous each, or one non-stop sequence when the loader's engine is a
 /// `NonStopEngine`; check and unload place or remove memory, always in a rendezvous.

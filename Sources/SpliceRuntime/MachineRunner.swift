@@ -103,7 +103,7 @@ public final class MachineRunner {
         splice_flag_store(&stopping, 0)
     }
 
-    // MARK: Non-stop patching (seed 001): syncs and traps
+    // MARK: Non-stop patching (Linux's text_poke_bp): syncs and traps
 
     private let syncLock = NSCondition()
     private var syncGeneration = 0
@@ -131,7 +131,7 @@ public final class MachineRunner {
         }
     }
 
-    /// A sync (seed 001's IPI): every running vCPU, at its next return-to-guest safe point,
+    /// A sync (the IPI of Linux's text_poke_bp): every running vCPU, at its next return-to-guest safe point,
     /// drops its translated code for `ranges` on its own thread and runs on at once; no
     /// vCPU waits for another. Returns when all have done so, or throws `SyncTimeout`
     /// (the ones that have not will still drop the ranges when they get there).

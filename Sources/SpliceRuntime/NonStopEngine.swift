@@ -3,7 +3,7 @@ import SpliceMachine
 import SpliceELF
 import SplicePatching
 
-/// The second engine (seed 001): patches a machine whose vCPUs run free, without ever
+/// The second engine (Linux's text_poke_bp): patches a machine whose vCPUs run free, without ever
 /// stopping them together. Each write of the backend's non-stop sequence is one store;
 /// each sync has every vCPU drop its translated code for what changed, at its own next
 /// safe point, and run on (`MachineRunner.sync`). On x86-64 that is the int3 protocol:
@@ -52,7 +52,7 @@ public final class NonStopEngine: PatchEngine {
     }
 
     /// Applies `batch` while the vCPUs run. First every vCPU, at its safe point, walks its
-    /// own stack (seed 002: a function being replaced "is expected not to be on any CPU
+    /// own stack (the xSplice design: a function being replaced "is expected not to be on any CPU
     /// stack"): if one of the batch's functions is live anywhere the apply is refused with
     /// `StackCheck.FunctionLive`, the frames named, nothing written.
     @discardableResult

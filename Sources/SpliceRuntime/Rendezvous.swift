@@ -3,7 +3,7 @@ import Foundation
 import SpliceMachine
 import SplicePatching
 
-/// Stop-the-machine patching as in Xen's livepatch (seed 000): the request sets a flag
+/// Stop-the-machine patching as in Xen's livepatch: the request sets a flag
 /// every vCPU checks at its return-to-guest safe point; the first to arrive becomes the
 /// master and counts the others in, bounded by a timeout; a second phase stands for
 /// "interrupts off"; the master writes; every vCPU drops its translated code for what
@@ -75,7 +75,7 @@ public final class Rendezvous: PatchExecutor {
 
     /// The flag the safe-point hooks read (C atomics).
     public let pending: UnsafeMutablePointer<Int32>
-    /// Default time for everyone to arrive (seed 000: 30 ms).
+    /// Default time for everyone to arrive (Xen's livepatch: 30 ms).
     public var timeoutMicroseconds: UInt64 = 30_000
     public private(set) var lastTrace = Trace()
     /// Rendezvous completed (not counting aborted ones).

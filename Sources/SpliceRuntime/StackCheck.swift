@@ -1,7 +1,7 @@
 import SpliceELF
 import SpliceMachine
 
-/// Seed 002: a function being replaced "is expected not to be on any CPU stack". Before a
+/// The xSplice design: a function being replaced "is expected not to be on any CPU stack". Before a
 /// non-stop apply, every stopped vCPU's PC and stack are walked; an old function found
 /// there is live, and the apply is refused (or deferred) with the frames named.
 public enum StackCheck {

@@ -276,7 +276,7 @@ struct MachineCommand: ParsableCommand {
     }
 }
 
-// MARK: Payload commands (seed 002's xen-xsplice verbs)
+// MARK: Payload commands (the xen-xsplice verbs of Xen's livepatch design)
 
 func readPayloadFile(_ path: String) throws -> Data {
     guard let data = FileManager.default.contents(atPath: path) else {
@@ -415,7 +415,7 @@ enum RevertVerb: ActionVerb {
 
 enum ReplaceVerb: ActionVerb {
     static let action = LivePatchService.Action.replace
-    static let abstract = "Apply a payload and revert every other applied one, in one rendezvous (seed 003's REPLACE)."
+    static let abstract = "Apply a payload and revert every other applied one, in one rendezvous (xSplice's REPLACE)."
 }
 
 enum UnloadVerb: ActionVerb {

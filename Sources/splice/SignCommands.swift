@@ -26,7 +26,7 @@ struct Keygen: ParsableCommand {
 
 struct Sign: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Append a signature to a payload (seed 002's layout: marker, header, signature, key id, signer).")
+        abstract: "Append a signature to a payload (Linux module signing's layout, as the xSplice design adopts it: marker, header, signature, key id, signer).")
     @Argument(help: "The payload file.") var payload: String
     @Option(help: "The private key (PEM; splice keygen).") var key: String
     @Option(help: "The signer's name recorded in the signature.") var signer = "splice"

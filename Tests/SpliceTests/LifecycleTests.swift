@@ -1,7 +1,7 @@
 import Splice
 import XCTest
 
-/// The payload life cycle (seed 002): every state × action, as a table.
+/// The payload life cycle (Xen's livepatch): every state × action, as a table.
 final class LifecycleTests: XCTestCase {
     typealias S = LivePatchService.State
     typealias A = LivePatchService.Action

@@ -279,8 +279,8 @@ final class LiveMachineCLITests: XCTestCase {
         let tail = Array(signed[body.count...])
         XCTAssertEqual(Array(tail.prefix(PayloadSignature.marker.count)), PayloadSignature.marker)
         let h = Array(tail[PayloadSignature.marker.count..<PayloadSignature.marker.count + 12])
-        XCTAssertEqual(h[0], 2) // algo: ECDSA P-256 (Splice's addition to the seed's table)
-        XCTAssertEqual(h[1], 4) // hash: SHA-256, the seed's HASH_ALGO_SHA256
+        XCTAssertEqual(h[0], 2) // algo: ECDSA P-256 (Splice's addition to Linux's table)
+        XCTAssertEqual(h[1], 4) // hash: SHA-256, Linux's HASH_ALGO_SHA256
         XCTAssertEqual(h[3], 4) // signer_len ("Jane")
         XCTAssertEqual(h[4], 20) // key_id_len
         let sigLen = Int(h[8]) << 24 | Int(h[9]) << 16 | Int(h[10]) << 8 | Int(h[11])

@@ -61,7 +61,7 @@ final class LiveMachineTests: XCTestCase {
     }
 
     /// Paging through the list starts over when the version changes between pages, so
-    /// the result is one version's list, never a mix (seed 002's toolstack duty).
+    /// the result is one version's list, never a mix (the xSplice design's toolstack duty).
     func testPagingStartsOverWhenTheListChanges() {
         func status(_ id: String) -> LiveMachine.PayloadStatus {
             LiveMachine.PayloadStatus(id: id, state: "LOADED", buildID: "")

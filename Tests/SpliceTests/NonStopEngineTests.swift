@@ -2,7 +2,7 @@ import Foundation
 import Splice
 import XCTest
 
-/// The non-stop engine (seed 001) on free-running vCPUs: nothing stops them together;
+/// The non-stop engine (Linux's text_poke_bp) on free-running vCPUs: nothing stops them together;
 /// every sync is taken by each vCPU at its own safe point.
 final class NonStopEngineTests: XCTestCase {
     typealias Running = RendezvousTests.Running

@@ -146,7 +146,7 @@ final class PPC64LEPatchingTests: XCTestCase {
         XCTAssertEqual(try s.code(), pristine, "stub released, bytes back")
     }
 
-    /// The seed's hazard, run: a module with its own TOC calls a kernel function through a
+    /// The ppc64 RFC's sibling-call hazard, run: a module with its own TOC calls a kernel function through a
     /// pointer; that function sibling-calls a redirected function at its local entry.
     func testSiblingCallHazardFramelessVersusShadowStack() throws {
         var results: [ReturnStrategy: Int64] = [:]
@@ -165,7 +165,7 @@ final class PPC64LEPatchingTests: XCTestCase {
     }
 
     /// A redirected function that sibling-calls another redirected one: the second
-    /// ftrace_caller sees LR already pointing at the helper (the seed's emergency exit).
+    /// ftrace_caller sees LR already pointing at the helper (the RFC's emergency exit).
     func testEmergencyExitForNestedSiblingRedirects() throws {
         for strategy in ReturnStrategy.allCases {
             for bailOut in [true, false] {

@@ -1,7 +1,7 @@
 import Splice
 import XCTest
 
-/// Shadow variables (seed 003): storage attached to an existing guest object by address,
+/// Shadow variables (the xSplice prototype): storage attached to an existing guest object by address,
 /// from the host API and from a payload's code through host calls, on both ISAs.
 final class ShadowVariableTests: XCTestCase {
     func testHostAPIAttachesGetsAndFrees() throws {

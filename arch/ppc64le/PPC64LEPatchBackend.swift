@@ -2,7 +2,7 @@ import SpliceELF
 import SpliceMachine
 import SplicePatching
 
-/// ppc64le live patching, ftrace-style (seed 004): every `bl _mcount` is a `nop` while
+/// ppc64le live patching, ftrace-style (the ppc64 livepatch RFC's frameless return helper): every `bl _mcount` is a `nop` while
 /// nothing is patched; a redirect writes the new address into the site table, turns the
 /// nop into `bl ftrace_caller` and marks the global entry with an odd TOC, so
 /// ftrace_caller can tell global from local calls and send local ones back through a
@@ -11,7 +11,7 @@ public struct PPC64LEPatchBackend: PatchBackend {
     public var strategy: ReturnStrategy
     /// Where to put ftrace_caller; nil: within `bl` reach of the text when possible.
     public var runtimeAddress: UInt64?
-    /// The seed's "emergency exit" for sibling calls; off only to show what it prevents.
+    /// The RFC's "emergency exit" for sibling calls; off only to show what it prevents.
     public var siblingBailOut: Bool
 
     public init(strategy: ReturnStrategy = .shadowStack, runtimeAddress: UInt64? = nil, siblingBailOut: Bool = true) {

@@ -53,7 +53,7 @@ enum PPC64LEPrologue {
         var olderPrologue: Bool
         var alreadyNop: Bool
         /// Offset of the global entry's `addi r2,r2,imm`, if the function has one and the
-        /// seed's rule finds it (at site-8, else site-12, never when the site lies within
+        /// RFC's rule finds it (at site-8, else site-12, never when the site lies within
         /// 12 bytes of a 64 KiB boundary).
         var markOffset: Int?
         var markSkippedNearBoundary: Bool
@@ -73,7 +73,7 @@ enum PPC64LEPrologue {
             var site = McountSite(offset: 4 * j, olderPrologue: j == i + 2, alreadyNop: !isCall, markOffset: nil,
                                   markSkippedNearBoundary: false)
             if address & 0xffff < 12 {
-                // The seed's guard: too close to the start of a 64 KiB page to look before
+                // The RFC's guard: too close to the start of a 64 KiB page to look before
                 // it; such a function has no global entry to mark anyway.
                 site.markSkippedNearBoundary = true
             } else {
@@ -105,7 +105,7 @@ enum PPC64LEPrologue {
             sites.append(PrologueSite(
                 kind: .singleEntry, address: symbol.value, offset: 0,
                 note: site.markSkippedNearBoundary
-                    ? "site within 12 bytes of a 64 KiB boundary: no global-entry pair to mark (the seed's guard)"
+                    ? "site within 12 bytes of a 64 KiB boundary: no global-entry pair to mark (the RFC's guard)"
                     : "no global-entry pair: no TOC use, needs no odd-TOC mark"))
         }
         return sites.sorted { $0.offset < $1.offset }

@@ -6,7 +6,7 @@ import SplicePatching
 /// unchanged across the call, but the new function computes its own TOC, so something
 /// must restore r2 (and reach the real return address) when it returns.
 public enum ReturnStrategy: String, Sendable, CaseIterable, Codable {
-    /// The seed's design: ftrace_caller keeps the caller's TOC in the TOC save slot of the
+    /// The ppc64 RFC's design: ftrace_caller keeps the caller's TOC in the TOC save slot of the
     /// caller's frame (24(r1)) and the return address as a 32-bit TOC−LR delta in the
     /// reserved word (12(r1)); `klp_return_helper` restores both. No extra memory, but it
     /// writes into a frame that may not be the caller's after a sibling call.
@@ -109,7 +109,7 @@ public final class PPC64LERuntime: PatchRuntime {
         a.bc(.ne, cr: 0, "global_call")        // odd TOC: the caller restores its own r2
         a.emit(P.loadImmediate(r12, helper))
         if siblingBailOut {
-            // The seed's emergency exit: already returning through the helper (a sibling
+            // The RFC's emergency exit: already returning through the helper (a sibling
             // call from a redirected function), so the saved TOC and LR are the right ones.
             a.emit(P.cmpd(cr: 1, r0, r12))
             a.bc(.eq, cr: 1, "enter")

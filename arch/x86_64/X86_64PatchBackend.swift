@@ -3,7 +3,7 @@ import SpliceELF
 import SpliceMachine
 import SplicePatching
 
-/// x86-64 live patching as in xSplice (seeds 000, 002): the first bytes of the old
+/// x86-64 live patching as in xSplice (Xen's livepatch): the first bytes of the old
 /// function become a jump to the new one; revert puts the saved bytes back.
 public struct X86_64PatchBackend: PatchBackend {
     public init() {}
@@ -86,7 +86,7 @@ public struct X86_64PatchBackend: PatchBackend {
         }
     }
 
-    /// The int3 protocol (seed 001, Linux text_poke_bp): int3 over the first byte, sync,
+    /// The int3 protocol (Linux's text_poke_bp): int3 over the first byte, sync,
     /// the rest, sync, the first byte, sync. A vCPU reaching the site meanwhile traps and
     /// is sent to the new code (`trapRedirect`). Data writes and single bytes go as they are.
     public func nonStopSteps(for writes: [CodeWrite]) -> [NonStopStep] {

@@ -47,7 +47,7 @@ typedef struct {
 uc_err splice_hook_faults(uc_engine *uc, uc_hook hooks[3], splice_stop_record *record);
 
 /* A vCPU's return-to-guest safe point: the rendezvous flag it obeys (shared by all vCPUs)
- * and its own sync request (a non-stop sync, seed 001's IPI, delivered here). */
+ * and its own sync request (a non-stop sync, the IPI of Linux's text_poke_bp, delivered here). */
 typedef struct {
     const int *pending;
     int sync;
