@@ -49,6 +49,13 @@ public enum StressRun {
         let p02 = try loader.load(try payload("02-scaled-plus-two", "02-scaled-plus-two", "02"))
         let cumulative = try loader.load(try payload("01-greeting-len-fix", "04-scaled-twice-stacked", "cumulative"))
         let text = try live.executableText()
+        // Every ring full before the first check, so that each check reads a whole ring of
+        // every vCPU (a vCPU slow to start would otherwise give fewer records).
+        let deadline = Date(timeIntervalSinceNow: 30)
+        while try live.status(records: 0).vcpus.contains(where: { $0.iterations < UInt64(LiveMachine.ringSlots) }) {
+            guard Date() < deadline else { throw LiveMachine.Failure.badConfiguration("the workload did not fill its rings in 30 s") }
+            Thread.sleep(forTimeInterval: 0.001)
+        }
         var report = Report(architecture: live.machine.architecture.name, vcpus: vcpus, cycles: cycles, engine: engine)
         let start = DispatchTime.now().uptimeNanoseconds
         func validate() throws {
