@@ -90,9 +90,9 @@ public final class CheckedDirectory {
         let mode = st.st_mode & 0o7777
         guard isTrustedOwner(st.st_uid), policy.allows(st.st_mode) else {
             close(fd)
-            throw FileSafetyError(path: path, kind: .untrustedDirectory, reason: String(
+            throw FileSafetyError(path: path, kind: .untrustedDirectory, reason:
                 "must be owned by you (uid \(geteuid())) or root and \(policy.requirement); it is owned by uid \(st.st_uid) "
-                    + "with mode \(String(mode, radix: 8)); someone else could replace what Splice keeps there, so it is not used"))
+                    + "with mode \(String(mode, radix: 8)); someone else could replace what Splice keeps there, so it is not used")
         }
         descriptor = fd
     }
@@ -233,14 +233,19 @@ public enum SafeFile {
     /// existing file or symlink is refused, nothing overwritten), with its mode from the
     /// first byte.
     public static func createNew(_ files: [(path: String, contents: [UInt8], mode: mode_t)]) throws {
+        // Every directory checked and every name seen free before anything is created; the
+        // O_EXCL of each creation still refuses a name taken meanwhile.
+        let places = try files.map { f -> (CheckedDirectory, String) in
+            let (dir, name) = split(f.path)
+            let d = try CheckedDirectory(dir, policy: .stickyIfShared)
+            if d.entryType(name) != nil {
+                throw FileSafetyError(path: f.path, kind: .unexpectedEntry, reason: "already exists; refusing to overwrite it")
+            }
+            return (d, name)
+        }
         var made: [(CheckedDirectory, String)] = []
         do {
-            for f in files {
-                let (dir, name) = split(f.path)
-                let d = try CheckedDirectory(dir, policy: .stickyIfShared)
-                if d.entryType(name) != nil {
-                    throw FileSafetyError(path: f.path, kind: .unexpectedEntry, reason: "already exists; refusing to overwrite it")
-                }
+            for (f, (d, name)) in zip(files, places) {
                 try d.createNew(name, contents: f.contents, mode: f.mode)
                 made.append((d, name))
             }

@@ -155,9 +155,10 @@ struct MachineCommand: ParsableCommand {
                     throw ExitCode(ExitStatus.unreachable.code(options.exitStatus ?? .splice))
                 }
                 let logPath = log ?? directory.path + "/machine.log"
-                let logFD = try log.map { try CheckedDirectory(SafeFile.split($0).directory, policy: .stickyIfShared)
-                                              .openForAppending(SafeFile.split($0).name) }
-                    ?? directory.openForAppending("machine.log")
+                let logFD = try log.map { path in
+                    let (dir, name) = SafeFile.split(path)
+                    return try CheckedDirectory(dir, policy: .stickyIfShared).openForAppending(name)
+                } ?? directory.openForAppending("machine.log")
                 let logStart = lseek(logFD, 0, SEEK_END)
                 let logHandle = FileHandle(fileDescriptor: logFD, closeOnDealloc: true)
                 let child = Process()
