@@ -22,6 +22,20 @@ public enum Architectures {
         throw PatchError.noBackend("\(name): Splice knows " + all.map(\.name).joined(separator: ", "))
     }
 
+    /// The backend named `name` using the return strategy named `returnStrategy` (nil: its
+    /// default). Throws, naming what is offered, for a strategy the backend does not have.
+    public static func backend(named name: String, returnStrategy: String?) throws -> any PatchBackend {
+        let backend = try backend(named: name)
+        guard let returnStrategy else { return backend }
+        return try backend.using(returnStrategy: returnStrategy)
+    }
+
+    /// Every return strategy any backend offers (for help text and scenario files).
+    public static var returnStrategies: [String] {
+        var seen = Set<String>()
+        return backends.flatMap(\.returnStrategies).filter { seen.insert($0).inserted }
+    }
+
     /// The backend for an ELF file's e_machine.
     public static func backend(for elf: ELFFile) throws -> any PatchBackend {
         try backend(named: try forELF(elf).name)

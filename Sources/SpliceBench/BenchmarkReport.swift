@@ -146,3 +146,9 @@ public enum BenchmarkReport {
         return "\(ProcessInfo.processInfo.activeProcessorCount) cores, \(model), Linux \(release)"
     }
 }
+
+/// Why a benchmark could not measure what it set out to (a sample missing, a result wrong).
+public struct BenchmarkError: Error, CustomStringConvertible {
+    public let description: String
+    public init(description: String) { self.description = description }
+}

@@ -30,9 +30,6 @@ public struct EmulatorBenchmark {
         public var ratio: Double { splice.instructionsPerSecond / bare.instructionsPerSecond }
     }
 
-    public struct Failure: Error, CustomStringConvertible {
-        public let description: String
-    }
 
     public var function = "mix_loop"
     public var argument: Int64 = 1_000_000
@@ -49,19 +46,19 @@ public struct EmulatorBenchmark {
     public func measure(imagePath: String) throws -> Row {
         let image = try loadImage(path: imagePath)
         let counted = try image.call(function, [argument], countInstructions: true)
-        guard let perCall = counted.instructions else { throw Failure(description: "no instruction count") }
+        guard let perCall = counted.instructions else { throw BenchmarkError(description: "no instruction count") }
         var best: (splice: Side?, bare: Side?) = (nil, nil)
         for _ in 0..<rounds {
             let bare = try runBare(imagePath: imagePath)
             guard bare.instructionsPerCall == perCall else {
-                throw Failure(description: "bare Unicorn counted \(bare.instructionsPerCall) instructions per call, Splice \(perCall): not the same work")
+                throw BenchmarkError(description: "bare Unicorn counted \(bare.instructionsPerCall) instructions per call, Splice \(perCall): not the same work")
             }
             let limits = VCPU.Limits(timeoutMicroseconds: timeoutMicroseconds)
             _ = try image.call(function, [argument], countInstructions: false, limits: limits) // warm, uninstrumented
             let start = DispatchTime.now().uptimeNanoseconds
             for _ in 0..<runs {
                 let r = try image.call(function, [argument], countInstructions: false, limits: limits)
-                guard r.value == counted.value else { throw Failure(description: "result changed between runs") }
+                guard r.value == counted.value else { throw BenchmarkError(description: "result changed between runs") }
             }
             let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
             let splice = Side(instructionsPerCall: perCall, runs: runs, seconds: seconds)
@@ -83,7 +80,7 @@ public struct EmulatorBenchmark {
         process.waitUntilExit()
         let text = String(decoding: data, as: UTF8.self)
         guard process.terminationStatus == 0 else {
-            throw Failure(description: "\(bareExecutable) exited with \(process.terminationStatus): \(text)")
+            throw BenchmarkError(description: "\(bareExecutable) exited with \(process.terminationStatus): \(text)")
         }
         var fields: [String: String] = [:]
         for pair in text.split(whereSeparator: { $0 == " " || $0 == "\n" }) {
@@ -92,7 +89,7 @@ public struct EmulatorBenchmark {
         }
         guard let n = fields["instructions"].flatMap(UInt64.init), let r = fields["runs"].flatMap(Int.init),
               let s = fields["seconds"].flatMap(Double.init) else {
-            throw Failure(description: "cannot read the bare benchmark's output: \(text)")
+            throw BenchmarkError(description: "cannot read the bare benchmark's output: \(text)")
         }
         return Side(instructionsPerCall: n, runs: r, seconds: s)
     }

@@ -31,11 +31,11 @@ public enum EngineBenchmark {
 
     public static func run(samples: String, counts: [Int] = [1, 4], repeats: Int = 60) throws -> [Row] {
         var rows: [Row] = []
-        for isa in ["x86_64", "ppc64le"] {
+        for isa in Architectures.backends.map(\.architecture.name) {
             for n in counts {
                 for engine in PatchEngineKind.allCases {
                     let live = try LiveMachine(configuration: .init(
-                        image: samples + "/" + (isa == "x86_64" ? Samples.x86_64 : Samples.ppc64le), cpus: n, engine: engine,
+                        image: samples + "/" + Samples.kernel(isa: isa), cpus: n, engine: engine,
                         rendezvousTimeoutMicroseconds: 2_000_000))
                     defer { live.shutdown() }
                     try live.upload(id: "p02", bytes: try Samples.payload(

@@ -24,7 +24,6 @@ public enum PayloadBenchmark {
         public var ratio: Double? { readelfSeconds.map { spliceSeconds / $0 } }
     }
 
-    public struct Failure: Error, CustomStringConvertible { public let description: String }
 
     /// A payload of `count` functions that each read the target's `scale_factor` (x86-64:
     /// `mov rax,[rip+scale_factor]; imul rax,rdi; ret`; ppc64le: a global entry against
@@ -96,7 +95,7 @@ public enum PayloadBenchmark {
                     try p.run()
                     p.waitUntilExit()
                     let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
-                    guard p.terminationStatus == 0 else { throw Failure(description: "eu-readelf -r failed on \(file)") }
+                    guard p.terminationStatus == 0 else { throw BenchmarkError(description: "eu-readelf -r failed on \(file)") }
                     readelf = min(readelf ?? .infinity, seconds)
                 }
             }

@@ -21,9 +21,6 @@ public enum RedirectBenchmark {
         public var goal: String
     }
 
-    public struct Failure: Error, CustomStringConvertible {
-        public let description: String
-    }
 
     struct Case {
         var name: String, image: String, function: String, target: String, arguments: [Int64]
@@ -68,7 +65,7 @@ public enum RedirectBenchmark {
                 let direct = try patch.call("scaled_v2", [10])
                 let redirected = try kernel.call("scaled", [10], entry: kind)
                 guard redirected.value == direct.value else {
-                    throw Failure(description: "ppc64le \(kind) call returned \(redirected.signedValue), scaled_v2 \(direct.signedValue)")
+                    throw BenchmarkError(description: "ppc64le \(kind) call returned \(redirected.signedValue), scaled_v2 \(direct.signedValue)")
                 }
                 rows.append(Row(name: "ppc64le \(kind.rawValue) call, \(strategy.rawValue)", method: active.plan.method,
                                 targetInstructions: direct.instructions ?? 0,
@@ -93,7 +90,7 @@ public enum RedirectBenchmark {
         }
         let redirected = try image.call(c.function, c.arguments)
         guard redirected.value == direct.value else {
-            throw Failure(description: "\(c.name): the redirected call returned \(redirected.signedValue), the target \(direct.signedValue)")
+            throw BenchmarkError(description: "\(c.name): the redirected call returned \(redirected.signedValue), the target \(direct.signedValue)")
         }
         return Row(name: c.name, method: active.plan.method, targetInstructions: direct.instructions ?? 0,
                    redirectedInstructions: redirected.instructions ?? 0, goal: c.goal)

@@ -111,10 +111,10 @@ public enum RendezvousBenchmark {
                     write.append(Double(trace.written - trace.interruptsOff) / 1000)
                     prep.append(Double(patcher.lastTiming.prepare) / 1000)
                 }
-                runner.stop() // before calling guest code from this thread: an engine has one driver
+                runner.stop() // before calling guest code from this thread: an emulator has one driver
                 let f7 = try image.call("f0007", [1]).signedValue
                 guard f7 == 1 + 7 + (repeats % 2 == 1 ? 2000 : 1000) else { // the new functions return x + i + offset
-                    throw PayloadBenchmark.Failure(description: "after the REPLACEs f0007(1) = \(f7)")
+                    throw BenchmarkError(description: "after the REPLACEs f0007(1) = \(f7)")
                 }
                 rows.append(Row(architecture: machine.architecture.name, vcpus: n, repeats: repeats,
                                 emptyMedianMicroseconds: median(empty), applyMedianMicroseconds: median(apply),

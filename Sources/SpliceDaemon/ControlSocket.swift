@@ -23,16 +23,6 @@ import Glibc
 /// - the client checks the socket's directory the same way and the server's credentials
 ///   before it sends anything: a socket someone else serves gets no request.
 public enum ControlSocket {
-    public struct Failure: Error, CustomStringConvertible, Equatable {
-        public enum Kind: String, Codable, Sendable {
-            case unreachable, denied, protocolError
-            /// The socket is not provably the user's or root's machine (its directory or
-            /// the process serving it belongs to someone else); nothing was sent.
-            case untrusted
-        }
-        public var kind: Kind
-        public var description: String
-    }
 
     /// Where `splice machine …` looks when no `--socket` is given:
     /// $SPLICE_SOCKET, else $XDG_RUNTIME_DIR/splice/machine.sock, else /tmp/splice-UID/machine.sock.
@@ -58,7 +48,7 @@ public enum ControlSocket {
         let bytes = Array(path.utf8)
         let capacity = MemoryLayout.size(ofValue: a.sun_path)
         guard bytes.count < capacity else {
-            throw Failure(kind: .unreachable, description: "socket path \(path) is \(bytes.count) bytes; Unix sockets allow \(capacity - 1)")
+            throw ControlSocketError(kind: .unreachable, description: "socket path \(path) is \(bytes.count) bytes; Unix sockets allow \(capacity - 1)")
         }
         withUnsafeMutableBytes(of: &a.sun_path) { raw in
             for (i, b) in bytes.enumerated() { raw[i] = b }
@@ -89,20 +79,20 @@ public enum ControlSocket {
             do {
                 directory = try CheckedDirectory(dirPath, policy: .ownerOnly, create: true)
             } catch let e as FileSafetyError {
-                throw Failure(kind: e.kind == .untrustedDirectory ? .denied : .unreachable,
+                throw ControlSocketError(kind: e.kind == .untrustedDirectory ? .denied : .unreachable,
                               description: "\(e); refusing to serve a socket there")
             }
             if let type = directory.entryType(name) {
                 guard type == S_IFSOCK else {
-                    throw Failure(kind: .denied, description: "\(path) exists and is not a socket; refusing to replace it")
+                    throw ControlSocketError(kind: .denied, description: "\(path) exists and is not a socket; refusing to replace it")
                 }
                 if (try? ControlSocket.connect(path)).map({ Glibc.close($0); return true }) ?? false {
-                    throw Failure(kind: .denied, description: "a machine is already serving \(path); stop it first (splice machine stop)")
+                    throw ControlSocketError(kind: .denied, description: "a machine is already serving \(path); stop it first (splice machine stop)")
                 }
                 directory.remove(name)
             }
             fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-            guard fd >= 0 else { throw Failure(kind: .unreachable, description: "socket: \(errnoText())") }
+            guard fd >= 0 else { throw ControlSocketError(kind: .unreachable, description: "socket: \(errnoText())") }
             // Bound through the checked directory's descriptor, not its path.
             var a = try address(directory.pathThroughDescriptor(name))
             // Created with no permissions for anyone else from the first instant.
@@ -114,10 +104,10 @@ public enum ControlSocket {
             guard bound == 0 else {
                 let text = errnoText()
                 Glibc.close(fd)
-                throw Failure(kind: .unreachable, description: "bind \(path): \(text)")
+                throw ControlSocketError(kind: .unreachable, description: "bind \(path): \(text)")
             }
             fchmodat(directory.descriptor, name, 0o600, 0)
-            guard listen(fd, 64) == 0 else { Glibc.close(fd); throw Failure(kind: .unreachable, description: "listen: \(errnoText())") }
+            guard listen(fd, 64) == 0 else { Glibc.close(fd); throw ControlSocketError(kind: .unreachable, description: "listen: \(errnoText())") }
         }
 
         /// Waits for the next connection; nil once the listener is closed.
@@ -138,12 +128,12 @@ public enum ControlSocket {
 
         /// May this connection's process act on the machine? Judged before a byte of its
         /// request is read.
-        public func admits(_ connection: Connection) -> Result<Void, Failure> {
+        public func admits(_ connection: Connection) -> Result<Void, ControlSocketError> {
             guard let peer = connection.peer else {
-                return .failure(Failure(kind: .denied, description: "cannot read the peer credentials of the connection: \(errnoText())"))
+                return .failure(ControlSocketError(kind: .denied, description: "cannot read the peer credentials of the connection: \(errnoText())"))
             }
             if peer.uid == owner || peer.uid == 0 { return .success(()) }
-            return .failure(Failure(kind: .denied, description:
+            return .failure(ControlSocketError(kind: .denied, description:
                 "uid \(peer.uid) (pid \(peer.pid)) may not act on this machine: only its owner (uid \(owner)) or root may (EPERM)"))
         }
 
@@ -174,7 +164,7 @@ public enum ControlSocket {
             while true {
                 let left = deadline.timeIntervalSinceNow
                 guard left > 0 else {
-                    throw Failure(kind: .protocolError, description: "the request did not arrive within \(Int(requestDeadline)) s (\(out.count) bytes came)")
+                    throw ControlSocketError(kind: .protocolError, description: "the request did not arrive within \(Int(requestDeadline)) s (\(out.count) bytes came)")
                 }
                 var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
                 let ready = poll(&p, 1, Int32(min(left * 1000 + 1, 60_000)))
@@ -184,13 +174,13 @@ public enum ControlSocket {
                 let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, room) }
                 if n < 0 && (errno == EINTR || errno == EAGAIN) { continue }
                 guard n > 0 else {
-                    if out.isEmpty { throw Failure(kind: .protocolError, description: "the connection closed before a message arrived") }
+                    if out.isEmpty { throw ControlSocketError(kind: .protocolError, description: "the connection closed before a message arrived") }
                     return out
                 }
                 if let nl = buffer[..<n].firstIndex(of: 10) { return out + buffer[..<nl] }
                 out += buffer[..<n]
                 guard out.count <= limit else {
-                    throw Failure(kind: .protocolError, description: "message longer than \(limit) bytes")
+                    throw ControlSocketError(kind: .protocolError, description: "message longer than \(limit) bytes")
                 }
             }
         }
@@ -205,7 +195,7 @@ public enum ControlSocket {
             while offset < data.count {
                 let n = data.withUnsafeBytes { send(fd, $0.baseAddress! + offset, $0.count - offset, flags) }
                 if n < 0 && errno == EINTR { continue }
-                guard n > 0 else { throw Failure(kind: .protocolError, description: "write: \(errnoText())") }
+                guard n > 0 else { throw ControlSocketError(kind: .protocolError, description: "write: \(errnoText())") }
                 offset += n
             }
         }
@@ -231,15 +221,15 @@ public enum ControlSocket {
         } catch let e as FileSafetyError {
             switch e.kind {
             case .system(errno: ENOENT):
-                throw Failure(kind: .unreachable, description: "no machine is running at \(path) (no directory \(dirPath)); start one with splice machine start")
+                throw ControlSocketError(kind: .unreachable, description: "no machine is running at \(path) (no directory \(dirPath)); start one with splice machine start")
             case .system(errno: EACCES), .system(errno: EPERM):
-                throw Failure(kind: .denied, description: "\(e): the machine belongs to another user")
+                throw ControlSocketError(kind: .denied, description: "\(e): the machine belongs to another user")
             default:
-                throw Failure(kind: .untrusted, description: "\(e); not talking to a machine there (nothing was sent)")
+                throw ControlSocketError(kind: .untrusted, description: "\(e); not talking to a machine there (nothing was sent)")
             }
         }
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw Failure(kind: .unreachable, description: "socket: \(errnoText())") }
+        guard fd >= 0 else { throw ControlSocketError(kind: .unreachable, description: "socket: \(errnoText())") }
         var a = try address(directory.pathThroughDescriptor(name))
         let r = withUnsafePointer(to: &a) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
@@ -249,22 +239,22 @@ public enum ControlSocket {
             close(fd)
             switch e {
             case EACCES, EPERM:
-                throw Failure(kind: .denied, description: "\(path): \(text): the machine belongs to another user")
+                throw ControlSocketError(kind: .denied, description: "\(path): \(text): the machine belongs to another user")
             case ENOENT, ECONNREFUSED:
-                throw Failure(kind: .unreachable, description: "no machine is running at \(path) (\(text)); start one with splice machine start")
+                throw ControlSocketError(kind: .unreachable, description: "no machine is running at \(path) (\(text)); start one with splice machine start")
             default:
-                throw Failure(kind: .unreachable, description: "cannot connect to \(path): \(text)")
+                throw ControlSocketError(kind: .unreachable, description: "cannot connect to \(path): \(text)")
             }
         }
         var uid: UInt32 = 0, gid: UInt32 = 0, pid: Int32 = 0
         guard splice_peer_credentials(fd, &uid, &gid, &pid) == 0 else {
             let text = errnoText()
             close(fd)
-            throw Failure(kind: .untrusted, description: "\(path): cannot read the credentials of the process serving it (\(text)); nothing was sent")
+            throw ControlSocketError(kind: .untrusted, description: "\(path): cannot read the credentials of the process serving it (\(text)); nothing was sent")
         }
         guard isTrustedOwner(uid) else {
             close(fd)
-            throw Failure(kind: .untrusted, description:
+            throw ControlSocketError(kind: .untrusted, description:
                 "\(path) is served by uid \(uid) (pid \(pid)), neither you (uid \(geteuid())) nor root: it is not your machine; nothing was sent")
         }
         return fd
@@ -281,4 +271,15 @@ public enum ControlSocket {
         }
         return try c.readLine()
     }
+}
+
+public struct ControlSocketError: Error, CustomStringConvertible, Equatable {
+    public enum Kind: String, Codable, Sendable {
+        case unreachable, denied, protocolError
+        /// The socket is not provably the user's or root's machine (its directory or
+        /// the process serving it belongs to someone else); nothing was sent.
+        case untrusted
+    }
+    public var kind: Kind
+    public var description: String
 }

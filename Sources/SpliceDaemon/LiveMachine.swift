@@ -3,7 +3,6 @@ import SpliceDisassembly
 import SpliceELF
 import SpliceFiles
 import SpliceMachine
-import SplicePPC64LE
 import SplicePatching
 import SplicePayload
 import SpliceRuntime
@@ -37,8 +36,9 @@ public final class LiveMachine {
         /// The guest function each vCPU runs (nil: the vCPUs stay idle).
         public var workload: String?
         public var engine: PatchEngineKind
-        /// ppc64le only: how a redirected local call gets its TOC back.
-        public var returnStrategy: ReturnStrategy?
+        /// How a redirected call returns, for a backend that offers a choice (nil: its
+        /// default); see `PatchBackend.returnStrategies`.
+        public var returnStrategy: String?
         /// How long a rendezvous waits for every vCPU to arrive (Xen's livepatch: 30 ms on
         /// hardware; an emulated vCPU sharing 2 host cores needs longer).
         public var rendezvousTimeoutMicroseconds: UInt64
@@ -47,7 +47,7 @@ public final class LiveMachine {
         public var stackWaitMilliseconds: UInt64
 
         public init(image: String, cpus: Int = 2, workload: String? = "workload", engine: PatchEngineKind = .stop,
-                    returnStrategy: ReturnStrategy? = nil, rendezvousTimeoutMicroseconds: UInt64 = 1_000_000,
+                    returnStrategy: String? = nil, rendezvousTimeoutMicroseconds: UInt64 = 1_000_000,
                     stackWaitMilliseconds: UInt64 = 10_000) {
             self.stackWaitMilliseconds = stackWaitMilliseconds
             self.image = image
@@ -125,28 +125,6 @@ public final class LiveMachine {
         public var vcpus: [VCPUStatus]
     }
 
-    public enum Failure: Error, Equatable, CustomStringConvertible {
-        case busy(id: String, action: LivePatchService.Action)
-        case badConfiguration(String)
-        case noSuchFunction(String)
-        case noSuchSymbol(String)
-        /// A request field out of its range or alphabet.
-        case badRequest(String)
-        /// The control socket already serves as many connections as it may.
-        case busyConnections(Int)
-
-        public var description: String {
-            switch self {
-            case let .badRequest(why): return "bad request: \(why)"
-            case let .busyConnections(n): return "the machine is serving \(n) connections already; try again (EBUSY)"
-            case let .busy(id, action):
-                return "another action is in progress (\(action.rawValue) of payload \(id)); try again when it is done (EBUSY)"
-            case let .badConfiguration(why): return why
-            case let .noSuchFunction(name): return "no function named \(name) in the image"
-            case let .noSuchSymbol(name): return "no symbol named \(name) in the image"
-            }
-        }
-    }
 
     /// The sample ring: 8-byte iteration count, then 64 slots of (x, scaled, apply_unary).
     public static let ringSlots = 64
@@ -182,21 +160,18 @@ public final class LiveMachine {
     private let idle = NSCondition()
 
     public init(configuration c: Configuration, trustedKey: P256.Signing.PublicKey? = nil) throws {
-        guard (1...64).contains(c.cpus) else { throw Failure.badConfiguration("--cpus must be 1 to 64 (got \(c.cpus))") }
+        guard (1...64).contains(c.cpus) else { throw LiveMachineError.badConfiguration("--cpus must be 1 to 64 (got \(c.cpus))") }
         configuration = c
         self.trustedKey = trustedKey
         let elf: ELFFile
         do { elf = try ELFFile(contentsOf: c.image) } catch {
             let text = "\(error)"
-            throw Failure.badConfiguration(text.contains(c.image) ? text : "\(c.image): \(text)")
+            throw LiveMachineError.badConfiguration(text.contains(c.image) ? text : "\(c.image): \(text)")
         }
         let arch = try Architectures.forELF(elf)
-        var backend = try Architectures.backend(named: arch.name)
-        if let strategy = c.returnStrategy {
-            guard arch.name == "ppc64le" else {
-                throw Failure.badConfiguration("a return strategy applies to ppc64le only; \(c.image) is \(arch.name)")
-            }
-            backend = PPC64LEPatchBackend(strategy: strategy)
+        let backend: any PatchBackend
+        do { backend = try Architectures.backend(named: arch.name, returnStrategy: c.returnStrategy) } catch {
+            throw LiveMachineError.badConfiguration("\(c.image): \(error)")
         }
         machine = try Machine(architecture: arch, vcpuCount: c.cpus)
         image = try machine.load(elf)
@@ -204,7 +179,7 @@ public final class LiveMachine {
         loader = PayloadLoader(patcher: patcher)
         service = LivePatchService(loader: loader)
         guard let safePoint = image.elf.symbol(named: "safe_point") else {
-            throw Failure.badConfiguration("\(c.image) has no safe_point function: a live machine's vCPUs need one to rendezvous at")
+            throw LiveMachineError.badConfiguration("\(c.image) has no safe_point function: a live machine's vCPUs need one to rendezvous at")
         }
         runner = try MachineRunner(machine: machine, safePoint: safePoint.value)
         runner.rendezvous.timeoutMicroseconds = c.rendezvousTimeoutMicroseconds
@@ -215,7 +190,7 @@ public final class LiveMachine {
             loader.engine = nonStop
         }
         if let workload = c.workload {
-            guard let entry = try? image.entries(of: workload).first else { throw Failure.noSuchFunction(workload) }
+            guard let entry = try? image.entries(of: workload).first else { throw LiveMachineError.noSuchFunction(workload) }
             let rings = try machine.map(name: "rings", at: Self.ringBase, size: Self.ringStride * UInt64(c.cpus),
                                         permissions: [.read, .write])
             self.rings = rings
@@ -265,7 +240,7 @@ public final class LiveMachine {
     @discardableResult
     public func begin(_ action: LivePatchService.Action, id: String) throws -> UInt64 {
         stateLock.lock()
-        if let f = inFlight { stateLock.unlock(); throw Failure.busy(id: f.id, action: f.action) }
+        if let f = inFlight { stateLock.unlock(); throw LiveMachineError.busy(id: f.id, action: f.action) }
         serviceLock.lock()
         do { try service.validate(action, id: id) } catch {
             serviceLock.unlock(); stateLock.unlock()
@@ -283,7 +258,7 @@ public final class LiveMachine {
             var thrown: Error?
             do { try service.perform(action, id: id) } catch {
                 thrown = error
-                if case let LivePatchService.Failure.actionFailed(_, _, _, reason) = error { failure = reason } else { failure = "\(error)" }
+                if case let LivePatchServiceError.actionFailed(_, _, _, reason) = error { failure = reason } else { failure = "\(error)" }
             }
             serviceLock.unlock()
             stateLock.lock()
@@ -307,7 +282,7 @@ public final class LiveMachine {
     public func get(_ id: String) throws -> PayloadStatus {
         stateLock.lock(); defer { stateLock.unlock() }
         if let f = inFlight {
-            guard var s = snapshot.first(where: { $0.id == id }) else { throw LivePatchService.Failure.noSuchPayload(id) }
+            guard var s = snapshot.first(where: { $0.id == id }) else { throw LivePatchServiceError.noSuchPayload(id) }
             if f.id == id { s.state = "PROGRESS"; s.action = f.action.rawValue }
             return s
         }
@@ -352,7 +327,7 @@ public final class LiveMachine {
     /// Runs `body` with the service lock, refusing while a background action runs.
     private func whenIdle<T>(_ body: () throws -> T) throws -> T {
         stateLock.lock()
-        if let f = inFlight { stateLock.unlock(); throw Failure.busy(id: f.id, action: f.action) }
+        if let f = inFlight { stateLock.unlock(); throw LiveMachineError.busy(id: f.id, action: f.action) }
         serviceLock.lock()
         stateLock.unlock()
         // The service lock is let go before the state lock is taken again: `get` takes
@@ -368,7 +343,7 @@ public final class LiveMachine {
     /// Calls a guest function where it is safe while the vCPUs run (inside a rendezvous,
     /// or on one vCPU at its safe point with the non-stop engine).
     public func call(_ function: String, _ arguments: [Int64]) throws -> Int64 {
-        guard let entry = try? image.entries(of: function).first else { throw Failure.noSuchFunction(function) }
+        guard let entry = try? image.entries(of: function).first else { throw LiveMachineError.noSuchFunction(function) }
         serviceLock.lock(); defer { serviceLock.unlock() }
         return try loader.engine.callGuest(entry, arguments)
     }
@@ -377,7 +352,7 @@ public final class LiveMachine {
     /// them wait at their safe point (so no record is half written).
     public func status(records last: Int = 4) throws -> Status {
         guard (0...Self.ringSlots).contains(last) else {
-            throw Failure.badRequest("records must be 0 to \(Self.ringSlots) (got \(last)) (EINVAL)")
+            throw LiveMachineError.badRequest("records must be 0 to \(Self.ringSlots) (got \(last)) (EINVAL)")
         }
         let version = list(start: 0, count: 0).version
         serviceLock.lock(); defer { serviceLock.unlock() }
@@ -412,7 +387,7 @@ public final class LiveMachine {
         return Status(image: configuration.image, architecture: machine.architecture.name,
                       buildID: hexString(image.elf.buildID ?? []), cpus: configuration.cpus,
                       workload: configuration.workload, engine: configuration.engine,
-                      returnStrategy: (patcher.backend as? PPC64LEPatchBackend)?.strategy.rawValue,
+                      returnStrategy: patcher.backend.returnStrategy,
                       version: version, payloads: page.total,
                       activeRedirects: patcher.active.count, rendezvousCompleted: runner.rendezvous.completed,
                       requiresSignature: trustedKey.map { hexString(PayloadSignature.keyID(of: $0)) }, vcpus: vcpus)
@@ -420,7 +395,7 @@ public final class LiveMachine {
 
     /// The address of a symbol of the image.
     public func address(of symbol: String) throws -> UInt64 {
-        guard let s = image.elf.symbol(named: symbol) else { throw Failure.noSuchSymbol(symbol) }
+        guard let s = image.elf.symbol(named: symbol) else { throw LiveMachineError.noSuchSymbol(symbol) }
         return s.value
     }
 
@@ -459,7 +434,7 @@ public final class LiveMachine {
     /// What a workload keeps in its ring page after the ring (syscall_workload's tally),
     /// `words` 8-byte words for each vCPU.
     public func ringTail(words: Int) throws -> [[Int64]] {
-        guard let rings else { throw Failure.badConfiguration("the machine runs no workload, so it has no rings") }
+        guard let rings else { throw LiveMachineError.badConfiguration("the machine runs no workload, so it has no rings") }
         let tail = UInt64(8 + Self.ringSlots * Self.ringFields * 8)
         serviceLock.lock(); defer { serviceLock.unlock() }
         return try (0..<configuration.cpus).map { i in
@@ -489,4 +464,27 @@ public final class LiveMachine {
 
     /// The phases of the last rendezvous (stop engine).
     public var lastRendezvous: Rendezvous.Trace { runner.rendezvous.lastTrace }
+}
+
+public enum LiveMachineError: Error, Equatable, CustomStringConvertible {
+    case busy(id: String, action: LivePatchService.Action)
+    case badConfiguration(String)
+    case noSuchFunction(String)
+    case noSuchSymbol(String)
+    /// A request field out of its range or alphabet.
+    case badRequest(String)
+    /// The control socket already serves as many connections as it may.
+    case busyConnections(Int)
+
+    public var description: String {
+        switch self {
+        case let .badRequest(why): return "bad request: \(why)"
+        case let .busyConnections(n): return "the machine is serving \(n) connections already; try again (EBUSY)"
+        case let .busy(id, action):
+            return "another action is in progress (\(action.rawValue) of payload \(id)); try again when it is done (EBUSY)"
+        case let .badConfiguration(why): return why
+        case let .noSuchFunction(name): return "no function named \(name) in the image"
+        case let .noSuchSymbol(name): return "no symbol named \(name) in the image"
+        }
+    }
 }

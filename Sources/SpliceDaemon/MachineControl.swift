@@ -81,7 +81,7 @@ public struct ControlReply: Codable, Sendable, Equatable {
     /// The kind and errno of an error (errnos as Linux and Xen return them, negative).
     public static func classify(_ error: Error) -> (ErrorKind, Int32) {
         switch error {
-        case let f as LivePatchService.Failure:
+        case let f as LivePatchServiceError:
             switch f {
             case .badID: return (.refused, -22)
             case .exists: return (.refused, -17)
@@ -89,15 +89,15 @@ public struct ControlReply: Codable, Sendable, Equatable {
             case .invalidTransition: return (.refused, -22)
             case let .actionFailed(_, _, errno, _): return (errno == -16 ? .busy : .failed, errno)
             }
-        case let f as PayloadSignature.Failure:
+        case let f as SignatureError:
             switch f {
             case .unsigned: return (.refused, -61) // ENODATA
             case .unknownKey: return (.refused, -126) // ENOKEY
             default: return (.refused, -129) // EKEYREJECTED
             }
-        case LiveMachine.Failure.busy, LiveMachine.Failure.busyConnections: return (.busy, -16)
-        case is LiveMachine.Failure, is PayloadError: return (.refused, -22)
-        case let f as ControlSocket.Failure:
+        case LiveMachineError.busy, LiveMachineError.busyConnections: return (.busy, -16)
+        case is LiveMachineError, is PayloadError: return (.refused, -22)
+        case let f as ControlSocketError:
             return [.denied, .untrusted].contains(f.kind) ? (.denied, -1) : (.protocolError, -71)
         default:
             let e = LivePatchService.errno(of: error)
@@ -116,7 +116,7 @@ extension ControlRequest {
 
     /// Every field checked against its range and alphabet.
     public func validate() throws {
-        func bad(_ why: String) -> LiveMachine.Failure { .badRequest(why) }
+        func bad(_ why: String) -> LiveMachineError { .badRequest(why) }
         if let id { try LivePatchService.validateID(id) }
         if let f = function {
             guard !f.isEmpty, f.utf8.count <= Self.maximumFunctionName, f.allSatisfy(Self.functionNameCharacters.contains) else {
@@ -158,7 +158,7 @@ public final class ControlDispatcher {
             try request.validate()
         } catch {
             let reply: ControlReply = error is DecodingError
-                ? .failure(ControlSocket.Failure(kind: .protocolError, description: "malformed request: \(error)"))
+                ? .failure(ControlSocketError(kind: .protocolError, description: "malformed request: \(error)"))
                 : .failure(error)
             log("\(who): (invalid request, \(line.count) bytes): refused: \(reply.error ?? "")")
             return (reply, false)
@@ -214,7 +214,7 @@ public final class ControlDispatcher {
 
     func handle(_ r: ControlRequest) throws -> ControlReply {
         func need<T>(_ value: T?, _ what: String) throws -> T {
-            guard let value else { throw LiveMachine.Failure.badConfiguration("request '\(r.op.rawValue)' needs \(what)") }
+            guard let value else { throw LiveMachineError.badConfiguration("request '\(r.op.rawValue)' needs \(what)") }
             return value
         }
         var reply = ControlReply.success
@@ -287,7 +287,7 @@ public final class MachineDaemon {
                     continue
                 }
                 guard slots.wait(timeout: .now()) == .success else {
-                    refuse(connection, LiveMachine.Failure.busyConnections(Self.maximumConnections))
+                    refuse(connection, LiveMachineError.busyConnections(Self.maximumConnections))
                     continue
                 }
                 Thread.detachNewThread { [self] in
@@ -351,7 +351,7 @@ public struct MachineClient {
         do {
             let line = try ControlSocket.exchange(path: socketPath, Array(try JSONEncoder().encode(request)))
             return try JSONDecoder().decode(ControlReply.self, from: Data(line))
-        } catch let f as ControlSocket.Failure {
+        } catch let f as ControlSocketError {
             let kind: ControlReply.ErrorKind
             switch f.kind {
             case .denied, .untrusted: kind = .denied

@@ -42,7 +42,7 @@ public enum Matrix {
             }
             // The whole message is in the JUnit XML and the JSON; the table keeps one line.
             let short = result.count > 90 ? String(result.prefix(89)) + "…" : result
-            return [r.scenario, r.variant.isa, r.variant.engine.rawValue, r.variant.returnStrategy?.rawValue ?? "-",
+            return [r.scenario, r.variant.isa, r.variant.engine.rawValue, r.variant.returnStrategy ?? "-",
                     "\(passedSteps)/\(r.steps.count)", String(format: "%.2f", r.seconds), short]
         }
         rows.insert(header, at: 0)

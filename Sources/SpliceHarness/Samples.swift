@@ -18,6 +18,9 @@ public enum Samples {
     public static let x86_64FramePointers = "kernel-x86_64-fp.elf"
     public static let ppc64le = "kernel-ppc64le.elf"
 
+    /// The sample kernel built for the ISA the registry names `isa`.
+    public static func kernel(isa: String) -> String { "kernel-\(isa).elf" }
+
     public struct NotFound: Error, CustomStringConvertible {
         public let searched: [String]
         public var description: String {

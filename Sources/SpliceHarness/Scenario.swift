@@ -5,7 +5,6 @@ import SpliceELF
 import SpliceFiles
 import SpliceMachine
 import SplicePatching
-import SplicePPC64LE
 import SplicePayload
 import SpliceRuntime
 import Foundation
@@ -17,9 +16,6 @@ import Yams
 /// runs every bundled one on each ISA, engine and ppc64le return strategy it names.
 /// The format is in docs/scenarios.md.
 public struct Scenario: Sendable {
-    public struct Failure: Error, CustomStringConvertible {
-        public let description: String
-    }
 
     /// y = a·x + b, what the workload's results must be.
     public struct Linear: Sendable, Equatable, CustomStringConvertible, Codable {
@@ -158,20 +154,22 @@ public struct Scenario: Sendable {
     public var cpus: Int
     public var workload: String?
     public var engines: [PatchEngineKind]
-    public var returnStrategies: [ReturnStrategy]
+    /// Return strategies to run with, on backends that offer a choice (PatchBackend.returnStrategies).
+    public var returnStrategies: [String]
     public var steps: [Entry]
 
-    public static let isaNames = ["x86_64", "ppc64le"]
+    /// The ISAs with a patch backend, as the registry names them.
+    public static var isaNames: [String] { Architectures.backends.map(\.architecture.name) }
 
     public init(contentsOf path: String) throws {
         guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
-            throw Failure(description: "\(path): cannot read the scenario")
+            throw ScenarioError(description: "\(path): cannot read the scenario")
         }
         try self.init(yaml: text, path: path)
     }
 
     public init(yaml text: String, path: String) throws {
-        func fail(_ why: String) -> Failure { Failure(description: "\(path): \(why)") }
+        func fail(_ why: String) -> ScenarioError { ScenarioError(description: "\(path): \(why)") }
         let root: Any?
         do { root = try Yams.load(yaml: text) } catch { throw fail("not valid YAML: \(error)") }
         guard let doc = root as? [String: Any] else { throw fail("must be a mapping with name, image and steps") }
@@ -203,18 +201,19 @@ public struct Scenario: Sendable {
             guard let e = PatchEngineKind(rawValue: $0) else { throw fail("engine '\($0)' is stop or nonstop") }
             return e
         }
-        returnStrategies = try strings("return-strategy", default: ReturnStrategy.allCases.map(\.rawValue)).map {
-            guard let r = ReturnStrategy(rawValue: $0) else { throw fail("return-strategy '\($0)' is frameless or shadow-stack") }
-            return r
+        let offered = Architectures.returnStrategies
+        returnStrategies = try strings("return-strategy", default: offered)
+        if let bad = returnStrategies.first(where: { !offered.contains($0) }) {
+            throw fail("return-strategy '\(bad)' is " + offered.joined(separator: " or "))
         }
         guard let rawSteps = doc["steps"] as? [Any], !rawSteps.isEmpty else { throw fail("needs a list of 'steps'") }
         steps = try rawSteps.enumerated().map { i, raw in
-            do { return try Self.parseStep(raw) } catch let f as Failure { throw fail("step \(i + 1): \(f.description)") }
+            do { return try Self.parseStep(raw) } catch let f as ScenarioError { throw fail("step \(i + 1): \(f.description)") }
         }
     }
 
     static func parseStep(_ raw: Any) throws -> Entry {
-        func fail(_ why: String) -> Failure { Failure(description: why) }
+        func fail(_ why: String) -> ScenarioError { ScenarioError(description: why) }
         guard var map = raw as? [String: Any] else { throw fail("a step is a mapping such as 'apply: p02'") }
         let fails = map.removeValue(forKey: "fails").map { "\($0)" }
         guard map.count == 1, let (verb, value) = map.first else {
@@ -365,8 +364,14 @@ public struct Scenario: Sendable {
 
     static func load(directory dir: String) throws -> [Scenario] {
         guard let names = try? FileManager.default.contentsOfDirectory(atPath: dir) else {
-            throw Failure(description: "no scenarios folder at \(dir)")
+            throw ScenarioError(description: "no scenarios folder at \(dir)")
         }
         return try names.filter { $0.hasSuffix(".yaml") }.sorted().map { try Scenario(contentsOf: dir + "/" + $0) }
     }
+}
+
+/// A scenario that cannot be read, or a step that did not do what it expected.
+public struct ScenarioError: Error, CustomStringConvertible {
+    public let description: String
+    public init(description: String) { self.description = description }
 }

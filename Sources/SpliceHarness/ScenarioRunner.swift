@@ -5,31 +5,34 @@ import SpliceELF
 import SpliceFiles
 import SpliceMachine
 import SplicePatching
-import SplicePPC64LE
 import SplicePayload
 import SpliceRuntime
 import Foundation
 
-/// One way to run a scenario: an ISA, an engine and (ppc64le) a return strategy.
+/// One way to run a scenario: an ISA, an engine and, where its backend offers a choice, a
+/// return strategy.
 public struct ScenarioVariant: Codable, Sendable, Equatable, CustomStringConvertible {
     public var isa: String
     public var engine: PatchEngineKind
-    public var returnStrategy: ReturnStrategy?
+    public var returnStrategy: String?
 
-    public init(isa: String, engine: PatchEngineKind, returnStrategy: ReturnStrategy? = nil) {
+    public init(isa: String, engine: PatchEngineKind, returnStrategy: String? = nil) {
         self.isa = isa
         self.engine = engine
         self.returnStrategy = returnStrategy
     }
 
-    public var description: String { [isa, engine.rawValue, returnStrategy?.rawValue].compactMap { $0 }.joined(separator: "/") }
+    public var description: String { [isa, engine.rawValue, returnStrategy].compactMap { $0 }.joined(separator: "/") }
 
-    /// Every variant a scenario names: ISAs × engines, × return strategies on ppc64le.
+    /// Every variant a scenario names: ISAs × engines, × the scenario's return strategies
+    /// that the ISA's backend offers (none: one variant without).
     public static func all(of s: Scenario) -> [ScenarioVariant] {
         s.isas.flatMap { isa in
-            s.engines.flatMap { engine in
-                isa == "ppc64le" ? s.returnStrategies.map { ScenarioVariant(isa: isa, engine: engine, returnStrategy: $0) }
-                    : [ScenarioVariant(isa: isa, engine: engine)]
+            let offered = (try? Architectures.backend(named: isa).returnStrategies) ?? []
+            let strategies = s.returnStrategies.filter(offered.contains)
+            return s.engines.flatMap { engine in
+                strategies.isEmpty ? [ScenarioVariant(isa: isa, engine: engine)]
+                    : strategies.map { ScenarioVariant(isa: isa, engine: engine, returnStrategy: $0) }
             }
         }
     }
@@ -83,7 +86,7 @@ public enum ScenarioRunner {
         do {
             machine = try LiveMachine(configuration: .init(
                 image: imagePath, cpus: scenario.cpus, workload: scenario.workload, engine: variant.engine,
-                returnStrategy: variant.isa == "ppc64le" ? variant.returnStrategy : nil))
+                returnStrategy: variant.returnStrategy))
         } catch {
             report.error = "cannot start the machine: \(error)"
             report.seconds = Date().timeIntervalSince(start)
@@ -140,7 +143,6 @@ public enum ScenarioRunner {
         return p.hasPrefix("/") ? p : dir + "/" + p
     }
 
-    struct StepFailure: Error, CustomStringConvertible { let description: String }
 
     /// Does one step; returns what it saw, or throws what went wrong.
     static func perform(_ step: Scenario.Step, _ machine: LiveMachine, _ variant: ScenarioVariant, samples: String,
@@ -149,7 +151,7 @@ public enum ScenarioRunner {
         case let .build(id, original, patched, options):
             let elf = machine.image.elf
             let dependencies = try options.depends.map { d -> Payload in
-                guard let bytes = built[d] else { throw StepFailure(description: "no payload built under id \(d) to depend on") }
+                guard let bytes = built[d] else { throw ScenarioError(description: "no payload built under id \(d) to depend on") }
                 return try Payload(bytes: bytes, name: d)
             }
             let result = try Samples.payload(original: original, patched: patched, isa: variant.isa, target: elf,
@@ -159,11 +161,11 @@ public enum ScenarioRunner {
                 b.expectedBytes = options.expect
                 b.omitTargetBuildID = !options.targetBuildID
                 b.nopRanges = try options.nops.map { n in
-                    guard let f = elf.symbol(named: n.function) else { throw StepFailure(description: "the image has no \(n.function)") }
+                    guard let f = elf.symbol(named: n.function) else { throw ScenarioError(description: "the image has no \(n.function)") }
                     var offset = UInt64(n.offset)
                     if let at = n.at {
                         guard let s = elf.symbol(named: at), s.value >= f.value, s.value < f.value + f.size else {
-                            throw StepFailure(description: "\(at) is not a symbol inside \(n.function)")
+                            throw ScenarioError(description: "\(at) is not a symbol inside \(n.function)")
                         }
                         offset = s.value - f.value
                     }
@@ -176,10 +178,10 @@ public enum ScenarioRunner {
             let bytes: [UInt8]
             if let file {
                 let path = resolve(file, variant.isa, relativeTo: scenarioDir)
-                guard let data = FileManager.default.contents(atPath: path) else { throw StepFailure(description: "cannot read \(path)") }
+                guard let data = FileManager.default.contents(atPath: path) else { throw ScenarioError(description: "cannot read \(path)") }
                 bytes = [UInt8](data)
             } else {
-                guard let b = built[id] else { throw StepFailure(description: "no payload built under id \(id) (add a build step)") }
+                guard let b = built[id] else { throw ScenarioError(description: "no payload built under id \(id) (add a build step)") }
                 bytes = b
             }
             try machine.upload(id: id, bytes: bytes)
@@ -192,7 +194,7 @@ public enum ScenarioRunner {
             let (n, what) = machine.nonStop.map { ($0.actions - nonStopBefore, "non-stop sequence") }
                 ?? (machine.runner.rendezvous.completed - rendezvousBefore, "rendezvous")
             guard n == engineActions else {
-                throw StepFailure(description: "\(state), but it took \(n) \(what)\(n == 1 || what == "rendezvous" ? "" : "s"), not \(engineActions)")
+                throw ScenarioError(description: "\(state), but it took \(n) \(what)\(n == 1 || what == "rendezvous" ? "" : "s"), not \(engineActions)")
             }
             return "\(state) in \(n) \(what)\(n == 1 || what == "rendezvous" ? "" : "s")"
         case let .call(function, arguments, expect, expectString):
@@ -203,18 +205,18 @@ public enum ScenarioRunner {
                 }
             }
             let v = try machine.call(function, values)
-            if let expect, v != expect { throw StepFailure(description: "\(function) returned \(v), expected \(expect)") }
+            if let expect, v != expect { throw ScenarioError(description: "\(function) returned \(v), expected \(expect)") }
             if let expectString {
                 let got = try machine.string(at: UInt64(bitPattern: v))
                 guard got == expectString else {
-                    throw StepFailure(description: "\(function) returned \"\(got)\", expected \"\(expectString)\"")
+                    throw ScenarioError(description: "\(function) returned \"\(got)\", expected \"\(expectString)\"")
                 }
                 return "= \"\(got)\""
             }
             return "= \(v)"
         case let .read(symbol, expect):
             let v = try machine.read(symbol)
-            guard v == expect else { throw StepFailure(description: "\(symbol) is \(v) (0x\(String(UInt64(bitPattern: v), radix: 16))), expected \(expect)") }
+            guard v == expect else { throw ScenarioError(description: "\(symbol) is \(v) (0x\(String(UInt64(bitPattern: v), radix: 16))), expected \(expect)") }
             return "= \(v)"
         case let .write(symbol, value):
             try machine.write(symbol, value)
@@ -230,7 +232,7 @@ public enum ScenarioRunner {
             repeat {
                 let now = try machine.get(id).state
                 guard now == state else {
-                    throw StepFailure(description: "\(id) is \(now)" + (samples > 0 ? " after \(samples) looks" : "") + ", expected \(state)")
+                    throw ScenarioError(description: "\(id) is \(now)" + (samples > 0 ? " after \(samples) looks" : "") + ", expected \(state)")
                 }
                 samples += 1
                 if ms > 0 { Thread.sleep(forTimeInterval: 0.005) }
@@ -244,7 +246,7 @@ public enum ScenarioRunner {
                 s = try machine.get(id)
             }
             if s.state != state {
-                throw StepFailure(description: "\(id) is \(s.state)" + (s.error.map { ": \($0)" } ?? "") + ", expected \(state)")
+                throw ScenarioError(description: "\(id) is \(s.state)" + (s.error.map { ": \($0)" } ?? "") + ", expected \(state)")
             }
             return s.state + (s.rc != 0 ? " (rc \(s.rc): \(s.error ?? ""))" : "")
         case let .hammer(id, cycles, expect, tally):
@@ -255,11 +257,11 @@ public enum ScenarioRunner {
                 let old = zip(after, before).reduce(0) { $0 + $1.0[0] - $1.1[0] }
                 let new = zip(after, before).reduce(0) { $0 + $1.0[1] - $1.1[1] }
                 if let bad = after.indices.first(where: { after[$0][2] != before[$0][2] }) {
-                    throw StepFailure(description: "vCPU \(bad): \(after[bad][2] - before[bad][2]) calls returned neither old nor new "
+                    throw ScenarioError(description: "vCPU \(bad): \(after[bad][2] - before[bad][2]) calls returned neither old nor new "
                                       + "(the last: x=\(after[bad][3]) gave \(after[bad][4]))")
                 }
                 guard old > 0, new > 0 else {
-                    throw StepFailure(description: "the calls gave \(old) old and \(new) new results: both must occur")
+                    throw ScenarioError(description: "the calls gave \(old) old and \(new) new results: both must occur")
                 }
                 detail += "; in the guest, every call: \(old) old, \(new) new, 0 other"
             }
@@ -268,7 +270,7 @@ public enum ScenarioRunner {
             let now = try machine.executableText()
             guard now == text else {
                 let differing = zip(now, text).reduce(0) { $0 + zip($1.0.bytes, $1.1.bytes).filter { $0 != $1 }.count }
-                throw StepFailure(description: "\(differing) bytes of text differ from the image as loaded")
+                throw ScenarioError(description: "\(differing) bytes of text differ from the image as loaded")
             }
             return "\(text.reduce(0) { $0 + $1.bytes.count }) bytes as loaded"
         }

@@ -49,7 +49,7 @@ public enum SoakRun {
     public static func run(samples: String, isa: String, vcpus: Int, seconds: Double, engine: PatchEngineKind = .stop,
                            seed: UInt64 = 1, progress: (String) -> Void = { _ in }) throws -> Report {
         let live = try LiveMachine(configuration: .init(
-            image: samples + "/" + (isa == "x86_64" ? Samples.x86_64 : Samples.ppc64le), cpus: vcpus, engine: engine,
+            image: samples + "/" + Samples.kernel(isa: isa), cpus: vcpus, engine: engine,
             rendezvousTimeoutMicroseconds: 5_000_000))
         defer { live.shutdown() }
         var report = Report(architecture: live.machine.architecture.name, vcpus: vcpus, engine: engine, seed: seed)
@@ -89,7 +89,7 @@ public enum SoakRun {
                     try live.perform(LivePatchService.Action(rawValue: verb)!, id: p.id)
                 }
                 report.done[verb, default: 0] += 1
-            } catch let f as LivePatchService.Failure {
+            } catch let f as LivePatchServiceError {
                 switch f {
                 case .invalidTransition, .noSuchPayload, .exists: report.refused[verb, default: 0] += 1
                 case let .actionFailed(_, _, _, reason) where reason.contains("has a newer redirect"):

@@ -19,13 +19,12 @@ import Foundation
 /// vCPUs together while patching (the check after the cycle still parks them, to read
 /// complete records).
 public enum StressRun {
-    public typealias Engine = PatchEngineKind
 
     public struct Report: Codable, Sendable {
         public var architecture: String
         public var vcpus: Int
         public var cycles: Int
-        public var engine: Engine
+        public var engine: PatchEngineKind
         public var applies = 0, reverts = 0, replaces = 0, rendezvous = 0
         /// Non-stop engine: syncs made, grace periods waited, vCPUs sent on from an armed
         /// trap, and vCPUs that hit a trap already taken back (re-translated, ran on).
@@ -36,9 +35,9 @@ public enum StressRun {
         public var seconds = 0.0
     }
 
-    public static func run(samples: String, isa: String, vcpus: Int, cycles: Int, engine: Engine = .stop) throws -> Report {
+    public static func run(samples: String, isa: String, vcpus: Int, cycles: Int, engine: PatchEngineKind = .stop) throws -> Report {
         let live = try LiveMachine(configuration: .init(
-            image: samples + "/" + (isa == "x86_64" ? Samples.x86_64 : Samples.ppc64le), cpus: vcpus, engine: engine,
+            image: samples + "/" + Samples.kernel(isa: isa), cpus: vcpus, engine: engine,
             rendezvousTimeoutMicroseconds: 5_000_000))
         defer { live.shutdown() }
         let elf = live.image.elf, loader = live.loader, runner = live.runner
@@ -53,7 +52,7 @@ public enum StressRun {
         // every vCPU (a vCPU slow to start would otherwise give fewer records).
         let deadline = Date(timeIntervalSinceNow: 30)
         while try live.status(records: 0).vcpus.contains(where: { $0.iterations < UInt64(LiveMachine.ringSlots) }) {
-            guard Date() < deadline else { throw LiveMachine.Failure.badConfiguration("the workload did not fill its rings in 30 s") }
+            guard Date() < deadline else { throw LiveMachineError.badConfiguration("the workload did not fill its rings in 30 s") }
             Thread.sleep(forTimeInterval: 0.001)
         }
         var report = Report(architecture: live.machine.architecture.name, vcpus: vcpus, cycles: cycles, engine: engine)

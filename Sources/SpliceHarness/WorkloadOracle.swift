@@ -79,7 +79,7 @@ extension LiveMachine {
         let after = try status(records: 0).vcpus.map(\.iterations)
         let ran = zip(after, before).map { $0 - $1 }
         guard ran.allSatisfy({ $0 > 0 }) else {
-            throw Failure.badConfiguration("a vCPU made no progress while \(id) was applied and reverted: \(ran)")
+            throw LiveMachineError.badConfiguration("a vCPU made no progress while \(id) was applied and reverted: \(ran)")
         }
         if let missing = zip(expect, matches).first(where: { $0.1 == 0 }) {
             throw WorkloadMismatch(description: "no result was \(missing.0) in \(checked) results over \(actions) actions")

@@ -83,7 +83,7 @@ public protocol CPUArchitecture: Sendable {
     var name: String { get }
     var elfMachine: UInt16 { get }
     var disassemblyMode: DisassemblyMode { get }
-    var engineConfiguration: EngineConfiguration { get }
+    var emulatorConfiguration: EmulatorConfiguration { get }
     var programCounter: CPURegister { get }
     var stackPointer: CPURegister { get }
     var returnValueRegister: CPURegister { get }
@@ -95,18 +95,18 @@ public protocol CPUArchitecture: Sendable {
     var returnInstruction: [UInt8] { get }
     var layout: GuestLayout { get }
 
-    /// Makes a fresh engine able to run this ISA's code (once per vCPU).
-    func bringUp(_ engine: UnicornEngine) throws
+    /// Makes a fresh emulator able to run this ISA's code (once per vCPU).
+    func bringUp(_ emulator: Emulator) throws
 
     /// Sets registers and stack for a call to `entry` with integer `arguments`, returning
     /// to `returnAddress`, with the stack growing down from `stackTop`.
-    func prepareCall(_ engine: UnicornEngine, memory: GuestMemory, entry: CallEntry, arguments: [UInt64],
+    func prepareCall(_ emulator: Emulator, memory: GuestMemory, entry: CallEntry, arguments: [UInt64],
                      stackTop: UInt64, returnAddress: UInt64) throws
 
     /// The entry points of a function symbol (global first).
     func entries(of symbol: ELFSymbol, in image: ELFFile) -> [CallEntry]
 
-    /// Names an interrupt / exception number as the engine reports it.
+    /// Names an interrupt / exception number as the emulator reports it.
     func describeInterrupt(_ number: UInt32) -> String
 
     /// The address of the instruction that raised interrupt `number`, given the PC the
@@ -119,6 +119,6 @@ public protocol CPUArchitecture: Sendable {
     /// Code addresses live on a stopped vCPU: its PC first, then the return addresses on
     /// its stack, innermost first (`stackTop`: where the vCPU's stack starts; `functions`:
     /// where the running code's functions are, for ISAs whose walk reads prologues).
-    func liveCodeAddresses(_ engine: UnicornEngine, memory: GuestMemory, stackTop: UInt64,
+    func liveCodeAddresses(_ emulator: Emulator, memory: GuestMemory, stackTop: UInt64,
                            functions: FunctionMap?) throws -> [UInt64]
 }

@@ -28,7 +28,7 @@ public enum GuestMemoryError: Error, Equatable, CustomStringConvertible {
 func hex<T: BinaryInteger>(_ v: T) -> String { String(v, radix: 16) }
 
 /// A contiguous range of guest physical memory backed by one host buffer. Every vCPU
-/// engine maps the same buffer (`uc_mem_map_ptr`), so a host write is seen by all of
+/// emulator maps the same buffer (`uc_mem_map_ptr`), so a host write is seen by all of
 /// them at once — but not by their translated-code caches, which is why code writes go
 /// through the patching layer, never straight here.
 public final class GuestRegion: @unchecked Sendable, CustomStringConvertible {

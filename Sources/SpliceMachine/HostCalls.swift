@@ -77,9 +77,9 @@ public final class HostCalls {
         guard functions.indices.contains(index) else { return }
         let f = functions[index]
         let registers = vcpu.architecture.argumentRegisters.prefix(f.arguments)
-        let arguments = registers.map { (try? vcpu.engine.read($0)) ?? 0 }
+        let arguments = registers.map { (try? vcpu.emulator.read($0)) ?? 0 }
         let result = f.handler(arguments)
-        try? vcpu.engine.write(vcpu.architecture.returnValueRegister, result)
+        try? vcpu.emulator.write(vcpu.architecture.returnValueRegister, result)
         lock.lock(); counts[index] += 1; lock.unlock()
     }
 }
@@ -105,7 +105,7 @@ extension VCPU {
     /// A code hook over [begin, end] (inclusive) that runs host calls.
     func installHostCallHook(from begin: UInt64, to end: UInt64, context: HookContext) throws {
         var hook: uc_hook = 0
-        try check(splice_hook_code(engine.handle, &hook, hostCallHook, Unmanaged.passUnretained(context).toOpaque(),
+        try check(splice_hook_code(emulator.handle, &hook, hostCallHook, Unmanaged.passUnretained(context).toOpaque(),
                                    begin, end), "uc_hook_add(host calls)")
         hookContexts.append(context)
         try dropTranslatedCode() // a hook only instruments code translated after it exists

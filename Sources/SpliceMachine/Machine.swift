@@ -50,8 +50,8 @@ public final class Machine {
 
     public init(architecture: any CPUArchitecture, vcpuCount: Int = 1) throws {
         self.architecture = architecture
-        // The largest page any engine of this ISA uses: regions must be aligned to it.
-        let probe = try UnicornEngine(architecture.engineConfiguration)
+        // The largest page any emulator of this ISA uses: regions must be aligned to it.
+        let probe = try Emulator(architecture.emulatorConfiguration)
         memory = GuestMemory(pageSize: UInt64(max(try probe.pageSize(), 4096)))
         let sentinel = try map(name: "sentinel", at: architecture.layout.sentinelBase, size: memory.pageSize,
                                permissions: [.read, .execute])
@@ -154,16 +154,16 @@ public final class Machine {
     }
 
     /// Tells every vCPU that guest code in [address, address + length) changed: each
-    /// engine drops its translated blocks for the range, the emulator's analogue of the
+    /// emulator drops its translated blocks for the range, the emulator's analogue of the
     /// icache sync after patching. Only while no vCPU runs (the rendezvous guarantees it).
     public func codeChanged(at address: UInt64, length: Int) throws {
-        for cpu in vcpus { try cpu.engine.removeTranslations(from: address, to: address + UInt64(length)) }
+        for cpu in vcpus { try cpu.emulator.removeTranslations(from: address, to: address + UInt64(length)) }
     }
 
     /// Unmaps a region from every vCPU and forgets it.
     public func unmap(_ region: GuestRegion) {
         for cpu in vcpus {
-            try? cpu.engine.removeTranslations(from: region.base, to: region.end)
+            try? cpu.emulator.removeTranslations(from: region.base, to: region.end)
             try? cpu.unmap(region)
         }
         memory.remove(region)
@@ -229,7 +229,7 @@ extension Machine {
                      countInstructions: Bool = true, limits: VCPU.Limits = VCPU.Limits()) throws -> CallResult {
         let cpu = try vcpu(index)
         try cpu.setInstructionCounting(countInstructions)
-        try architecture.prepareCall(cpu.engine, memory: memory, entry: entry, arguments: arguments.map { UInt64(bitPattern: $0) },
+        try architecture.prepareCall(cpu.emulator, memory: memory, entry: entry, arguments: arguments.map { UInt64(bitPattern: $0) },
                                      stackTop: stackTop ?? cpu.stackTop, returnAddress: cpu.returnSentinel)
         let run = try cpu.run(from: entry.address, until: cpu.returnSentinel, limits: limits)
         let value = try cpu.read(architecture.returnValueRegister)
@@ -241,7 +241,7 @@ extension Machine {
     /// lies below the vCPU's live frames.
     public func callPreserving(_ entry: CallEntry, _ arguments: [Int64], vcpu index: Int) throws -> CallResult {
         let cpu = try vcpu(index)
-        return try cpu.engine.withContextBlob { saved in
+        return try cpu.emulator.withContextBlob { saved in
             try saved.save()
             defer { try? saved.restore() }
             let below = (try cpu.read(architecture.stackPointer) &- 1024) & ~0xf

@@ -13,7 +13,7 @@ public struct GuestFault: Error, Equatable, CustomStringConvertible {
         /// The run hit its time or instruction bound before returning.
         case limitReached(String)
         /// Unicorn stopped with an error no hook explained.
-        case engine(UnicornError)
+        case emulator(UnicornError)
     }
 
     public var kind: Kind
@@ -34,18 +34,18 @@ public struct GuestFault: Error, Equatable, CustomStringConvertible {
             return "guest fault: invalid instruction \(at)"
         case let .limitReached(what):
             return "guest stopped: \(what) \(at)"
-        case let .engine(error):
+        case let .emulator(error):
             return "guest stopped: \(error) \(at)"
         }
     }
 }
 
-/// One emulated CPU: one Unicorn engine, brought up for its ISA, with all guest regions
+/// One emulated CPU: one Unicorn emulator, brought up for its ISA, with all guest regions
 /// mapped. Drive it from one thread at a time.
 public final class VCPU {
     public let index: Int
     public let architecture: any CPUArchitecture
-    package let engine: UnicornEngine
+    package let emulator: Emulator
     /// The return sentinel and stack this vCPU uses for calls.
     public let stackTop: UInt64
     public let returnSentinel: UInt64
@@ -56,7 +56,7 @@ public final class VCPU {
     private var countHook: uc_hook?
     /// Safe points installed (address, rendezvous flag, sync request); the last one is current.
     private var safePoints: [(address: UInt64, point: UnsafeMutablePointer<splice_safe_point>)] = []
-    /// Objects C hooks point at (host calls): they live as long as the engine.
+    /// Objects C hooks point at (host calls): they live as long as the emulator.
     var hookContexts: [AnyObject] = []
 
     init(index: Int, architecture: any CPUArchitecture, memory: GuestMemory, stackTop: UInt64,
@@ -66,16 +66,16 @@ public final class VCPU {
         self.architecture = architecture
         self.stackTop = stackTop
         self.returnSentinel = returnSentinel
-        engine = try UnicornEngine(architecture.engineConfiguration)
+        emulator = try Emulator(architecture.emulatorConfiguration)
         stopRecord = .allocate(capacity: 1)
         stopRecord.initialize(to: splice_stop_record())
         stopRecord.pointee.pc_register = architecture.programCounter.id
         counter = .allocate(capacity: 1)
         counter.initialize(to: 0)
-        try architecture.bringUp(engine)
+        try architecture.bringUp(emulator)
         var hooks: (uc_hook, uc_hook, uc_hook) = (0, 0, 0)
         try withUnsafeMutableBytes(of: &hooks) { raw in
-            try check(splice_hook_faults(engine.handle, raw.baseAddress!.assumingMemoryBound(to: uc_hook.self),
+            try check(splice_hook_faults(emulator.handle, raw.baseAddress!.assumingMemoryBound(to: uc_hook.self),
                                          stopRecord), "uc_hook_add(fault hooks)")
         }
     }
@@ -87,36 +87,36 @@ public final class VCPU {
     }
 
     func map(_ region: GuestRegion) throws {
-        try engine.mapHostMemory(region.host, at: region.base, size: Int(region.size), permissions: region.permissions)
+        try emulator.mapHostMemory(region.host, at: region.base, size: Int(region.size), permissions: region.permissions)
     }
 
-    func unmap(_ region: GuestRegion) throws { try engine.unmap(region.base, size: Int(region.size)) }
+    func unmap(_ region: GuestRegion) throws { try emulator.unmap(region.base, size: Int(region.size)) }
 
-    public func read(_ register: CPURegister) throws -> UInt64 { try engine.read(register) }
-    public func write(_ register: CPURegister, _ value: UInt64) throws { try engine.write(register, value) }
+    public func read(_ register: CPURegister) throws -> UInt64 { try emulator.read(register) }
+    public func write(_ register: CPURegister, _ value: UInt64) throws { try emulator.write(register, value) }
 
     /// Turns per-instruction counting on or off. Unicorn only instruments code it
-    /// translates after the hook exists, so every change drops this engine's translated
+    /// translates after the hook exists, so every change drops this emulator's translated
     /// blocks for the executable regions. (Not UC_CTL_TB_FLUSH: in 2.0.1 a full flush
     /// took 0.14-1.9 s here; removing the blocks of the code ranges takes microseconds.)
     public func setInstructionCounting(_ on: Bool) throws {
         if on == (countHook != nil) { return }
         if on {
             var hook: uc_hook = 0
-            try check(splice_hook_count_instructions(engine.handle, &hook, counter), "uc_hook_add(count)")
+            try check(splice_hook_count_instructions(emulator.handle, &hook, counter), "uc_hook_add(count)")
             countHook = hook
         } else if let hook = countHook {
-            engine.deleteHook(hook)
+            emulator.deleteHook(hook)
             countHook = nil
         }
         try dropTranslatedCode()
     }
 
-    /// Drops every translated block of every executable region on this engine. Call it
+    /// Drops every translated block of every executable region on this emulator. Call it
     /// on the thread that runs this vCPU.
     public func dropTranslatedCode() throws {
         for region in memory.regions where region.permissions.contains(.execute) {
-            try engine.removeTranslations(from: region.base, to: region.end)
+            try emulator.removeTranslations(from: region.base, to: region.end)
         }
     }
 
@@ -161,7 +161,7 @@ public final class VCPU {
     }
 
     /// Runs at most `instructions` guest instructions from `begin` (the deterministic
-    /// scheduler's quantum). An engine used this way must never run uncounted: Unicorn
+    /// scheduler's quantum). An emulator used this way must never run uncounted: Unicorn
     /// 2.0.1 ignores the count for blocks translated without it.
     public func step(from begin: UInt64, until: UInt64, instructions: Int) -> Stop {
         classifiedRun(from: begin, until: until, limits: Limits(timeoutMicroseconds: 0, instructions: instructions))
@@ -192,7 +192,7 @@ public final class VCPU {
         let point = UnsafeMutablePointer<splice_safe_point>.allocate(capacity: 1)
         point.initialize(to: splice_safe_point(pending: pending, sync: 0))
         var hook: uc_hook = 0
-        guard splice_hook_safe_point(engine.handle, &hook, address, point) == UC_ERR_OK else {
+        guard splice_hook_safe_point(emulator.handle, &hook, address, point) == UC_ERR_OK else {
             point.deallocate()
             try check(UC_ERR_ARG, "uc_hook_add(safe point)")
             return
@@ -213,20 +213,20 @@ public final class VCPU {
         safePoints.last.map { splice_safe_point_take_sync($0.point) != 0 } ?? false
     }
 
-    /// Drops this engine's translated code for [address, address + length). Call it on the
+    /// Drops this emulator's translated code for [address, address + length). Call it on the
     /// thread that runs this vCPU.
     public func dropTranslations(at address: UInt64, length: Int) throws {
-        try engine.removeTranslations(from: address, to: address + UInt64(length))
+        try emulator.removeTranslations(from: address, to: address + UInt64(length))
     }
 
     /// The code addresses live on this (stopped) vCPU: PC, then return addresses.
     public func liveCodeAddresses(memory: GuestMemory, functions: FunctionMap? = nil) throws -> [UInt64] {
-        try architecture.liveCodeAddresses(engine, memory: memory, stackTop: stackTop + 256, functions: functions)
+        try architecture.liveCodeAddresses(emulator, memory: memory, stackTop: stackTop + 256, functions: functions)
     }
 
-    /// Asks the running engine to stop; safe from any thread (a request made before the
-    /// engine starts is lost: repeat it until the vCPU's thread reports back).
-    public func requestStop() { engine.requestStop() }
+    /// Asks the running emulator to stop; safe from any thread (a request made before the
+    /// emulator starts is lost: repeat it until the vCPU's thread reports back).
+    public func requestStop() { emulator.requestStop() }
 
     /// Runs from `begin` until the PC reaches `until`. Anything else — a fault, a
     /// trap, a limit — is thrown as a `GuestFault` with the PC it happened at.
@@ -234,10 +234,10 @@ public final class VCPU {
         stopRecord.pointee.kind = SPLICE_STOP_NONE
         counter.pointee = 0
         let start = DispatchTime.now().uptimeNanoseconds
-        let err = engine.start(begin: begin, until: until, timeoutMicroseconds: limits.timeoutMicroseconds,
+        let err = emulator.start(begin: begin, until: until, timeoutMicroseconds: limits.timeoutMicroseconds,
                                count: limits.instructions)
         let elapsed = DispatchTime.now().uptimeNanoseconds - start
-        let pc = (try? engine.read(architecture.programCounter)) ?? 0
+        let pc = (try? emulator.read(architecture.programCounter)) ?? 0
         let record = stopRecord.pointee
         func fault(_ kind: GuestFault.Kind, _ at: UInt64) -> GuestFault {
             GuestFault(kind: kind, pc: at, architecture: architecture.name)
@@ -254,7 +254,7 @@ public final class VCPU {
         default:
             break
         }
-        if err != UC_ERR_OK { throw fault(.engine(UnicornError("uc_emu_start", err)), pc) }
+        if err != UC_ERR_OK { throw fault(.emulator(UnicornError("uc_emu_start", err)), pc) }
         guard pc == until else {
             let reason: String
             if limits.instructions > 0, countsInstructions, counter.pointee >= UInt64(limits.instructions) {

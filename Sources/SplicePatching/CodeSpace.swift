@@ -32,7 +32,7 @@ public final class CodeSpace {
 
     private var arenas: [Arena] = []
     /// Set while vCPUs run (by the LivePatcher): mapping, unmapping and filling then happen
-    /// with every vCPU stopped, since every engine maps the same regions.
+    /// with every vCPU stopped, since every vCPU's emulator maps the same regions.
     public weak var executor: PatchExecutor?
 
     /// Runs `body` directly, or inside the executor when vCPUs may be running.

@@ -124,7 +124,7 @@ public final class LivePatcher {
     public let states = PayloadStates()
     public let hostCalls: HostCalls
     /// Where writes happen: directly (default), or inside a rendezvous of running vCPUs.
-    /// Code allocations follow it (mapping a region touches every engine).
+    /// Code allocations follow it (mapping a region touches every vCPU's emulator).
     public var executor: PatchExecutor {
         didSet { space.executor = executor is DirectExecutor ? nil : executor }
     }

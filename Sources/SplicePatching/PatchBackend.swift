@@ -108,6 +108,15 @@ public protocol PatchBackend: Sendable {
     /// The relocation type that stores a symbol's 64-bit address (payload records).
     var absoluteAddressRelocation: UInt32 { get }
 
+    /// The ways a redirected call can return that this backend offers, by name (how a
+    /// caller gets its own state back when the new function differs in it); empty when
+    /// there is only one way.
+    var returnStrategies: [String] { get }
+    /// The one of `returnStrategies` this backend uses; nil when it offers no choice.
+    var returnStrategy: String? { get }
+    /// This backend using `returnStrategy`; throws for a name it does not offer.
+    func using(returnStrategy: String) throws -> any PatchBackend
+
     /// Where a redirect of `function` goes, from its bytes in the image.
     func patchSite(of function: ELFSymbol, in image: ELFFile) throws -> PatchSite
 
@@ -189,6 +198,11 @@ public protocol PatchRuntime: AnyObject {
 }
 
 extension PatchBackend {
+    public var returnStrategies: [String] { [] }
+    public var returnStrategy: String? { nil }
+    public func using(returnStrategy name: String) throws -> any PatchBackend {
+        throw PatchError.noSuchReturnStrategy(name, architecture: architecture.name, offered: returnStrategies)
+    }
     public func installRuntime(for image: LoadedImage, space: CodeSpace) throws -> (any PatchRuntime)? { nil }
     public func callNeedsSameTOC(type: UInt32, code: [UInt8], offset: Int) -> Bool { false }
     public func relocationTargetOffset(type: UInt32, addend: Int64, code: [UInt8], offset: Int) -> Int64 { addend }

@@ -21,6 +21,8 @@ public enum PatchError: Error, Equatable, CustomStringConvertible {
     case unsupportedRelocation(section: String, index: Int, type: UInt32)
     /// No backend for this ISA (yet).
     case noBackend(String)
+    /// A return strategy the backend does not offer.
+    case noSuchReturnStrategy(String, architecture: String, offered: [String])
 
     public var description: String {
         func hex(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }
@@ -50,6 +52,9 @@ public enum PatchError: Error, Equatable, CustomStringConvertible {
             return "relocation \(index) of \(section): type \(type) is not supported"
         case let .noBackend(name):
             return "no patch backend for \(name)"
+        case let .noSuchReturnStrategy(name, architecture, offered):
+            return "\(architecture) has no return strategy '\(name)'"
+                + (offered.isEmpty ? ": it has only one way to return" : "; it offers " + offered.joined(separator: ", "))
         }
     }
 }

@@ -12,7 +12,7 @@ public protocol PatchExecutor: AnyObject {
     func callGuest(_ entry: CallEntry, _ arguments: [Int64]) throws -> Int64
 }
 
-/// For a machine whose vCPUs are not running: write, then drop the ranges on every engine.
+/// For a machine whose vCPUs are not running: write, then drop the ranges on every vCPU's emulator.
 public final class DirectExecutor: PatchExecutor {
     public let machine: Machine
     public init(machine: Machine) { self.machine = machine }

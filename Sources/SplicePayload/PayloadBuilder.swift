@@ -7,9 +7,6 @@ import SplicePatching
 /// with the new functions and data they need, keeps every reference to unchanged code
 /// and data as a relocation against the target's symbols, and writes a payload.
 public struct PayloadBuilder {
-    public struct Failure: Error, CustomStringConvertible {
-        public let description: String
-    }
 
     /// What the builder decided, for people and tests.
     public struct Report: Sendable {
@@ -99,9 +96,9 @@ public struct PayloadBuilder {
     /// The payload's bytes, and what went into it.
     public func build() throws -> (bytes: [UInt8], report: Report) {
         guard original.header.machine == patched.header.machine, patched.header.machine == target.header.machine else {
-            throw Failure(description: "original, patched and target are not for the same machine")
+            throw PayloadBuildError(description: "original, patched and target are not for the same machine")
         }
-        guard let targetID = target.buildID else { throw Failure(description: "\(target.name) has no build id") }
+        guard let targetID = target.buildID else { throw PayloadBuildError(description: "\(target.name) has no build id") }
         let originalFunctions = Self.functionSections(original)
         let patchedFunctions = Self.functionSections(patched)
         var report = Report()
@@ -115,7 +112,7 @@ public struct PayloadBuilder {
             }
         }
         for name in report.changed where target.symbol(named: name) == nil {
-            throw Failure(description: "\(name) changed but the target \(target.name) has no such function")
+            throw PayloadBuildError(description: "\(name) changed but the target \(target.name) has no such function")
         }
 
         // 2. Carry: the changed functions, then whatever they need, to a fixed point.
@@ -240,7 +237,7 @@ public struct PayloadBuilder {
             + nopRanges.map { ($0.function, false, $0) }
         for (name, redirect, range) in entries {
             guard let old = target.symbol(named: name), old.isFunction else {
-                throw Failure(description: "the target \(target.name) has no function \(name)")
+                throw PayloadBuildError(description: "the target \(target.name) has no function \(name)")
             }
             let new = redirect ? patchedFunctions[name] : nil
             let expected = try expectedBytes[name] ?? (expectBytes > 0 ? Array(try target.bytes(of: old).prefix(expectBytes)) : [])
@@ -251,4 +248,8 @@ public struct PayloadBuilder {
         return (try metadata.write(into: &w, absolute: backend.absoluteAddressRelocation), report)
     }
 
+}
+
+public struct PayloadBuildError: Error, CustomStringConvertible {
+    public let description: String
 }

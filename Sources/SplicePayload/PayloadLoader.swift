@@ -256,7 +256,7 @@ public final class PayloadLoader {
         }
 
         // Commit: map, copy, tell the vCPUs (through the executor: inside a rendezvous
-        // while vCPUs run, since every engine maps the new regions).
+        // while vCPUs run, since every vCPU's emulator maps the new regions).
         var regions: [GuestRegion] = []
         try patcher.executor.execute { changed in
             do {

@@ -27,29 +27,6 @@ public struct PayloadSignature: Sendable, Equatable {
     public var keyID: [UInt8]
     public var signer: String
 
-    public enum Failure: Error, Equatable, CustomStringConvertible {
-        case unsigned(String)
-        case malformed(String, reason: String)
-        case unsupported(String, algorithm: UInt8, hash: UInt8)
-        case unknownKey(String, keyID: String, trusted: String)
-        case doesNotVerify(String, keyID: String)
-        case badKey(String, reason: String)
-
-        public var description: String {
-            switch self {
-            case let .unsigned(name):
-                return "\(name): not signed (no '~Module signature appended~' marker at its end); this machine requires a signature"
-            case let .malformed(name, why): return "\(name): malformed signature: \(why)"
-            case let .unsupported(name, a, h):
-                return "\(name): signature algorithm \(a) / hash \(h) is not supported (Splice verifies algorithm 2, ECDSA P-256, with hash 4, SHA-256)"
-            case let .unknownKey(name, id, trusted):
-                return "\(name): signed with key \(id), but this machine trusts only key \(trusted)"
-            case let .doesNotVerify(name, id):
-                return "\(name): signature by key \(id) does not verify: the payload was changed after signing"
-            case let .badKey(path, why): return "\(path): \(why)"
-            }
-        }
-    }
 
     /// The key identifier Splice uses for `key`.
     public static func keyID(of key: P256.Signing.PublicKey) -> [UInt8] {
@@ -59,7 +36,7 @@ public struct PayloadSignature: Sendable, Equatable {
     /// `payload` with a signature by `key` appended.
     public static func sign(_ payload: [UInt8], key: P256.Signing.PrivateKey, signer: String) throws -> [UInt8] {
         let signerBytes = Array(signer.utf8)
-        guard signerBytes.count <= 255 else { throw Failure.badKey(signer, reason: "signer name longer than 255 bytes") }
+        guard signerBytes.count <= 255 else { throw SignatureError.badKey(signer, reason: "signer name longer than 255 bytes") }
         let signature = Array(try key.signature(for: payload).derRepresentation)
         let id = keyID(of: key.publicKey)
         var out = payload
@@ -105,7 +82,7 @@ public struct PayloadSignature: Sendable, Equatable {
             end -= 1
         }
         if sawMarker {
-            throw Failure.malformed(name, reason: "a signature marker is present but no header's lengths (signature + key id + signer) reach exactly the end of the file")
+            throw SignatureError.malformed(name, reason: "a signature marker is present but no header's lengths (signature + key id + signer) reach exactly the end of the file")
         }
         return (bytes, nil)
     }
@@ -113,30 +90,54 @@ public struct PayloadSignature: Sendable, Equatable {
     /// The payload bytes of `bytes` once its signature is checked against `trusted`.
     public static func verified(_ bytes: [UInt8], name: String, trusted: P256.Signing.PublicKey) throws -> [UInt8] {
         let (payload, found) = try split(bytes, name: name)
-        guard let sig = found else { throw Failure.unsigned(name) }
+        guard let sig = found else { throw SignatureError.unsigned(name) }
         guard sig.algorithm == algorithmECDSAP256, sig.hash == hashSHA256 else {
-            throw Failure.unsupported(name, algorithm: sig.algorithm, hash: sig.hash)
+            throw SignatureError.unsupported(name, algorithm: sig.algorithm, hash: sig.hash)
         }
         let trustedID = keyID(of: trusted)
         guard sig.keyID == trustedID else {
-            throw Failure.unknownKey(name, keyID: hexString(sig.keyID), trusted: hexString(trustedID))
+            throw SignatureError.unknownKey(name, keyID: hexString(sig.keyID), trusted: hexString(trustedID))
         }
         guard let ecdsa = try? P256.Signing.ECDSASignature(derRepresentation: sig.signature),
               trusted.isValidSignature(ecdsa, for: payload)
-        else { throw Failure.doesNotVerify(name, keyID: hexString(sig.keyID)) }
+        else { throw SignatureError.doesNotVerify(name, keyID: hexString(sig.keyID)) }
         return payload
     }
 
     /// A private key from a PEM file (`splice keygen` writes them).
     public static func privateKey(pemFile path: String) throws -> P256.Signing.PrivateKey {
         do { return try P256.Signing.PrivateKey(pemRepresentation: try String(contentsOfFile: path, encoding: .utf8)) } catch {
-            throw Failure.badKey(path, reason: "not a P-256 private key in PEM form (\(error))")
+            throw SignatureError.badKey(path, reason: "not a P-256 private key in PEM form (\(error))")
         }
     }
 
     public static func publicKey(pemFile path: String) throws -> P256.Signing.PublicKey {
         do { return try P256.Signing.PublicKey(pemRepresentation: try String(contentsOfFile: path, encoding: .utf8)) } catch {
-            throw Failure.badKey(path, reason: "not a P-256 public key in PEM form (\(error))")
+            throw SignatureError.badKey(path, reason: "not a P-256 public key in PEM form (\(error))")
+        }
+    }
+}
+
+public enum SignatureError: Error, Equatable, CustomStringConvertible {
+    case unsigned(String)
+    case malformed(String, reason: String)
+    case unsupported(String, algorithm: UInt8, hash: UInt8)
+    case unknownKey(String, keyID: String, trusted: String)
+    case doesNotVerify(String, keyID: String)
+    case badKey(String, reason: String)
+
+    public var description: String {
+        switch self {
+        case let .unsigned(name):
+            return "\(name): not signed (no '~Module signature appended~' marker at its end); this machine requires a signature"
+        case let .malformed(name, why): return "\(name): malformed signature: \(why)"
+        case let .unsupported(name, a, h):
+            return "\(name): signature algorithm \(a) / hash \(h) is not supported (Splice verifies algorithm 2, ECDSA P-256, with hash 4, SHA-256)"
+        case let .unknownKey(name, id, trusted):
+            return "\(name): signed with key \(id), but this machine trusts only key \(trusted)"
+        case let .doesNotVerify(name, id):
+            return "\(name): signature by key \(id) does not verify: the payload was changed after signing"
+        case let .badKey(path, why): return "\(path): \(why)"
         }
     }
 }

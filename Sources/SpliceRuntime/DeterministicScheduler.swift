@@ -30,7 +30,7 @@ public final class DeterministicScheduler {
 
     public func start(vcpu index: Int, entry: CallEntry, arguments: [Int64]) throws {
         let cpu = try machine.vcpu(index)
-        try machine.architecture.prepareCall(cpu.engine, memory: machine.memory, entry: entry,
+        try machine.architecture.prepareCall(cpu.emulator, memory: machine.memory, entry: entry,
                                              arguments: arguments.map { UInt64(bitPattern: $0) },
                                              stackTop: cpu.stackTop, returnAddress: cpu.returnSentinel)
         states[index] = .running(pc: entry.address)
@@ -80,7 +80,7 @@ public final class DeterministicScheduler {
         }
     }
 
-    /// What a non-stop sequence step means here: a sync drops every engine's translated
+    /// What a non-stop sequence step means here: a sync drops every vCPU's translated
     /// code for the changed range (all on this thread); traps are armed and disarmed.
     public func handle(_ s: NonStopStep, changed: [(UInt64, Int)]) throws {
         switch s {

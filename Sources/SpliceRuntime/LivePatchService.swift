@@ -35,25 +35,6 @@ public final class LivePatchService {
         public var buildID: String
     }
 
-    public enum Failure: Error, Equatable, CustomStringConvertible {
-        case badID(String, reason: String)
-        case exists(String)
-        case noSuchPayload(String)
-        case invalidTransition(id: String, state: State, action: Action)
-        case actionFailed(id: String, action: Action, errno: Int32, reason: String)
-
-        public var description: String {
-            switch self {
-            case let .badID(id, why): return "payload id \(id) \(why)"
-            case let .exists(id): return "payload id \(id) is already uploaded (EEXIST)"
-            case let .noSuchPayload(id): return "no payload with id \(id) (ENOENT)"
-            case let .invalidTransition(id, state, action):
-                return "cannot \(action.rawValue) payload \(id): it is \(state.rawValue) (EINVAL)"
-            case let .actionFailed(id, action, errno, reason):
-                return "\(action.rawValue) of payload \(id) failed (\(errno)): \(reason)"
-            }
-        }
-    }
 
     /// Ids are 1 to 40 characters from [A-Za-z0-9._-]: short enough for a status line,
     /// safe in file names and shells.
@@ -84,16 +65,16 @@ public final class LivePatchService {
     /// Refuses an id that is not 1-40 of A-Z a-z 0-9 . _ - (the message shows it escaped).
     public static func validateID(_ id: String) throws {
         guard !id.isEmpty, id.count <= maximumIDLength else {
-            throw Failure.badID(String(id.debugDescription.prefix(100)), reason: "must be 1 to \(maximumIDLength) characters")
+            throw LivePatchServiceError.badID(String(id.debugDescription.prefix(100)), reason: "must be 1 to \(maximumIDLength) characters")
         }
         guard id.allSatisfy(idCharacters.contains) else {
-            throw Failure.badID(String(id.debugDescription.prefix(100)), reason: "may only use A-Z a-z 0-9 . _ -")
+            throw LivePatchServiceError.badID(String(id.debugDescription.prefix(100)), reason: "may only use A-Z a-z 0-9 . _ -")
         }
     }
 
     public func upload(id: String, bytes: [UInt8]) throws {
         try Self.validateID(id)
-        guard !entries.contains(where: { $0.id == id }) else { throw Failure.exists(id) }
+        guard !entries.contains(where: { $0.id == id }) else { throw LivePatchServiceError.exists(id) }
         let payload = try Payload(bytes: bytes, name: id)
         entries.append(Entry(id: id, payload: payload))
         version += 1
@@ -118,7 +99,7 @@ public final class LivePatchService {
     public func validate(_ action: Action, id: String) throws {
         let e = try entry(id)
         guard Self.allowed[action]!.contains(e.state) else {
-            throw Failure.invalidTransition(id: id, state: e.state, action: action)
+            throw LivePatchServiceError.invalidTransition(id: id, state: e.state, action: action)
         }
     }
 
@@ -150,7 +131,7 @@ public final class LivePatchService {
             e.rc = Self.errno(of: error)
             reconcile()
             version += 1
-            throw Failure.actionFailed(id: id, action: action, errno: e.rc, reason: "\(error)")
+            throw LivePatchServiceError.actionFailed(id: id, action: action, errno: e.rc, reason: "\(error)")
         }
     }
 
@@ -167,7 +148,7 @@ public final class LivePatchService {
     /// non-stop sync timed out, a function to replace is on a stack): the same action
     /// may succeed later. -EINVAL for everything else.
     public static func errno(of error: Error) -> Int32 {
-        if let r = error as? Rendezvous.Failure { return r.errno }
+        if let r = error as? RendezvousError { return r.errno }
         // A hook's own negative errno (Xen and Linux pass it on as the payload's rc).
         if let p = error as? PayloadError, case let .hookRefused(_, _, rc) = p.reason, rc < 0 { return rc }
         if error is MachineRunner.SyncTimeout || error is StackCheck.FunctionLive { return EBUSY }
@@ -175,11 +156,31 @@ public final class LivePatchService {
     }
 
     private func entry(_ id: String) throws -> Entry {
-        guard let e = entries.first(where: { $0.id == id }) else { throw Failure.noSuchPayload(id) }
+        guard let e = entries.first(where: { $0.id == id }) else { throw LivePatchServiceError.noSuchPayload(id) }
         return e
     }
 
     private func status(_ e: Entry) -> Status {
         Status(id: e.id, state: e.state, rc: e.rc, buildID: e.payload.buildIDHex)
+    }
+}
+
+public enum LivePatchServiceError: Error, Equatable, CustomStringConvertible {
+    case badID(String, reason: String)
+    case exists(String)
+    case noSuchPayload(String)
+    case invalidTransition(id: String, state: LivePatchService.State, action: LivePatchService.Action)
+    case actionFailed(id: String, action: LivePatchService.Action, errno: Int32, reason: String)
+
+    public var description: String {
+        switch self {
+        case let .badID(id, why): return "payload id \(id) \(why)"
+        case let .exists(id): return "payload id \(id) is already uploaded (EEXIST)"
+        case let .noSuchPayload(id): return "no payload with id \(id) (ENOENT)"
+        case let .invalidTransition(id, state, action):
+            return "cannot \(action.rawValue) payload \(id): it is \(state.rawValue) (EINVAL)"
+        case let .actionFailed(id, action, errno, reason):
+            return "\(action.rawValue) of payload \(id) failed (\(errno)): \(reason)"
+        }
     }
 }

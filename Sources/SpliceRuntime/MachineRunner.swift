@@ -2,7 +2,7 @@ import CSpliceShims
 import Foundation
 import SpliceMachine
 
-/// Runs a machine's vCPUs free, each on its own host thread (one Unicorn engine per
+/// Runs a machine's vCPUs free, each on its own host thread (one Unicorn emulator per
 /// thread), over the shared guest memory. Each vCPU calls one guest function (a workload
 /// loop); it stops at the return-to-guest safe point whenever the rendezvous has work or
 /// a non-stop sync is asked of it, and otherwise runs until its function returns, it
@@ -43,7 +43,7 @@ public final class MachineRunner {
         // reached it): it starts from fresh translations.
         try cpu.dropTranslatedCode()
         syncLock.lock(); undropped[index] = nil; syncLock.unlock()
-        try machine.architecture.prepareCall(cpu.engine, memory: machine.memory, entry: entry,
+        try machine.architecture.prepareCall(cpu.emulator, memory: machine.memory, entry: entry,
                                              arguments: arguments.map { UInt64(bitPattern: $0) },
                                              stackTop: cpu.stackTop, returnAddress: cpu.returnSentinel)
         lock.lock()
@@ -95,7 +95,7 @@ public final class MachineRunner {
     /// Stops every vCPU (wherever it is) and waits for the threads to finish.
     public func stop() {
         splice_flag_store(&stopping, 1)
-        // A stop request made just before an engine (re)starts is lost: repeat until done.
+        // A stop request made just before an emulator (re)starts is lost: repeat until done.
         while exited.wait(timeout: .now() + .milliseconds(2)) == .timedOut {
             for cpu in machine.vcpus { cpu.requestStop() }
         }
@@ -179,7 +179,7 @@ public final class MachineRunner {
             if result == nil { result = Result { try body(index) } }
         }
         if let result { return try result.get() }
-        // Nothing was running (or everything stopped meanwhile): no engine is in use.
+        // Nothing was running (or everything stopped meanwhile): no emulator is in use.
         return try body(0)
     }
 

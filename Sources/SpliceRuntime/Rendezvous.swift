@@ -13,19 +13,6 @@ import SplicePatching
 /// It is the `PatchExecutor` of a `LivePatcher` while vCPUs run: redirects, reverts and
 /// payload applies go through it unchanged.
 public final class Rendezvous: PatchExecutor {
-    /// Why an action did not happen.
-    public enum Failure: Error, Equatable, CustomStringConvertible {
-        /// -EBUSY: not every vCPU reached the safe point within the timeout.
-        case busy(timeoutMicroseconds: UInt64, arrived: Int, expected: Int)
-
-        public var errno: Int32 { -16 } // EBUSY
-        public var description: String {
-            switch self {
-            case let .busy(t, a, e):
-                return "rendezvous timed out (EBUSY): \(a) of \(e) vCPUs reached the safe point within \(t) µs; nothing was written"
-            }
-        }
-    }
 
     /// When each phase of the last action happened, in nanoseconds from the request.
     public struct Trace: Sendable, Codable, CustomStringConvertible {
@@ -224,10 +211,10 @@ public final class Rendezvous: PatchExecutor {
         lock.broadcast()
     }
 
-    /// Runs a guest call inside a rendezvous, on the master vCPU's own thread and engine,
+    /// Runs a guest call inside a rendezvous, on the master vCPU's own thread and emulator,
     /// its registers saved and restored.
     public func callGuest(_ entry: CallEntry, _ arguments: [Int64]) throws -> Int64 {
-        guard let machine else { throw Failure.busy(timeoutMicroseconds: 0, arrived: 0, expected: 0) }
+        guard let machine else { throw RendezvousError.busy(timeoutMicroseconds: 0, arrived: 0, expected: 0) }
         var value: Int64 = 0
         try execute { _ in
             if let index = self.master {
@@ -266,8 +253,8 @@ public final class Rendezvous: PatchExecutor {
             let expected = liveVCPUs
             if expected == 0 {
                 // Nothing runs: write directly. No vCPU will reach a safe point to drop
-                // what changed, so every engine drops it here: a host call (or a vCPU
-                // started later) on an engine that ran the old code must not run its
+                // what changed, so every vCPU's emulator drops it here: a host call (or a vCPU
+                // started later) on an emulator that ran the old code must not run its
                 // stale translation of it.
                 lock.unlock()
                 var changed: [(UInt64, Int)] = []
@@ -307,10 +294,24 @@ public final class Rendezvous: PatchExecutor {
             let error = workError
             lock.unlock()
             if outcome == .aborted {
-                throw Failure.busy(timeoutMicroseconds: timeoutMicroseconds, arrived: arrivedCount, expected: expected)
+                throw RendezvousError.busy(timeoutMicroseconds: timeoutMicroseconds, arrived: arrivedCount, expected: expected)
             }
             completed += 1
             if let error { throw error }
+        }
+    }
+}
+
+/// Why an action did not happen.
+public enum RendezvousError: Error, Equatable, CustomStringConvertible {
+    /// -EBUSY: not every vCPU reached the safe point within the timeout.
+    case busy(timeoutMicroseconds: UInt64, arrived: Int, expected: Int)
+
+    public var errno: Int32 { -16 } // EBUSY
+    public var description: String {
+        switch self {
+        case let .busy(t, a, e):
+            return "rendezvous timed out (EBUSY): \(a) of \(e) vCPUs reached the safe point within \(t) µs; nothing was written"
         }
     }
 }

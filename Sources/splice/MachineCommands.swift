@@ -109,8 +109,9 @@ struct MachineCommand: ParsableCommand {
         var image: String?
         @Option(help: "vCPUs, 1-64.") var cpus = 2
         @Option(help: "The guest function each vCPU runs with its own ring page, or 'none'.") var workload = "workload"
-        @Option(help: "stop (every action in a rendezvous) or nonstop.") var engine = "stop"
-        @Option(help: "ppc64le: frameless or shadow-stack.") var returnStrategy: String?
+        @Option(help: "stop (every action in a rendezvous) or nonstop.") var engine = PatchEngineKind.stop
+        @Option(help: "How a redirected call returns, on a backend that offers a choice (default: the backend's).")
+        var returnStrategy: ReturnStrategyName?
         @Option(help: "How long a rendezvous waits for all vCPUs, in ms.") var rendezvousTimeoutMs: UInt64 = 1000
         @Option(help: "Non-stop engine: how long an action waits for the functions it replaces to leave every stack, in ms (then it fails with -EBUSY).")
         var stackWaitMs: UInt64 = 10_000
@@ -120,19 +121,14 @@ struct MachineCommand: ParsableCommand {
         @Flag(help: "Serve from this process instead of starting one in the background.") var foreground = false
         @OptionGroup var options: MachineOptions
 
-        func configuration() throws -> LiveMachine.Configuration {
-            guard let e = PatchEngineKind(rawValue: engine) else { throw ValidationError("--engine is stop or nonstop (not \(engine))") }
-            var strategy: ReturnStrategy?
-            if let r = returnStrategy {
-                guard let s = ReturnStrategy(rawValue: r) else {
-                    throw ValidationError("--return-strategy is " + ReturnStrategy.allCases.map(\.rawValue).joined(separator: " or "))
-                }
-                strategy = s
-            }
+        func validate() throws {
             guard (1...64).contains(cpus) else { throw ValidationError("--cpus is 1 to 64 (not \(cpus))") }
-            return LiveMachine.Configuration(image: try image ?? Samples.path(Samples.x86_64), cpus: cpus,
-                                             workload: workload == "none" ? nil : workload, engine: e,
-                                             returnStrategy: strategy, rendezvousTimeoutMicroseconds: rendezvousTimeoutMs * 1000,
+        }
+
+        func configuration() throws -> LiveMachine.Configuration {
+            LiveMachine.Configuration(image: try image ?? Samples.path(Samples.x86_64), cpus: cpus,
+                                             workload: workload == "none" ? nil : workload, engine: engine,
+                                             returnStrategy: returnStrategy?.name, rendezvousTimeoutMicroseconds: rendezvousTimeoutMs * 1000,
                                              stackWaitMilliseconds: stackWaitMs)
         }
 
@@ -142,7 +138,7 @@ struct MachineCommand: ParsableCommand {
             if foreground { try serve(config, socketPath); return }
             try reportingErrors {
                 if MachineClient(socketPath: socketPath).send(ControlRequest(.status)).ok {
-                    throw Failure(description: "a machine is already running at \(socketPath); stop it first (splice machine stop)")
+                    throw CommandError(description: "a machine is already running at \(socketPath); stop it first (splice machine stop)")
                 }
                 // The socket's directory is checked (and made 0700 if missing) before
                 // anything is created in it; the log is opened through it, never through a
@@ -164,9 +160,9 @@ struct MachineCommand: ParsableCommand {
                 let child = Process()
                 child.executableURL = URL(fileURLWithPath: try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
                 var args = ["machine", "start", "--foreground", "--socket", socketPath, "--image", config.image,
-                            "--cpus", String(cpus), "--workload", workload, "--engine", engine,
+                            "--cpus", String(cpus), "--workload", workload, "--engine", engine.rawValue,
                             "--rendezvous-timeout-ms", String(rendezvousTimeoutMs), "--stack-wait-ms", String(stackWaitMs)]
-                if let r = returnStrategy { args += ["--return-strategy", r] }
+                if let r = returnStrategy { args += ["--return-strategy", r.name] }
                 if let k = requireSignature { args += ["--require-signature", k] }
                 child.arguments = args
                 var env = ProcessInfo.processInfo.environment
@@ -189,7 +185,7 @@ struct MachineCommand: ParsableCommand {
                     try? reader?.seek(toOffset: UInt64(max(logStart, 0)))
                     let text = String(decoding: reader?.readDataToEndOfFile() ?? Data(), as: UTF8.self)
                     if child.isRunning { child.terminate() }
-                    throw Failure(description: "the machine did not start: " + (text.isEmpty ? (reply.error ?? "no reply") : text.trimmingCharacters(in: .whitespacesAndNewlines)))
+                    throw CommandError(description: "the machine did not start: " + (text.isEmpty ? (reply.error ?? "no reply") : text.trimmingCharacters(in: .whitespacesAndNewlines)))
                 }
                 if options.json { try printJSON(m); return }
                 print("machine started: pid \(child.processIdentifier), \(m.architecture), \(m.cpus) vCPUs running \(m.workload ?? "nothing"), "
@@ -281,7 +277,7 @@ struct MachineCommand: ParsableCommand {
 
 func readPayloadFile(_ path: String) throws -> Data {
     guard let data = FileManager.default.contents(atPath: path) else {
-        throw Failure(description: "\(path): cannot read the payload file")
+        throw CommandError(description: "\(path): cannot read the payload file")
     }
     return data
 }
@@ -312,7 +308,7 @@ struct List: ParsableCommand {
             var request = ControlRequest(.list)
             request.start = start
             request.count = count
-            guard let page = try options.send(request).page else { throw Failure(description: "the machine sent no list") }
+            guard let page = try options.send(request).page else { throw CommandError(description: "the machine sent no list") }
             return page
         }
         guard let list = whole else {

@@ -12,7 +12,7 @@ func loadScenario(_ nameOrPath: String) throws -> Scenario {
     }
     let bundled = try Scenario.all()
     guard let s = bundled.first(where: { $0.name == nameOrPath }) else {
-        throw Failure(description: "no scenario file \(nameOrPath), and no bundled scenario of that name (bundled: "
+        throw CommandError(description: "no scenario file \(nameOrPath), and no bundled scenario of that name (bundled: "
                       + bundled.map(\.name).joined(separator: ", ") + ")")
     }
     return s
@@ -27,19 +27,19 @@ struct Run: ParsableCommand {
         abstract: "Run a scenario (a YAML file, or the name of a bundled one) and report each step.",
         discussion: "Without --isa/--engine/--return-strategy it runs every variant the scenario names. The format: docs/scenarios.md.")
     @Argument(help: "A scenario file or bundled scenario name (e.g. demo).") var scenario: String
-    @Option(help: "Only this ISA.") var isa: String?
-    @Option(help: "Only this engine (stop, nonstop).") var engine: String?
-    @Option(help: "Only this ppc64le return strategy.") var returnStrategy: String?
+    @Option(help: "Only this ISA.") var isa: ISAName?
+    @Option(help: "Only this engine.") var engine: PatchEngineKind?
+    @Option(help: "Only this return strategy (on a backend that offers a choice).") var returnStrategy: ReturnStrategyName?
     @Flag(help: "Print JSON.") var json = false
 
     func run() throws {
         let (s, variants) = try reportingErrors { () -> (Scenario, [ScenarioVariant]) in
             let s = try loadScenario(scenario)
             let v = ScenarioVariant.all(of: s).filter {
-                (isa == nil || $0.isa == isa) && (engine == nil || $0.engine.rawValue == engine)
-                    && (returnStrategy == nil || $0.returnStrategy?.rawValue == returnStrategy)
+                (isa == nil || $0.isa == isa?.name) && (engine == nil || $0.engine == engine)
+                    && (returnStrategy == nil || $0.returnStrategy == returnStrategy?.name)
             }
-            guard !v.isEmpty else { throw Failure(description: "\(s.name): no variant matches the --isa/--engine/--return-strategy given") }
+            guard !v.isEmpty else { throw CommandError(description: "\(s.name): no variant matches the --isa/--engine/--return-strategy given") }
             return (s, v)
         }
         let samples = try reportingErrors { try Samples.directory() }
@@ -59,22 +59,29 @@ struct Run: ParsableCommand {
     }
 }
 
+extension ScenarioSuite {
+    func scenarios() throws -> [Scenario] {
+        switch self {
+        case .all: return try Scenario.all()
+        case .demo: return try Scenario.bundled()
+        case .conformance: return try Scenario.conformance()
+        }
+    }
+}
+
 struct MatrixCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "matrix",
         abstract: "Run every bundled scenario and the conformance suite on each ISA, engine and ppc64le return strategy it names; print a table, write JSON and JUnit XML.")
     @Option(help: "Only these scenarios (repeatable; names or files).") var scenario: [String] = []
     @Option(help: "Which scenarios without --scenario: all, demo (scenarios/) or conformance (samples/conformance/).")
-    var suite = "all"
+    var suite = ScenarioSuite.all
     @Option(help: "Where to write the JUnit XML.") var junit = ".build/matrix/junit.xml"
     @Option(name: .customLong("json-out"), help: "Where to write the JSON results.") var jsonOut = ".build/matrix/results.json"
 
     func run() throws {
         let (scenarios, samples) = try reportingErrors {
-            (try !scenario.isEmpty ? scenario.map(loadScenario)
-                : suite == "demo" ? Scenario.bundled() : suite == "conformance" ? Scenario.conformance()
-                : suite == "all" ? Scenario.all() : { throw Failure(description: "--suite is all, demo or conformance") }(),
-             try Samples.directory())
+            (try !scenario.isEmpty ? scenario.map(loadScenario) : suite.scenarios(), try Samples.directory())
         }
         let reports = Matrix.run(scenarios, samples: samples) { r in
             print(String(format: "%@ %@ %@ (%.2f s)", r.passed ? "pass" : "FAIL", r.scenario, r.variant.description, r.seconds))
@@ -101,8 +108,9 @@ struct Trace: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run a scenario with the rendezvous engine and draw each action's rendezvous (SVG, a lane per vCPU) and its patch sites before and after (markdown).")
     @Argument(help: "A scenario file or bundled scenario name.") var scenario: String
-    @Option(help: "x86_64 or ppc64le (default: each the scenario names).") var isa: String?
-    @Option(help: "ppc64le return strategy (default: the first the scenario names).") var returnStrategy: String?
+    @Option(help: "The ISA (default: each the scenario names).") var isa: ISAName?
+    @Option(help: "The return strategy, on a backend that offers a choice (default: the first the scenario names).")
+    var returnStrategy: ReturnStrategyName?
     @Option(name: .shortAndLong, help: "Output folder.") var output = "trace"
     @Flag(help: "Print JSON (the reports, with every rendezvous trace and site change).") var json = false
 
@@ -111,11 +119,11 @@ struct Trace: ParsableCommand {
             let s = try loadScenario(scenario)
             var seen: Set<String> = []
             let variants = ScenarioVariant.all(of: s).filter {
-                $0.engine == .stop && (isa == nil || $0.isa == isa)
-                    && (returnStrategy == nil || $0.returnStrategy?.rawValue == returnStrategy) && seen.insert($0.isa).inserted
+                $0.engine == .stop && (isa == nil || $0.isa == isa?.name)
+                    && (returnStrategy == nil || $0.returnStrategy == returnStrategy?.name) && seen.insert($0.isa).inserted
             }
             guard !variants.isEmpty else {
-                throw Failure(description: "\(s.name): no variant with the stop engine matches (the timeline is of a rendezvous)")
+                throw CommandError(description: "\(s.name): no variant with the stop engine matches (the timeline is of a rendezvous)")
             }
             // Made if nothing is there; whatever is there (a symlink, a file) is checked, not followed.
             var st = stat()
@@ -144,7 +152,7 @@ struct Trace: ParsableCommand {
                 if !r.passed { r.steps.filter { !$0.passed }.forEach(printStep) }
             }
             if json { try printJSON(reports) }
-            if failed { throw Failure(description: "the scenario failed; the report shows where") }
+            if failed { throw CommandError(description: "the scenario failed; the report shows where") }
         }
     }
 }
@@ -152,19 +160,20 @@ struct Trace: ParsableCommand {
 struct Soak: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "N vCPUs run the workload while a long random mix of upload/check/apply/revert/replace/unload goes on; every record checked, the text hash compared at the end.")
-    @Option(help: "x86_64 or ppc64le.") var isa = "x86_64"
+    @Option(help: "The ISA.") var isa = ISAName.first
     @Option(help: "Running vCPUs, 1-64.") var vcpus = 16
     @Option(help: "How long, in minutes.") var minutes = 10.0
-    @Option(help: "stop or nonstop.") var engine = "stop"
+    @Option(help: "The engine.") var engine = PatchEngineKind.stop
     @Option(help: "Seed of the action mix (the same seed, the same mix).") var seed: UInt64 = 1
     @Flag(help: "Print JSON.") var json = false
 
-    func run() throws {
-        guard let e = PatchEngineKind(rawValue: engine) else { throw ValidationError("--engine is stop or nonstop") }
-        guard ["x86_64", "ppc64le"].contains(isa) else { throw ValidationError("--isa is x86_64 or ppc64le (not \(isa))") }
+    func validate() throws {
         guard (1...64).contains(vcpus), minutes > 0 else { throw ValidationError("--vcpus is 1 to 64, --minutes positive") }
+    }
+
+    func run() throws {
         let r = try reportingErrors {
-            try SoakRun.run(samples: try Samples.directory(), isa: isa, vcpus: vcpus, seconds: minutes * 60, engine: e, seed: seed,
+            try SoakRun.run(samples: try Samples.directory(), isa: isa.name, vcpus: vcpus, seconds: minutes * 60, engine: engine, seed: seed,
                             progress: { if !json { print("  " + $0); fflush(stdout) } })
         }
         if json { try printJSON(r) } else {

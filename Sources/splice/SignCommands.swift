@@ -37,7 +37,7 @@ struct Sign: ParsableCommand {
         try reportingErrors {
             let bytes = [UInt8](try readPayloadFile(payload))
             if try PayloadSignature.split(bytes, name: payload).signature != nil {
-                throw Failure(description: "\(payload) is already signed")
+                throw CommandError(description: "\(payload) is already signed")
             }
             _ = try Payload(bytes: bytes, name: payload) // sign only what a machine would accept
             let privateKey = try PayloadSignature.privateKey(pemFile: key)

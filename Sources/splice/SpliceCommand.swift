@@ -38,7 +38,7 @@ func printJSON<T: Encodable>(_ value: T) throws {
 }
 
 /// Errors reach the user as one line naming what and where, and exit code 1.
-struct Failure: Error, CustomStringConvertible {
+struct CommandError: Error, CustomStringConvertible {
     let description: String
 }
 
@@ -79,7 +79,7 @@ struct Inspect: ParsableCommand {
             var r = try Inspector.report(try ELFFile(contentsOf: image), prologueInstructions: instructions)
             if !function.isEmpty {
                 let missing = function.filter { name in !r.functions.contains { $0.name == name } }
-                if !missing.isEmpty { throw Failure(description: "no function named \(missing.joined(separator: ", ")) in \(image)") }
+                if !missing.isEmpty { throw CommandError(description: "no function named \(missing.joined(separator: ", ")) in \(image)") }
                 r.functions = r.functions.filter { function.contains($0.name) }
             }
             return r
@@ -156,7 +156,7 @@ func parseInteger(_ text: String) throws -> Int64 {
     let body = negative ? String(text.dropFirst()) : text
     let magnitude: UInt64?
     if body.lowercased().hasPrefix("0x") { magnitude = UInt64(body.dropFirst(2), radix: 16) } else { magnitude = UInt64(body) }
-    guard let m = magnitude else { throw Failure(description: "not an integer: \(text)") }
+    guard let m = magnitude else { throw CommandError(description: "not an integer: \(text)") }
     return negative ? -Int64(bitPattern: m) : Int64(bitPattern: m)
 }
 
@@ -199,7 +199,6 @@ struct Call: ParsableCommand {
     }
 }
 
-extension EntryKind: ExpressibleByArgument {}
 
 struct Disasm: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Disassemble a function (or N instructions at an address).")
@@ -216,12 +215,12 @@ struct Disasm: ParsableCommand {
             if location.hasPrefix("0x") {
                 let a = UInt64(try parseInteger(location))
                 guard let section = elf.sections.first(where: { $0.contains(address: a) && $0.type != ELFSection.typeNoBits }) else {
-                    throw Failure(description: "\(location) is in no section with contents")
+                    throw CommandError(description: "\(location) is in no section with contents")
                 }
                 address = a
                 bytes = Array(section.data[Int(a - section.address)...])
             } else {
-                guard let symbol = elf.symbol(named: location) else { throw Failure(description: "no symbol \(location) in \(image)") }
+                guard let symbol = elf.symbol(named: location) else { throw CommandError(description: "no symbol \(location) in \(image)") }
                 address = symbol.value
                 bytes = try elf.bytes(of: symbol)
             }
@@ -287,7 +286,7 @@ struct Demo: ParsableCommand {
                 }
                 print("  \(agreed)/\(cases.count) calls agree with the \(plan.oracle.dropLast(4)) oracle\n")
                 if agreed != cases.count {
-                    throw Failure(description: "\(plan.image): \(cases.count - agreed) calls disagree with the oracle")
+                    throw CommandError(description: "\(plan.image): \(cases.count - agreed) calls disagree with the oracle")
                 }
                 try payloads(dir: dir, image: path, isa: report.architecture)
                 let backend = try Architectures.backend(for: loaded.elf)
@@ -317,7 +316,7 @@ struct Demo: ParsableCommand {
             print(String(format: "  %@ %@: %d/%d steps in %.2f s", r.passed ? "passed" : "FAILED", v.description,
                          r.steps.filter(\.passed).count, scenario.steps.count, r.seconds) + (r.error.map { ": \($0)" } ?? ""))
         }
-        if failed > 0 { throw Failure(description: "the demo scenario failed on \(failed) variants") }
+        if failed > 0 { throw CommandError(description: "the demo scenario failed on \(failed) variants") }
     }
 }
 
@@ -354,7 +353,7 @@ extension Demo {
         try patcher.revert("scaled")
         let hashAfter = try codeHash()
         print("    revert: \(try calls())   code hash \(hashAfter) \(hashAfter == hashBefore ? "(identical)" : "(DIFFERENT)")\n")
-        if hashAfter != hashBefore { throw Failure(description: "code differs after revert") }
+        if hashAfter != hashBefore { throw CommandError(description: "code differs after revert") }
     }
 }
 
@@ -381,7 +380,7 @@ extension Demo {
             let extra = report.newFunctions.isEmpty ? "" : " + new \(report.newFunctions.joined(separator: ", "))"
             print("    \(name): \(bytes.count) bytes, changes \(report.changed.joined(separator: ", "))\(extra); "
                   + "\(agree)/\(cases.count) calls agree with the patched oracle; reverted and unloaded")
-            if agree != cases.count { throw Failure(description: "\(name) on \(isa) disagrees with its oracle") }
+            if agree != cases.count { throw CommandError(description: "\(name) on \(isa) disagrees with its oracle") }
         }
         print("")
     }
@@ -505,7 +504,7 @@ struct Patch: ParsableCommand {
                 var bad = 0
                 for c in cases where try loaded.call(c.function, c.arguments).signedValue != c.expected { bad += 1 }
                 print("\(cases.count - bad)/\(cases.count) calls agree with \(oracle)")
-                if bad > 0 { throw Failure(description: "\(bad) calls disagree with the oracle") }
+                if bad > 0 { throw CommandError(description: "\(bad) calls disagree with the oracle") }
             }
             if revert {
                 for p in applied.reversed() {
@@ -515,7 +514,7 @@ struct Patch: ParsableCommand {
                 let after = try loaded.machine.memory.regions.filter { $0.permissions.contains(.execute) }
                     .map { try loaded.machine.memory.read($0.base, count: Int($0.size)) }
                 print("reverted and unloaded: code bytes \(after == code ? "identical to before" : "DIFFERENT")")
-                if after != code { throw Failure(description: "code differs after revert") }
+                if after != code { throw CommandError(description: "code differs after revert") }
             }
         }
     }
@@ -524,25 +523,26 @@ struct Patch: ParsableCommand {
 struct Stress: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Apply / revert / replace payloads over and over while N vCPUs run, checking every result.")
-    @Option(help: "x86_64 or ppc64le.") var isa = "x86_64"
+    @Option(help: "The ISA.") var isa = ISAName.first
     @Option(help: "Running vCPUs.") var vcpus = 4
     @Option(help: "Cycles; each one applies, reverts, replaces, replaces back and reverts.")
     var cycles = 1000
     @Option(help: "stop (rendezvous) or nonstop (int3 protocol / word writes, vCPUs never stopped together).")
-    var engine = "stop"
+    var engine = PatchEngineKind.stop
     @Flag(help: "Print JSON.") var json = false
 
-    func run() throws {
-        guard let e = StressRun.Engine(rawValue: engine) else { throw ValidationError("--engine is stop or nonstop") }
-        guard ["x86_64", "ppc64le"].contains(isa) else { throw ValidationError("--isa is x86_64 or ppc64le (not \(isa))") }
+    func validate() throws {
         guard (1...64).contains(vcpus), cycles >= 1 else { throw ValidationError("--vcpus is 1 to 64, --cycles at least 1") }
+    }
+
+    func run() throws {
         let r = try reportingErrors {
-            try StressRun.run(samples: try Samples.directory(), isa: isa, vcpus: vcpus, cycles: cycles, engine: e)
+            try StressRun.run(samples: try Samples.directory(), isa: isa.name, vcpus: vcpus, cycles: cycles, engine: engine)
         }
         if json { try printJSON(r); return }
         print("splice stress: \(r.architecture), \(r.vcpus) vCPUs, \(r.cycles) cycles, \(r.engine.rawValue) engine, in \(String(format: "%.1f", r.seconds)) s")
         print("  applies \(r.applies), reverts \(r.reverts), replaces \(r.replaces); \(r.rendezvous) rendezvous")
-        if e == .nonstop {
+        if engine == .nonstop {
             print("  non-stop: \(r.syncs) syncs, \(r.gracePeriods) grace periods, \(r.trapsTaken) vCPUs sent on from a trap, \(r.staleTraps) stale traps")
         }
         print("  guest iterations \(r.iterations); records checked \(r.recordsChecked); wrong results \(r.wrongResults); faults \(r.faults)")
@@ -616,7 +616,7 @@ struct Bench: ParsableCommand {
 
         func run() throws {
             try reportingErrors {
-                guard let dir = Samples.executableDirectory() else { throw Failure(description: "cannot find my own executable") }
+                guard let dir = Samples.executableDirectory() else { throw CommandError(description: "cannot find my own executable") }
                 var options = BenchmarkReport.Options(bareExecutable: dir + "/unicorn-bare-bench")
                 options.rendezvousRepeats = rendezvousRepeats
                 let text = try BenchmarkReport.markdown(samples: try Samples.directory(), options: options) { step in
@@ -720,7 +720,7 @@ struct Bench: ParsableCommand {
 
         func run() throws {
             let tables = try reportingErrors { () -> [Table] in
-                guard let dir = Samples.executableDirectory() else { throw Failure(description: "cannot find my own executable") }
+                guard let dir = Samples.executableDirectory() else { throw CommandError(description: "cannot find my own executable") }
                 var bench = EmulatorBenchmark(bareExecutable: dir + "/unicorn-bare-bench")
                 bench.argument = iterations
                 bench.runs = runs

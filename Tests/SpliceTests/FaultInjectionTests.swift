@@ -86,7 +86,7 @@ final class FaultInjectionTests: XCTestCase {
             try live.perform(.revert, id: "07")
             try live.perform(.unload, id: "07")
             XCTAssertEqual(try live.executableText(), pristine, isa)
-            // With no vCPU running, the revert's writes were dropped from every engine's
+            // With no vCPU running, the revert's writes were dropped from every emulator's
             // translations: the host call runs the original code (it ran the payload's
             // stale translation, then faulted in the unmapped payload, before that fix).
             XCTAssertEqual(try live.call("scaled", [1000]), 3001, isa)

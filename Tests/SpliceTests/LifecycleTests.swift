@@ -47,7 +47,7 @@ final class LifecycleTests: XCTestCase {
                     XCTAssertEqual(scaled, result == .applied && action != .unload ? 32 : 31, "\(state) \(action)")
                 } else {
                     XCTAssertThrowsError(try s.perform(action, id: "p02")) { error in
-                        XCTAssertEqual(error as? LivePatchService.Failure,
+                        XCTAssertEqual(error as? LivePatchServiceError,
                                        .invalidTransition(id: "p02", state: state, action: action), "\(state) \(action)")
                     }
                     XCTAssertEqual(try s.get("p02").state, state, "\(state) \(action): unchanged")
@@ -78,7 +78,7 @@ final class LifecycleTests: XCTestCase {
         wrong[Int(e.section(named: PayloadFormat.dependsSection)!.offset) + 16] ^= 0xff
         try s.upload(id: "wrong-build", bytes: try PayloadFormat.sealed(wrong))
         XCTAssertThrowsError(try s.perform(.check, id: "wrong-build")) { error in
-            guard case let .actionFailed(_, action, errno, reason)? = error as? LivePatchService.Failure else { return XCTFail("\(error)") }
+            guard case let .actionFailed(_, action, errno, reason)? = error as? LivePatchServiceError else { return XCTFail("\(error)") }
             XCTAssertEqual(action, .check)
             XCTAssertEqual(errno, -22)
             XCTAssertTrue(reason.contains("was built against build id"), reason)
@@ -94,7 +94,7 @@ final class LifecycleTests: XCTestCase {
         }
         XCTAssertNoThrow(try s.upload(id: String(repeating: "a", count: 40), bytes: bytes))
         XCTAssertThrowsError(try s.upload(id: String(repeating: "a", count: 40), bytes: bytes)) { error in
-            XCTAssertEqual(error as? LivePatchService.Failure, .exists(String(repeating: "a", count: 40)))
+            XCTAssertEqual(error as? LivePatchServiceError, .exists(String(repeating: "a", count: 40)))
         }
         for i in 0..<5 { try s.upload(id: "p\(i)", bytes: bytes) }
         let v = s.version
@@ -106,7 +106,7 @@ final class LifecycleTests: XCTestCase {
         try s.perform(.unload, id: "p0")
         XCTAssertNotEqual(s.list().version, v, "every mutation changes the version")
         XCTAssertThrowsError(try s.get("p0")) { error in
-            XCTAssertEqual(error as? LivePatchService.Failure, .noSuchPayload("p0"))
+            XCTAssertEqual(error as? LivePatchServiceError, .noSuchPayload("p0"))
         }
     }
 }

@@ -294,7 +294,7 @@ final class LiveMachineCLITests: XCTestCase {
         var broken = signed
         broken[body.count + PayloadSignature.marker.count + 11] &+= 1
         XCTAssertThrowsError(try PayloadSignature.split(broken, name: "p")) { error in
-            guard case PayloadSignature.Failure.malformed = error else { return XCTFail("\(error)") }
+            guard case SignatureError.malformed = error else { return XCTFail("\(error)") }
         }
     }
 }

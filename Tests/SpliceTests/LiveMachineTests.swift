@@ -30,8 +30,8 @@ final class LiveMachineTests: XCTestCase {
             XCTAssertEqual(during.action, "apply")
             XCTAssertEqual(live.list().statuses.map(\.state), ["PROGRESS"])
             XCTAssertGreaterThan(live.list().version, versionBefore)
-            assertThrows(LiveMachine.Failure.busy(id: "p02", action: .apply)) { try live.begin(.unload, id: "p02") }
-            assertThrows(LiveMachine.Failure.busy(id: "p02", action: .apply)) { try live.upload(id: "other", bytes: bytes) }
+            assertThrows(LiveMachineError.busy(id: "p02", action: .apply)) { try live.begin(.unload, id: "p02") }
+            assertThrows(LiveMachineError.busy(id: "p02", action: .apply)) { try live.upload(id: "other", bytes: bytes) }
 
             live.waitUntilIdle()
             let after = try live.get("p02")
@@ -50,10 +50,10 @@ final class LiveMachineTests: XCTestCase {
         let live = try LiveMachine(configuration: .init(image: samplePath(Samples.x86_64), cpus: 1))
         defer { live.shutdown() }
         try live.upload(id: "p02", bytes: try payloadBytes("x86_64", target: live.image.elf))
-        assertThrows(LivePatchService.Failure.invalidTransition(id: "p02", state: .loaded, action: .apply)) {
+        assertThrows(LivePatchServiceError.invalidTransition(id: "p02", state: .loaded, action: .apply)) {
             try live.begin(.apply, id: "p02")
         }
-        assertThrows(LivePatchService.Failure.noSuchPayload("nope")) { try live.begin(.check, id: "nope") }
+        assertThrows(LivePatchServiceError.noSuchPayload("nope")) { try live.begin(.check, id: "nope") }
         XCTAssertEqual(try live.get("p02").state, "LOADED")
         try live.begin(.check, id: "p02")
         live.waitUntilIdle()

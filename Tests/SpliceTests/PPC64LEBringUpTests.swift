@@ -21,10 +21,10 @@ final class PPC64LEBringUpTests: XCTestCase {
     }
 
     func testWorkaroundFindsBothMSRCopiesAndSetsTheWantedMSR() throws {
-        let engine = try UnicornEngine(PPC64LEArchitecture().engineConfiguration)
-        let offsets = try UnicornPPC64LEBringUp.setMachineStateRegister(engine, to: UnicornPPC64LEBringUp.compiledCodeMSR)
+        let emulator = try Emulator(PPC64LEArchitecture().emulatorConfiguration)
+        let offsets = try UnicornPPC64LEBringUp.setMachineStateRegister(emulator, to: UnicornPPC64LEBringUp.compiledCodeMSR)
         XCTAssertEqual(offsets.count, 2, "env->msr and env->hflags")
-        XCTAssertEqual(try engine.read(PPC64LERegisters.msr), 0x9000_0000_0280_3001)
+        XCTAssertEqual(try emulator.read(PPC64LERegisters.msr), 0x9000_0000_0280_3001)
     }
 
     func testLittleEndian64BitCodeRunsAfterTheWorkaround() throws {
@@ -60,7 +60,7 @@ struct PPC64LEWithoutBringUp: CPUArchitecture {
     var name: String { base.name }
     var elfMachine: UInt16 { base.elfMachine }
     var disassemblyMode: DisassemblyMode { base.disassemblyMode }
-    var engineConfiguration: EngineConfiguration { base.engineConfiguration }
+    var emulatorConfiguration: EmulatorConfiguration { base.emulatorConfiguration }
     var programCounter: CPURegister { base.programCounter }
     var stackPointer: CPURegister { base.stackPointer }
     var returnValueRegister: CPURegister { base.returnValueRegister }
@@ -68,10 +68,10 @@ struct PPC64LEWithoutBringUp: CPUArchitecture {
     var argumentRegisters: [CPURegister] { base.argumentRegisters }
     var returnInstruction: [UInt8] { base.returnInstruction }
     var layout: GuestLayout { base.layout }
-    func bringUp(_ engine: UnicornEngine) throws {}
-    func prepareCall(_ engine: UnicornEngine, memory: GuestMemory, entry: CallEntry, arguments: [UInt64],
+    func bringUp(_ emulator: Emulator) throws {}
+    func prepareCall(_ emulator: Emulator, memory: GuestMemory, entry: CallEntry, arguments: [UInt64],
                      stackTop: UInt64, returnAddress: UInt64) throws {
-        try base.prepareCall(engine, memory: memory, entry: entry, arguments: arguments, stackTop: stackTop,
+        try base.prepareCall(emulator, memory: memory, entry: entry, arguments: arguments, stackTop: stackTop,
                              returnAddress: returnAddress)
     }
     func entries(of symbol: ELFSymbol, in image: ELFFile) -> [CallEntry] { base.entries(of: symbol, in: image) }
@@ -82,7 +82,7 @@ struct PPC64LEWithoutBringUp: CPUArchitecture {
     func prologueSites(of symbol: ELFSymbol, code: [UInt8], in image: ELFFile) -> [PrologueSite] {
         base.prologueSites(of: symbol, code: code, in: image)
     }
-    func liveCodeAddresses(_ engine: UnicornEngine, memory: GuestMemory, stackTop: UInt64, functions: FunctionMap?) throws -> [UInt64] {
-        try base.liveCodeAddresses(engine, memory: memory, stackTop: stackTop, functions: functions)
+    func liveCodeAddresses(_ emulator: Emulator, memory: GuestMemory, stackTop: UInt64, functions: FunctionMap?) throws -> [UInt64] {
+        try base.liveCodeAddresses(emulator, memory: memory, stackTop: stackTop, functions: functions)
     }
 }

@@ -16,7 +16,7 @@ final class PayloadSecurityTests: XCTestCase {
         XCTAssertEqual(body.count, tildes.count)
         let key = P256.Signing.PrivateKey()
         XCTAssertThrowsError(try PayloadSignature.verified(tildes, name: "tildes", trusted: key.publicKey)) { error in
-            XCTAssertEqual(error as? PayloadSignature.Failure, .unsigned("tildes"))
+            XCTAssertEqual(error as? SignatureError, .unsigned("tildes"))
         }
         // A marker in the body, and the real one at the end.
         var payload = tildes
@@ -26,7 +26,7 @@ final class PayloadSecurityTests: XCTestCase {
         var tampered = signed
         tampered[20_000_000] ^= 1
         XCTAssertThrowsError(try PayloadSignature.verified(tampered, name: "tampered", trusted: key.publicKey)) { error in
-            guard case .doesNotVerify? = error as? PayloadSignature.Failure else { return XCTFail("\(error)") }
+            guard case .doesNotVerify? = error as? SignatureError else { return XCTFail("\(error)") }
         }
     }
 
@@ -43,7 +43,7 @@ final class PayloadSecurityTests: XCTestCase {
         XCTAssertNil(signature)
         XCTAssertEqual(body, far)
         XCTAssertThrowsError(try PayloadSignature.split(file(signatureLength: PayloadSignature.maximumSignatureLength + 1), name: "long")) { error in
-            guard case .malformed? = error as? PayloadSignature.Failure else { return XCTFail("\(error)") }
+            guard case .malformed? = error as? SignatureError else { return XCTFail("\(error)") }
         }
         // Within the window, the same header is a signature (whose lengths add up).
         let near = Array("ELF".utf8) + PayloadSignature.marker + [2, 4, 2, 0, 0, 0, 0, 0, 0, 0, 0, 3] + [1, 2, 3]

@@ -126,8 +126,8 @@ final class RendezvousTests: XCTestCase {
             for _ in 0..<3 {
                 let t0 = DispatchTime.now().uptimeNanoseconds
                 XCTAssertThrowsError(try r.loader.apply(lp)) { error in
-                    XCTAssertEqual(error as? Rendezvous.Failure, .busy(timeoutMicroseconds: timeout, arrived: 1, expected: 2), isa)
-                    XCTAssertEqual((error as? Rendezvous.Failure)?.errno, -16)
+                    XCTAssertEqual(error as? RendezvousError, .busy(timeoutMicroseconds: timeout, arrived: 1, expected: 2), isa)
+                    XCTAssertEqual((error as? RendezvousError)?.errno, -16)
                 }
                 elapsed = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1000
                 let trace = r.runner.rendezvous.lastTrace
@@ -182,7 +182,7 @@ final class RendezvousTests: XCTestCase {
         }
     }
 
-    /// Load and unload (mapping into every engine) and the payload's hooks (guest code)
+    /// Load and unload (mapping into every emulator) and the payload's hooks (guest code)
     /// happen inside rendezvous while the vCPUs run; the hooks run on the master vCPU with
     /// its state preserved, and the workload goes on undisturbed.
     func testPayloadWithHooksLoadedAndUnloadedWhileVCPUsRun() throws {
@@ -210,7 +210,7 @@ final class RendezvousTests: XCTestCase {
         }
     }
 
-    /// Far code and a far-jump slot are mapped (and released) in every engine while the
+    /// Far code and a far-jump slot are mapped (and released) in every emulator while the
     /// vCPUs run: the code space goes through the rendezvous too.
     func testFarRedirectWithSlotsWhileVCPUsRun() throws {
         let (r, _) = try Self.start("x86_64", vcpus: 4, payloads: [])

@@ -69,14 +69,14 @@ final class StackCheckTests: XCTestCase {
                                  ("kernel_main", []), ("toc_after_pointer_call", [5])] as [(String, [Int64])] {
                 let entry = try image.entries(of: name)[0]
                 try cpu.setInstructionCounting(true)
-                try machine.architecture.prepareCall(cpu.engine, memory: machine.memory, entry: entry,
+                try machine.architecture.prepareCall(cpu.emulator, memory: machine.memory, entry: entry,
                                                      arguments: args.map { UInt64(bitPattern: $0) },
                                                      stackTop: cpu.stackTop, returnAddress: cpu.returnSentinel)
-                try cpu.engine.write(machine.architecture.programCounter, entry.address)
+                try cpu.emulator.write(machine.architecture.programCounter, entry.address)
                 var shadow: [UInt64] = [], pc = entry.address, steps = 0
                 while pc != cpu.returnSentinel, steps < 20_000 {
                     let arch = try XCTUnwrap(machine.architecture as? X86_64Architecture)
-                    let (walk, framesRead, scannedFrom) = try arch.stackWalk(cpu.engine, memory: machine.memory,
+                    let (walk, framesRead, scannedFrom) = try arch.stackWalk(cpu.emulator, memory: machine.memory,
                                                                  stackTop: cpu.stackTop + 256, functions: code)
                     XCTAssertEqual(walk, try cpu.liveCodeAddresses(memory: machine.memory, functions: code))
                     let truth = [pc] + shadow.reversed()

@@ -3,7 +3,7 @@ import SpliceDisassembly
 import SpliceELF
 import SpliceMachine
 
-/// ppc64le, ELFv2 ABI, run in Unicorn 2.0.1's PPC64 engine (see `UnicornPPC64LEBringUp`
+/// ppc64le, ELFv2 ABI, run in Unicorn 2.0.1's PPC64 emulator (see `UnicornPPC64LEBringUp`
 /// for why that needs care).
 public struct PPC64LEArchitecture: CPUArchitecture {
     public init() {}
@@ -12,7 +12,7 @@ public struct PPC64LEArchitecture: CPUArchitecture {
     public let elfMachine = ELFMachine.ppc64
     public let disassemblyMode = DisassemblyMode.ppc64le
     // Unicorn has no little-endian PPC mode: open big-endian, then set MSR[LE].
-    public let engineConfiguration = EngineConfiguration(
+    public let emulatorConfiguration = EmulatorConfiguration(
         arch: UC_ARCH_PPC, mode: uc_mode(UC_MODE_PPC64.rawValue | UC_MODE_BIG_ENDIAN.rawValue))
     public let programCounter = CPURegister(UC_PPC_REG_PC.rawValue, "pc")
     public let stackPointer = PPC64LERegisters.r1
@@ -27,8 +27,8 @@ public struct PPC64LEArchitecture: CPUArchitecture {
     /// relies on the caller's r2 there faults instead of silently working.
     public static let poisonedTOC: UInt64 = 0x0bad_70c0_0bad_70c1
 
-    public func bringUp(_ engine: UnicornEngine) throws {
-        try UnicornPPC64LEBringUp.setMachineStateRegister(engine, to: UnicornPPC64LEBringUp.compiledCodeMSR)
+    public func bringUp(_ emulator: Emulator) throws {
+        try UnicornPPC64LEBringUp.setMachineStateRegister(emulator, to: UnicornPPC64LEBringUp.compiledCodeMSR)
     }
 
     static let maximumArguments = 16
@@ -38,12 +38,12 @@ public struct PPC64LEArchitecture: CPUArchitecture {
     /// ELFv2: arguments in r3..r10, the rest in the caller's parameter save area at
     /// 32(r1)+8*i; the caller's frame has a null back chain; LR is the return address;
     /// r12 is the entry address; r2 is the TOC at a local entry.
-    public func prepareCall(_ engine: UnicornEngine, memory: GuestMemory, entry: CallEntry, arguments: [UInt64],
+    public func prepareCall(_ emulator: Emulator, memory: GuestMemory, entry: CallEntry, arguments: [UInt64],
                             stackTop: UInt64, returnAddress: UInt64) throws {
         guard arguments.count <= Self.maximumArguments else {
             throw MachineError.tooManyArguments(count: arguments.count, maximum: Self.maximumArguments)
         }
-        for (i, value) in arguments.prefix(8).enumerated() { try engine.write(PPC64LERegisters.gpr(3 + i), value) }
+        for (i, value) in arguments.prefix(8).enumerated() { try emulator.write(PPC64LERegisters.gpr(3 + i), value) }
         // Header (back chain, CR, LR, TOC save: 32 bytes) plus a full parameter save area
         // when any argument goes to memory.
         let saveArea = arguments.count > 8 ? 8 * arguments.count : 0
@@ -53,10 +53,10 @@ public struct PPC64LEArchitecture: CPUArchitecture {
         for (i, value) in arguments.enumerated() where i >= 8 {
             try memory.writeUInt64(sp + 32 + UInt64(8 * i), value)
         }
-        try engine.write(PPC64LERegisters.r1, sp)
-        try engine.write(PPC64LERegisters.lr, returnAddress)
-        try engine.write(PPC64LERegisters.r12, entry.address)
-        try engine.write(PPC64LERegisters.r2, entry.kind == .local ? (entry.tocPointer ?? 0) : Self.poisonedTOC)
+        try emulator.write(PPC64LERegisters.r1, sp)
+        try emulator.write(PPC64LERegisters.lr, returnAddress)
+        try emulator.write(PPC64LERegisters.r12, entry.address)
+        try emulator.write(PPC64LERegisters.r2, entry.kind == .local ? (entry.tocPointer ?? 0) : Self.poisonedTOC)
     }
 
     /// The image's TOC pointer: the `.TOC.` symbol, else .got + 0x8000 (ELFv2).
@@ -101,10 +101,10 @@ public struct PPC64LEArchitecture: CPUArchitecture {
     /// The PC, LR (a function that has not saved it yet is still live through it), then
     /// the ELFv2 back chain: each frame's LR save slot (16 bytes into the caller's frame)
     /// holds a return address.
-    public func liveCodeAddresses(_ engine: UnicornEngine, memory: GuestMemory, stackTop: UInt64,
+    public func liveCodeAddresses(_ emulator: Emulator, memory: GuestMemory, stackTop: UInt64,
                                   functions: FunctionMap?) throws -> [UInt64] {
-        var out = [try engine.read(programCounter), try engine.read(PPC64LERegisters.lr)]
-        var frame = try engine.read(stackPointer)
+        var out = [try emulator.read(programCounter), try emulator.read(PPC64LERegisters.lr)]
+        var frame = try emulator.read(stackPointer)
         var seen = 0
         while frame != 0, frame < stackTop, seen < 4096 {
             let next = try memory.readUInt64(frame)

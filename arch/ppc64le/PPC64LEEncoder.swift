@@ -121,9 +121,6 @@ public final class PPC64LEAssembler {
     private enum Fixup { case branch(link: Bool), conditional(PPC64LEEncoder.Condition, cr: Int) }
     private var fixups: [(index: Int, label: String, kind: Fixup)] = []
 
-    public struct Failure: Error, CustomStringConvertible {
-        public let description: String
-    }
 
     public init(base: UInt64) { self.base = base }
 
@@ -146,16 +143,20 @@ public final class PPC64LEAssembler {
     /// The finished bytes, little-endian.
     public func assemble() throws -> [UInt8] {
         for f in fixups {
-            guard let target = labels[f.label] else { throw Failure(description: "undefined label \(f.label)") }
+            guard let target = labels[f.label] else { throw PPC64LEEncodingError(description: "undefined label \(f.label)") }
             let from = base + UInt64(4 * f.index)
             let word: PPC64LEEncoder.Word?
             switch f.kind {
             case let .branch(link): word = PPC64LEEncoder.branch(from: from, to: target, link: link)
             case let .conditional(c, cr): word = PPC64LEEncoder.branchConditional(c, cr: cr, from: from, to: target)
             }
-            guard let w = word else { throw Failure(description: "branch to \(f.label) out of range") }
+            guard let w = word else { throw PPC64LEEncodingError(description: "branch to \(f.label) out of range") }
             words[f.index] = w
         }
         return words.flatMap(PPC64LEInstruction.bytes)
     }
+}
+
+public struct PPC64LEEncodingError: Error, CustomStringConvertible {
+    public let description: String
 }

@@ -21,6 +21,17 @@ public struct PPC64LEPatchBackend: PatchBackend {
     }
 
     public var architecture: any CPUArchitecture { PPC64LEArchitecture() }
+
+    public var returnStrategies: [String] { ReturnStrategy.allCases.map(\.rawValue) }
+    public var returnStrategy: String? { strategy.rawValue }
+    public func using(returnStrategy name: String) throws -> any PatchBackend {
+        guard let s = ReturnStrategy(rawValue: name) else {
+            throw PatchError.noSuchReturnStrategy(name, architecture: architecture.name, offered: returnStrategies)
+        }
+        var copy = self
+        copy.strategy = s
+        return copy
+    }
     /// A redirect saves the site word, the marked addi and the 8-byte table entry.
     public let undoBufferSize = 16
     static let branchReach: UInt64 = 1 << 25

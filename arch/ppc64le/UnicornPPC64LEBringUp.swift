@@ -25,33 +25,17 @@ public enum UnicornPPC64LEBringUp {
     /// interrupt 7; without VSX `lxvd2x` raises 94. PR stays 0 (PR=1 faults every fetch).
     public static let compiledCodeMSR: UInt64 = sf | hv | vec | vsx | me | fp | le
 
-    public enum Failure: Error, Equatable, CustomStringConvertible {
-        /// The blob did not hold exactly two copies of the MSR: Unicorn's layout changed.
-        case msrCopiesNotFound(found: Int, contextSize: Int)
-        /// After the workaround the MSR reads back as something else.
-        case msrNotApplied(wanted: UInt64, read: UInt64)
-
-        public var description: String {
-            switch self {
-            case let .msrCopiesNotFound(found, size):
-                return "ppc64le bring-up: expected 2 copies of MSR in the \(size)-byte Unicorn context, found \(found); "
-                    + "this Unicorn build stores CPU state differently and the MSR[HV] workaround no longer applies"
-            case let .msrNotApplied(wanted, read):
-                return "ppc64le bring-up: MSR should be 0x\(String(wanted, radix: 16)) but reads 0x\(String(read, radix: 16))"
-            }
-        }
-    }
 
     /// Sets MSR to `value` (which must include SF and HV), including the HV bit
     /// Unicorn's register API refuses. Returns the context offsets it patched.
     @discardableResult
-    public static func setMachineStateRegister(_ engine: UnicornEngine, to value: UInt64) throws -> [Int] {
+    public static func setMachineStateRegister(_ emulator: Emulator, to value: UInt64) throws -> [Int] {
         let msr = PPC64LERegisters.msr
-        let offsets: [Int] = try engine.withContextBlob { first in
-            try engine.withContextBlob { second in
-                try engine.write(msr, sf)
+        let offsets: [Int] = try emulator.withContextBlob { first in
+            try emulator.withContextBlob { second in
+                try emulator.write(msr, sf)
                 try first.save()
-                try engine.write(msr, sf | le)
+                try emulator.write(msr, sf | le)
                 try second.save()
                 let a = first.bytes, b = second.bytes
                 var found: [Int] = []
@@ -64,14 +48,31 @@ public enum UnicornPPC64LEBringUp {
                     }
                     i += 1
                 }
-                guard found.count == 2 else { throw Failure.msrCopiesNotFound(found: found.count, contextSize: b.count) }
+                guard found.count == 2 else { throw BringUpError.msrCopiesNotFound(found: found.count, contextSize: b.count) }
                 try second.restore()
                 return found
             }
         }
-        try engine.write(msr, value)
-        let read = try engine.read(msr)
-        guard read == value else { throw Failure.msrNotApplied(wanted: value, read: read) }
+        try emulator.write(msr, value)
+        let read = try emulator.read(msr)
+        guard read == value else { throw BringUpError.msrNotApplied(wanted: value, read: read) }
         return offsets
+    }
+}
+
+public enum BringUpError: Error, Equatable, CustomStringConvertible {
+    /// The blob did not hold exactly two copies of the MSR: Unicorn's layout changed.
+    case msrCopiesNotFound(found: Int, contextSize: Int)
+    /// After the workaround the MSR reads back as something else.
+    case msrNotApplied(wanted: UInt64, read: UInt64)
+
+    public var description: String {
+        switch self {
+        case let .msrCopiesNotFound(found, size):
+            return "ppc64le bring-up: expected 2 copies of MSR in the \(size)-byte Unicorn context, found \(found); "
+                + "this Unicorn build stores CPU state differently and the MSR[HV] workaround no longer applies"
+        case let .msrNotApplied(wanted, read):
+            return "ppc64le bring-up: MSR should be 0x\(String(wanted, radix: 16)) but reads 0x\(String(read, radix: 16))"
+        }
     }
 }

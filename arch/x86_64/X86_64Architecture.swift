@@ -10,7 +10,7 @@ public struct X86_64Architecture: CPUArchitecture {
     public let name = "x86_64"
     public let elfMachine = ELFMachine.x86_64
     public let disassemblyMode = DisassemblyMode.x86_64
-    public let engineConfiguration = EngineConfiguration(arch: UC_ARCH_X86, mode: UC_MODE_64)
+    public let emulatorConfiguration = EmulatorConfiguration(arch: UC_ARCH_X86, mode: UC_MODE_64)
     public let programCounter = CPURegister(UC_X86_REG_RIP.rawValue, "rip")
     public let stackPointer = CPURegister(UC_X86_REG_RSP.rawValue, "rsp")
     public let returnValueRegister = CPURegister(UC_X86_REG_RAX.rawValue, "rax")
@@ -29,14 +29,14 @@ public struct X86_64Architecture: CPUArchitecture {
     public var argumentRegisters: [CPURegister] { Self.argumentRegisters }
     public let returnInstruction: [UInt8] = [0xc3]
 
-    public func bringUp(_ engine: UnicornEngine) throws {}
+    public func bringUp(_ emulator: Emulator) throws {}
 
-    public func prepareCall(_ engine: UnicornEngine, memory: GuestMemory, entry: CallEntry, arguments: [UInt64],
+    public func prepareCall(_ emulator: Emulator, memory: GuestMemory, entry: CallEntry, arguments: [UInt64],
                             stackTop: UInt64, returnAddress: UInt64) throws {
         guard arguments.count <= Self.maximumArguments else {
             throw MachineError.tooManyArguments(count: arguments.count, maximum: Self.maximumArguments)
         }
-        for (register, value) in zip(Self.argumentRegisters, arguments) { try engine.write(register, value) }
+        for (register, value) in zip(Self.argumentRegisters, arguments) { try emulator.write(register, value) }
         let stackArguments = Array(arguments.dropFirst(Self.argumentRegisters.count))
         // At the call instruction rsp is 16-byte aligned; the call pushes the return
         // address, so the callee starts with rsp % 16 == 8.
@@ -48,9 +48,9 @@ public struct X86_64Architecture: CPUArchitecture {
         }
         sp -= 8
         try memory.writeUInt64(sp, returnAddress)
-        try engine.write(stackPointer, sp)
-        try engine.write(CPURegister(UC_X86_REG_RBP.rawValue, "rbp"), 0)
-        try engine.write(returnValueRegister, 0)
+        try emulator.write(stackPointer, sp)
+        try emulator.write(CPURegister(UC_X86_REG_RBP.rawValue, "rbp"), 0)
+        try emulator.write(returnValueRegister, 0)
     }
 
     public func entries(of symbol: ELFSymbol, in image: ELFFile) -> [CallEntry] {
@@ -85,18 +85,18 @@ public struct X86_64Architecture: CPUArchitecture {
     /// without frame pointers leaves no chain: from the first frame the walk cannot read,
     /// every 8-byte word up to the stack top that points into executable memory is taken
     /// (conservative: it may name a stale return address but never misses a live one).
-    public func liveCodeAddresses(_ engine: UnicornEngine, memory: GuestMemory, stackTop: UInt64,
+    public func liveCodeAddresses(_ emulator: Emulator, memory: GuestMemory, stackTop: UInt64,
                                   functions: FunctionMap?) throws -> [UInt64] {
-        try stackWalk(engine, memory: memory, stackTop: stackTop, functions: functions).addresses
+        try stackWalk(emulator, memory: memory, stackTop: stackTop, functions: functions).addresses
     }
 
     /// `liveCodeAddresses`, how many of them were read frame by frame (the rest come from
     /// the conservative scan), and the stack address the scan started at (nil: none).
-    public func stackWalk(_ engine: UnicornEngine, memory: GuestMemory, stackTop: UInt64,
+    public func stackWalk(_ emulator: Emulator, memory: GuestMemory, stackTop: UInt64,
                           functions: FunctionMap?) throws -> (addresses: [UInt64], framesRead: Int, scannedFrom: UInt64?) {
-        var pc = try engine.read(programCounter)
-        var rsp = try engine.read(stackPointer)
-        var rbp = try engine.read(X86_64Frame.rbp)
+        var pc = try emulator.read(programCounter)
+        var rsp = try emulator.read(stackPointer)
+        var rbp = try emulator.read(X86_64Frame.rbp)
         var out = [pc]
         func scan(from sp: UInt64) throws -> [UInt64] {
             var words: [UInt64] = [], sp = sp

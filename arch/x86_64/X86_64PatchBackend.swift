@@ -101,7 +101,7 @@ public struct X86_64PatchBackend: PatchBackend {
 
     /// A vCPU trapped on the int3 of an in-flight write goes where the finished write would
     /// take it: where a `jmp rel32` or `jmp [rip]` + abs64 goes, or past a NOP fill. A `ret`
-    /// has no such place (nil: the non-stop engine refuses it before writing).
+    /// has no such place (nil: the non-stop emulator refuses it before writing).
     public func trapRedirect(at address: UInt64, final: [UInt8]) -> UInt64? {
         typealias E = X86_64TrampolineEncoder
         if final.count == E.nearJumpSize, final[0] == 0xe9 {

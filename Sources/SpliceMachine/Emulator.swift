@@ -29,8 +29,8 @@ public struct CPURegister: Hashable, Sendable, CustomStringConvertible {
     public var description: String { name }
 }
 
-/// How to open a Unicorn engine for an ISA (arch and mode numbers).
-public struct EngineConfiguration: Sendable {
+/// How to open a Unicorn emulator for an ISA (arch and mode numbers).
+public struct EmulatorConfiguration: Sendable {
     let arch: uc_arch
     let mode: uc_mode
     package init(arch: uc_arch, mode: uc_mode) { self.arch = arch; self.mode = mode }
@@ -58,13 +58,13 @@ public struct MemoryPermissions: OptionSet, Hashable, Sendable, CustomStringConv
     }
 }
 
-/// One Unicorn engine. It is owned by exactly one `VCPU` and must only be driven from
-/// the thread that runs that vCPU (Unicorn engines are not thread-safe; only
+/// One Unicorn emulator. It is owned by exactly one `VCPU` and must only be driven from
+/// the thread that runs that vCPU (Unicorn emulators are not thread-safe; only
 /// `requestStop` may be called from elsewhere).
-public final class UnicornEngine {
+public final class Emulator {
     package let handle: OpaquePointer
 
-    package init(_ configuration: EngineConfiguration) throws {
+    package init(_ configuration: EmulatorConfiguration) throws {
         var uc: OpaquePointer?
         try check(uc_open(configuration.arch, configuration.mode, &uc), "uc_open")
         handle = uc!
@@ -99,7 +99,7 @@ public final class UnicornEngine {
         uc_emu_start(handle, begin, until, timeoutMicroseconds, count)
     }
 
-    /// Asks a running engine to stop; safe from any thread.
+    /// Asks a running emulator to stop; safe from any thread.
     package func requestStop() { uc_emu_stop(handle) }
 
     package func pageSize() throws -> UInt32 {
@@ -108,7 +108,7 @@ public final class UnicornEngine {
         return size
     }
 
-    /// Drops translated blocks covering [begin, end) on this engine.
+    /// Drops translated blocks covering [begin, end) on this emulator.
     package func removeTranslations(from begin: UInt64, to end: UInt64) throws {
         try check(splice_ctl_remove_cache(handle, begin, end), "uc_ctl(UC_CTL_TB_REMOVE_CACHE)")
     }
@@ -121,31 +121,31 @@ public final class UnicornEngine {
 
     package func deleteHook(_ hook: uc_hook) { uc_hook_del(handle, hook) }
 
-    /// The engine's saved-context blob, for bring-up code that must change CPU state
+    /// The emulator's saved-context blob, for bring-up code that must change CPU state
     /// Unicorn does not let `uc_reg_write` reach. Valid only inside `body`.
     package func withContextBlob<T>(_ body: (UnicornContext) throws -> T) throws -> T {
-        let context = try UnicornContext(engine: self)
+        let context = try UnicornContext(emulator: self)
         return try body(context)
     }
 }
 
-/// A saved CPU context of one engine (never restore it into another engine: the blob
-/// holds per-engine pointers).
+/// A saved CPU context of one emulator (never restore it into another emulator: the blob
+/// holds per-emulator pointers).
 package final class UnicornContext {
-    private let engine: UnicornEngine
+    private let emulator: Emulator
     private var context: OpaquePointer?
     package let size: Int
 
-    init(engine: UnicornEngine) throws {
-        self.engine = engine
-        try check(uc_context_alloc(engine.handle, &context), "uc_context_alloc")
-        size = uc_context_size(engine.handle)
+    init(emulator: Emulator) throws {
+        self.emulator = emulator
+        try check(uc_context_alloc(emulator.handle, &context), "uc_context_alloc")
+        size = uc_context_size(emulator.handle)
     }
 
     deinit { if let c = context { uc_context_free(c) } }
 
-    package func save() throws { try check(uc_context_save(engine.handle, context), "uc_context_save") }
-    package func restore() throws { try check(uc_context_restore(engine.handle, context), "uc_context_restore") }
+    package func save() throws { try check(uc_context_save(emulator.handle, context), "uc_context_save") }
+    package func restore() throws { try check(uc_context_restore(emulator.handle, context), "uc_context_restore") }
 
     /// The blob's bytes (header and CPU state), as `uc_context_size` reports them.
     package var bytes: UnsafeMutableRawBufferPointer {
