@@ -15,6 +15,7 @@ let package = Package(
     products: [
         .library(name: "Splice", targets: ["Splice"]),
         .library(name: "SpliceRuntime", targets: ["SpliceRuntime"]),
+        .library(name: "SpliceBytes", targets: ["SpliceBytes"]),
         .library(name: "SpliceX86_64", targets: ["SpliceX86_64"]),
         .library(name: "SplicePPC64LE", targets: ["SplicePPC64LE"]),
         .library(name: "SpliceArchitectures", targets: ["SpliceArchitectures"]),
@@ -44,42 +45,44 @@ let package = Package(
         // Files and directories created safely next to other users (checked directories,
         // O_EXCL|O_NOFOLLOW, atomic replacement).
         .target(name: "SpliceFiles"),
-        .target(name: "SpliceELF", dependencies: ["CLibelf"]),
-        .target(name: "SpliceDisassembly", dependencies: ["CCapstone"]),
+        // Little-endian bytes and the hex people read: one reader, one writer, one formatter.
+        .target(name: "SpliceBytes"),
+        .target(name: "SpliceELF", dependencies: ["CLibelf", "SpliceBytes"]),
+        .target(name: "SpliceDisassembly", dependencies: ["CCapstone", "SpliceBytes"]),
         .target(name: "SpliceMachine",
-                dependencies: ["CUnicorn", "CSpliceShims", "SpliceELF", "SpliceDisassembly"]),
+                dependencies: ["CUnicorn", "CSpliceShims", "SpliceBytes", "SpliceELF", "SpliceDisassembly"]),
 
-        .target(name: "SplicePatching", dependencies: ["SpliceMachine", "SpliceELF"]),
+        .target(name: "SplicePatching", dependencies: ["SpliceBytes", "SpliceMachine", "SpliceELF"]),
 
         .target(name: "SplicePayload", dependencies: [
-            "SpliceELF", "SpliceMachine", "SplicePatching", .product(name: "Crypto", package: "swift-crypto"),
+            "SpliceBytes", "SpliceELF", "SpliceMachine", "SplicePatching", .product(name: "Crypto", package: "swift-crypto"),
         ]),
 
-        .target(name: "SpliceRuntime", dependencies: ["CSpliceShims", "SpliceMachine", "SplicePatching", "SplicePayload"]),
+        .target(name: "SpliceRuntime", dependencies: ["CSpliceShims", "SpliceBytes", "SpliceMachine", "SplicePatching", "SplicePayload"]),
 
-        .target(name: "SpliceX86_64", dependencies: ["SpliceMachine", "SplicePatching"], path: "arch/x86_64",
+        .target(name: "SpliceX86_64", dependencies: ["SpliceBytes", "SpliceMachine", "SplicePatching"], path: "arch/x86_64",
                 exclude: ["README.md"]),
-        .target(name: "SplicePPC64LE", dependencies: ["SpliceMachine", "SplicePatching"], path: "arch/ppc64le",
+        .target(name: "SplicePPC64LE", dependencies: ["SpliceBytes", "SpliceMachine", "SplicePatching"], path: "arch/ppc64le",
                 exclude: ["README.md"]),
 
         // The registry: the one place outside arch/ that names the backends.
         .target(name: "SpliceArchitectures", dependencies: ["SpliceMachine", "SpliceELF", "SplicePatching", "SpliceX86_64", "SplicePPC64LE"]),
         // A live machine: vCPUs running a workload, the payload life cycle, the control socket.
         .target(name: "SpliceDaemon",
-                dependencies: ["SpliceArchitectures", "SpliceMachine", "SpliceELF", "SpliceDisassembly", "SplicePatching", "SplicePayload", "SpliceRuntime", "SpliceFiles", "SplicePPC64LE", "CSpliceSocket",
+                dependencies: ["SpliceBytes", "SpliceArchitectures", "SpliceMachine", "SpliceELF", "SpliceDisassembly", "SplicePatching", "SplicePayload", "SpliceRuntime", "SpliceFiles", "CSpliceSocket",
                                .product(name: "Crypto", package: "swift-crypto")]),
         // Scenarios, the matrix, soak, stress, traces, oracles, the inspector, the samples,
         // the fuzz targets.
         .target(name: "SpliceHarness",
-                dependencies: ["SpliceDaemon", "SpliceArchitectures", "SpliceMachine", "SpliceELF", "SpliceDisassembly", "SplicePatching", "SplicePayload", "SpliceRuntime", "SpliceFiles", "SpliceX86_64", "SplicePPC64LE",
+                dependencies: ["SpliceBytes", "SpliceDaemon", "SpliceArchitectures", "SpliceMachine", "SpliceELF", "SpliceDisassembly", "SplicePatching", "SplicePayload", "SpliceRuntime", "SpliceFiles", "SpliceX86_64", "SplicePPC64LE",
                                .product(name: "Crypto", package: "swift-crypto"), .product(name: "Yams", package: "Yams")]),
         // Every benchmark `splice bench` runs.
         .target(name: "SpliceBench",
-                dependencies: ["SpliceHarness", "SpliceDaemon", "SpliceArchitectures", "SpliceMachine", "SpliceELF", "SpliceDisassembly", "SplicePatching", "SplicePayload", "SpliceRuntime", "SpliceFiles", "SpliceX86_64", "SplicePPC64LE",
+                dependencies: ["SpliceBytes", "SpliceHarness", "SpliceDaemon", "SpliceArchitectures", "SpliceMachine", "SpliceELF", "SpliceDisassembly", "SplicePatching", "SplicePayload", "SpliceRuntime", "SpliceFiles", "SpliceX86_64", "SplicePPC64LE",
                                .product(name: "Crypto", package: "swift-crypto")]),
         // The umbrella: re-exports only.
         .target(name: "Splice",
-                dependencies: ["SpliceArchitectures", "SpliceDaemon", "SpliceHarness", "SpliceBench", "SpliceMachine", "SpliceELF", "SpliceDisassembly", "SplicePatching", "SplicePayload", "SpliceRuntime", "SpliceFiles",
+                dependencies: ["SpliceBytes", "SpliceArchitectures", "SpliceDaemon", "SpliceHarness", "SpliceBench", "SpliceMachine", "SpliceELF", "SpliceDisassembly", "SplicePatching", "SplicePayload", "SpliceRuntime", "SpliceFiles",
                                "SpliceX86_64", "SplicePPC64LE"]),
         .executableTarget(name: "splice", dependencies: [
             "Splice", .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -1,7 +1,9 @@
 // The library's front: it only re-exports the modules, each of one purpose
-// (docs/architecture.md). Import a single module to depend on less.
+// (docs/architecture.md). Import a single module to depend on less. The backends come
+// through SpliceArchitectures, the one module outside arch/ that names them.
 @_exported import SpliceArchitectures
 @_exported import SpliceBench
+@_exported import SpliceBytes
 @_exported import SpliceDaemon
 @_exported import SpliceDisassembly
 @_exported import SpliceELF
@@ -11,5 +13,3 @@
 @_exported import SplicePatching
 @_exported import SplicePayload
 @_exported import SpliceRuntime
-@_exported import SplicePPC64LE
-@_exported import SpliceX86_64

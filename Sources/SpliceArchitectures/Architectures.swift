@@ -1,8 +1,9 @@
 import SpliceELF
 import SpliceMachine
 import SplicePatching
-import SplicePPC64LE
-import SpliceX86_64
+// A user of the registry can reach each backend's own API (encoders, return strategies).
+@_exported import SplicePPC64LE
+@_exported import SpliceX86_64
 
 /// The architectures Splice ships, selectable by name or by an ELF file's e_machine.
 public enum Architectures {

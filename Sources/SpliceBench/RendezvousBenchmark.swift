@@ -1,4 +1,5 @@
 import SpliceArchitectures
+import SpliceBytes
 import SpliceDaemon
 import SpliceDisassembly
 import SpliceELF
@@ -11,9 +12,6 @@ import SplicePayload
 import SpliceRuntime
 import Foundation
 
-extension FixedWidthInteger {
-    var littleEndianBytes: [UInt8] { (0..<(bitWidth / 8)).map { UInt8(truncatingIfNeeded: self >> (8 * $0)) } }
-}
 
 /// `splice bench rendezvous`: for N running vCPUs, the latency of applying one function
 /// (request → every vCPU resumed on the new code) next to an empty rendezvous (stop and

@@ -1,4 +1,5 @@
 import SpliceArchitectures
+import SpliceBytes
 import SpliceDisassembly
 import SpliceELF
 import SpliceFiles
@@ -385,12 +386,12 @@ public final class LiveMachine {
         if rings != nil { try runner.rendezvous.execute { _ in try read() } } else { try read() }
         let page = service.list(start: 0, count: 0)
         return Status(image: configuration.image, architecture: machine.architecture.name,
-                      buildID: hexString(image.elf.buildID ?? []), cpus: configuration.cpus,
+                      buildID: (image.elf.buildID ?? []).hexDigits, cpus: configuration.cpus,
                       workload: configuration.workload, engine: configuration.engine,
                       returnStrategy: patcher.backend.returnStrategy,
                       version: version, payloads: page.total,
                       activeRedirects: patcher.active.count, rendezvousCompleted: runner.rendezvous.completed,
-                      requiresSignature: trustedKey.map { hexString(PayloadSignature.keyID(of: $0)) }, vcpus: vcpus)
+                      requiresSignature: trustedKey.map { (PayloadSignature.keyID(of: $0)).hexDigits }, vcpus: vcpus)
     }
 
     /// The address of a symbol of the image.
@@ -447,7 +448,7 @@ public final class LiveMachine {
     /// or the action lock: it reaches the guest while an action is in progress (a flag a
     /// vCPU spins on).
     public func write(_ symbol: String, _ value: Int64) throws {
-        try machine.memory.write(try address(of: symbol), withUnsafeBytes(of: value.littleEndian, Array.init))
+        try machine.memory.write(try address(of: symbol), value.littleEndianBytes)
     }
 
     /// The NUL-terminated string at `address` (at most `limit` bytes).

@@ -1,4 +1,5 @@
 import CCapstone
+import SpliceBytes
 
 /// Which instruction set a `Disassembler` decodes. Each arch backend names its own;
 /// only this wrapper knows how that maps onto Capstone's arch and mode numbers.
@@ -32,8 +33,8 @@ public struct DecodedInstruction: Equatable, Sendable, CustomStringConvertible {
 
     public var size: Int { bytes.count }
     public var text: String { operands.isEmpty ? mnemonic : "\(mnemonic) \(operands)" }
-    public var bytesHex: String { bytes.map { hexByte($0) }.joined(separator: " ") }
-    public var description: String { "0x\(String(address, radix: 16)):  \(bytesHex)  \(text)" }
+    public var bytesHex: String { bytes.hexBytes }
+    public var description: String { "\(hex(address)):  \(bytesHex)  \(text)" }
 }
 
 public struct DisassemblyError: Error, CustomStringConvertible {
@@ -72,7 +73,7 @@ public final class Disassembler {
                 let value = chunk.enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) }
                 result.append(DecodedInstruction(
                     address: address + UInt64(offset), bytes: chunk, mnemonic: unit == 4 ? ".long" : ".byte",
-                    operands: "0x" + String(value, radix: 16), isValid: false))
+                    operands: hex(value), isValid: false))
                 offset += unit
             }
         }
@@ -103,7 +104,3 @@ private func cString<T>(_ tuple: inout T) -> String {
     }
 }
 
-private func hexByte(_ b: UInt8) -> String {
-    let s = String(b, radix: 16)
-    return s.count == 1 ? "0" + s : s
-}

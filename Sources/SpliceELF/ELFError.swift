@@ -1,3 +1,4 @@
+import SpliceBytes
 /// Why an ELF file was refused. Every case says what is wrong and where, so that a
 /// porting engineer can find the offending byte without a debugger.
 public enum ELFError: Error, Equatable, CustomStringConvertible {
@@ -50,20 +51,20 @@ public enum ELFError: Error, Equatable, CustomStringConvertible {
                 + "found \(found) (\(ELFMachine.name(found)))"
         case let .sectionHeaderTableOutOfBounds(offset, count, entrySize, fileSize):
             return "bad section header offset: \(count) headers of \(entrySize) bytes at offset "
-                + "0x\(hex(offset)) run past the end of the file (\(fileSize) bytes)"
+                + "\(hex(offset)) run past the end of the file (\(fileSize) bytes)"
         case let .programHeaderTableOutOfBounds(offset, count, entrySize, fileSize):
             return "bad program header offset: \(count) headers of \(entrySize) bytes at offset "
-                + "0x\(hex(offset)) run past the end of the file (\(fileSize) bytes)"
+                + "\(hex(offset)) run past the end of the file (\(fileSize) bytes)"
         case let .sectionOutOfBounds(index, name, offset, size, fileSize):
-            return "section [\(index)] \(name): contents at offset 0x\(hex(offset)) size 0x\(hex(size)) "
+            return "section [\(index)] \(name): contents at offset \(hex(offset)) size \(hex(size)) "
                 + "run past the end of the file (\(fileSize) bytes)"
         case let .segmentOutOfBounds(index, offset, fileSize, imageSize):
-            return "segment [\(index)]: file contents at offset 0x\(hex(offset)) size 0x\(hex(fileSize)) "
+            return "segment [\(index)]: file contents at offset \(hex(offset)) size \(hex(fileSize)) "
                 + "run past the end of the file (\(imageSize) bytes)"
         case let .segmentMemorySmallerThanFile(index, fileSize, memorySize):
-            return "segment [\(index)]: p_memsz 0x\(hex(memorySize)) is smaller than p_filesz 0x\(hex(fileSize))"
+            return "segment [\(index)]: p_memsz \(hex(memorySize)) is smaller than p_filesz \(hex(fileSize))"
         case let .addressRangeWraps(what, address, size):
-            return "\(what): address 0x\(hex(address)) + size 0x\(hex(size)) runs past the top of the 64-bit address space"
+            return "\(what): address \(hex(address)) + size \(hex(size)) runs past the top of the 64-bit address space"
         case let .badStringTableIndex(index, count):
             return "bad string table index: e_shstrndx is \(index) but the file has \(count) sections"
         case let .badNameOffset(table, offset, size):
@@ -86,4 +87,3 @@ public enum ELFError: Error, Equatable, CustomStringConvertible {
     }
 }
 
-func hex<T: BinaryInteger>(_ value: T) -> String { String(value, radix: 16) }

@@ -1,5 +1,6 @@
 import CLibelf
 import Foundation
+import SpliceBytes
 
 /// A 64-bit little-endian ELF file read with libelf: header, sections, segments, symbols,
 /// relocations and notes, all copied into Swift values and checked for consistency when
@@ -22,7 +23,7 @@ public struct ELFFile: Sendable {
     }
 
     public var buildIDHex: String? {
-        buildID.map { $0.map { String(format: "%02x", $0) }.joined() }
+        buildID.map { $0.hexDigits }
     }
 
     public func section(named name: String) -> ELFSection? { sections.first { $0.name == name } }
@@ -55,7 +56,7 @@ public struct ELFFile: Sendable {
               symbolEnd.partialValue <= sectionEnd.partialValue, section.type != ELFSection.typeNoBits,
               Int(symbol.value - section.address) + Int(symbol.size) <= section.data.count else {
             throw ELFError.badSymbol(table: ".symtab", index: symbol.index,
-                                     reason: "\(symbol.name) at 0x\(hex(symbol.value)) size \(symbol.size) lies outside its section \(section.name)")
+                                     reason: "\(symbol.name) at \(hex(symbol.value)) size \(symbol.size) lies outside its section \(section.name)")
         }
         let start = Int(symbol.value - section.address)
         return Array(section.data[start..<start + Int(symbol.size)])

@@ -1,3 +1,4 @@
+import SpliceBytes
 import CLibelf
 import Foundation
 
@@ -96,10 +97,10 @@ public struct ELFWriter {
 
     /// A note section body: one note (namesz, descsz, type, "name\0" padded, desc padded).
     public static func note(owner: String, type: UInt32, descriptor: [UInt8]) -> [UInt8] {
-        func le32(_ v: UInt32) -> [UInt8] { (0..<4).map { UInt8(truncatingIfNeeded: v >> (8 * $0)) } }
         func pad(_ b: [UInt8]) -> [UInt8] { b + [UInt8](repeating: 0, count: (4 - b.count % 4) % 4) }
         let name = Array(owner.utf8) + [0]
-        return le32(UInt32(name.count)) + le32(UInt32(descriptor.count)) + le32(type) + pad(name) + pad(descriptor)
+        return UInt32(name.count).littleEndianBytes + UInt32(descriptor.count).littleEndianBytes + type.littleEndianBytes
+            + pad(name) + pad(descriptor)
     }
 
     /// The file's bytes.

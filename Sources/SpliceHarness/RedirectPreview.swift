@@ -1,4 +1,5 @@
 import SpliceArchitectures
+import SpliceBytes
 import SpliceDaemon
 import SpliceDisassembly
 import SpliceELF
@@ -106,7 +107,7 @@ public struct RedirectPreview: Codable, Sendable {
             case .data:
                 let value = w.bytes.enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) }
                 return Listing(address: w.address, instructions: [],
-                               data: "0x" + String(value, radix: 16) + (names[value].map { " <\($0)>" } ?? ""), purpose: w.purpose)
+                               data: hex(value) + (names[value].map { " <\($0)>" } ?? ""), purpose: w.purpose)
             }
         }
         let site = active.plan.site
@@ -114,7 +115,7 @@ public struct RedirectPreview: Codable, Sendable {
             image: imagePath, architecture: backend.architecture.name, function: function,
             target: target == "0" ? "0 (no-op)" : target, site: site, method: active.plan.method,
             extraInstructions: active.plan.extraInstructions,
-            undoBuffer: active.undo.map { $0.bytes.map { String(format: "%02x", $0) }.joined(separator: " ") }
+            undoBuffer: active.undo.map { $0.bytes.hexBytes }
                 .joined(separator: " | "),
             before: before, after: after, otherWrites: others, call: call, runtime: patcher.runtime?.summary ?? [])
     }

@@ -1,4 +1,5 @@
 import SpliceArchitectures
+import SpliceBytes
 import SpliceDaemon
 import SpliceDisassembly
 import SpliceELF
@@ -74,7 +75,7 @@ public struct Scenario: Sendable {
             var parts: [String] = []
             if !depends.isEmpty { parts.append("depends on \(depends.joined(separator: ", "))") }
             if expectBytes > 0 { parts.append("expects \(expectBytes) bytes") }
-            for (f, b) in expect.sorted(by: { $0.key < $1.key }) { parts.append("expects \(f) to start \(b.map { String(format: "%02x", $0) }.joined(separator: " "))") }
+            for (f, b) in expect.sorted(by: { $0.key < $1.key }) { parts.append("expects \(f) to start \(b.hexBytes)") }
             for n in nops { parts.append("nop \(n.bytes) bytes of \(n.function) at \(n.at ?? "+\(n.offset)")") }
             if !targetBuildID { parts.append("no target build id") }
             return parts.isEmpty ? "" : " (" + parts.joined(separator: "; ") + ")"
@@ -374,4 +375,22 @@ public struct Scenario: Sendable {
 public struct ScenarioError: Error, CustomStringConvertible {
     public let description: String
     public init(description: String) { self.description = description }
+}
+
+extension Scenario {
+    /// A scenario file, or a bundled scenario (scenarios/, samples/conformance/) by file
+    /// stem or by the name inside it.
+    public static func named(_ nameOrPath: String) throws -> Scenario {
+        if FileManager.default.fileExists(atPath: nameOrPath) { return try Scenario(contentsOf: nameOrPath) }
+        for dir in [try Scenario.bundledDirectory(), try Scenario.conformanceDirectory()] {
+            let file = dir + "/\(nameOrPath).yaml"
+            if FileManager.default.fileExists(atPath: file) { return try Scenario(contentsOf: file) }
+        }
+        let bundled = try Scenario.all()
+        guard let s = bundled.first(where: { $0.name == nameOrPath }) else {
+            throw ScenarioError(description: "no scenario file \(nameOrPath), and no bundled scenario of that name (bundled: "
+                          + bundled.map(\.name).joined(separator: ", ") + ")")
+        }
+        return s
+    }
 }

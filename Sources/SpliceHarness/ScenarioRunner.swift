@@ -1,4 +1,5 @@
 import SpliceArchitectures
+import SpliceBytes
 import SpliceDaemon
 import SpliceDisassembly
 import SpliceELF
@@ -49,6 +50,11 @@ public struct StepReport: Codable, Sendable {
     public var rendezvous: Rendezvous.Trace?
     /// What an action changed in the image's text (when asked for).
     public var sites: [SiteChange]?
+
+    /// One line for people: ok/FAIL, the step's number and name, what happened, how long.
+    public var line: String {
+        String(format: "  %@ %2d. %@: %@ (%.1f ms)", passed ? "ok  " : "FAIL", index, step, detail, milliseconds)
+    }
 }
 
 /// A stretch of the image's text an action rewrote, disassembled before and after.
@@ -216,7 +222,7 @@ public enum ScenarioRunner {
             return "= \(v)"
         case let .read(symbol, expect):
             let v = try machine.read(symbol)
-            guard v == expect else { throw ScenarioError(description: "\(symbol) is \(v) (0x\(String(UInt64(bitPattern: v), radix: 16))), expected \(expect)") }
+            guard v == expect else { throw ScenarioError(description: "\(symbol) is \(v) (\(hex(UInt64(bitPattern: v)))), expected \(expect)") }
             return "= \(v)"
         case let .write(symbol, value):
             try machine.write(symbol, value)
@@ -316,15 +322,13 @@ public enum ScenarioRunner {
                 }
                 let f = functions.function(containing: address)
                 changes.append(SiteChange(
-                    address: address, location: f.map { "\($0.name)+0x\(String(address - $0.value, radix: 16))" } ?? hex(address),
-                    bytesBefore: b.bytes[first..<end].map { String(format: "%02x", $0) }.joined(separator: " "),
-                    bytesAfter: a.bytes[first..<end].map { String(format: "%02x", $0) }.joined(separator: " "),
+                    address: address, location: f.map { "\($0.name)+\(hex(address - $0.value))" } ?? hex(address),
+                    bytesBefore: b.bytes[first..<end].hexBytes,
+                    bytesAfter: a.bytes[first..<end].hexBytes,
                     before: listing(b.bytes), after: listing(a.bytes)))
                 i = end
             }
         }
         return changes
     }
-
-    static func hex(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }
 }

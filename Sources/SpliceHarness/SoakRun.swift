@@ -1,4 +1,5 @@
 import SpliceArchitectures
+import SpliceBytes
 import SpliceDaemon
 import SpliceDisassembly
 import SpliceELF
@@ -56,7 +57,7 @@ public enum SoakRun {
         func hash() throws -> String {
             var h = SHA256()
             for r in try live.executableText() { h.update(data: r.bytes) }
-            return h.finalize().map { String(format: "%02x", $0) }.joined()
+            return Array(h.finalize()).hexDigits
         }
         report.pristineHash = try hash()
         var bytes: [String: [UInt8]] = [:]

@@ -1,4 +1,5 @@
 import SpliceArchitectures
+import SpliceBytes
 import SpliceDaemon
 import SpliceDisassembly
 import SpliceELF
@@ -175,5 +176,5 @@ public enum TraceRenderer {
     }
 
     static func cell(_ s: String) -> String { s.replacingOccurrences(of: "|", with: "\\|").replacingOccurrences(of: "\n", with: " ") }
-    static func hexAddress(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }
+    static func hexAddress(_ v: UInt64) -> String { hex(v) }
 }

@@ -1,5 +1,6 @@
 import CSpliceShims
 import CUnicorn
+import SpliceBytes
 import SpliceELF
 
 /// A Unicorn call that failed, with Unicorn's own message.
@@ -86,11 +87,11 @@ public final class Emulator {
     package func mapHostMemory(_ pointer: UnsafeMutableRawPointer, at address: UInt64, size: Int,
                                permissions: MemoryPermissions) throws {
         try check(uc_mem_map_ptr(handle, address, size, permissions.rawValue, pointer),
-                  "uc_mem_map_ptr(0x\(String(address, radix: 16)), \(size))")
+                  "uc_mem_map_ptr(\(hex(address)), \(size))")
     }
 
     package func unmap(_ address: UInt64, size: Int) throws {
-        try check(uc_mem_unmap(handle, address, size), "uc_mem_unmap(0x\(String(address, radix: 16)))")
+        try check(uc_mem_unmap(handle, address, size), "uc_mem_unmap(\(hex(address)))")
     }
 
     /// Runs from `begin` until the PC reaches `until`, or the timeout (µs, 0 = none), or

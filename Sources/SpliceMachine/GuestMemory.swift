@@ -1,4 +1,5 @@
 import Foundation
+import SpliceBytes
 import SpliceELF
 
 /// Why a guest memory operation was refused.
@@ -12,20 +13,19 @@ public enum GuestMemoryError: Error, Equatable, CustomStringConvertible {
     public var description: String {
         switch self {
         case let .unaligned(name, address, size, page):
-            return "region \(name) at 0x\(hex(address)) size 0x\(hex(size)) is not aligned to the 0x\(hex(page))-byte page"
+            return "region \(name) at \(hex(address)) size \(hex(size)) is not aligned to the \(hex(page))-byte page"
         case let .overlaps(name, address, size, existing):
-            return "region \(name) at 0x\(hex(address)) size 0x\(hex(size)) overlaps region \(existing)"
+            return "region \(name) at \(hex(address)) size \(hex(size)) overlaps region \(existing)"
         case let .unmapped(address, length):
-            return "guest range 0x\(hex(address))..<0x\(hex(address &+ UInt64(length))) is not inside one mapped region"
+            return "guest range \(hex(address))..<\(hex(address &+ UInt64(length))) is not inside one mapped region"
         case let .outOfAddressSpace(name, address, size):
-            return "region \(name) at 0x\(hex(address)) size 0x\(hex(size)) runs past the end of the address space"
+            return "region \(name) at \(hex(address)) size \(hex(size)) runs past the end of the address space"
         case let .outOfHostMemory(name, size):
-            return "cannot allocate 0x\(hex(size)) host bytes for region \(name)"
+            return "cannot allocate \(hex(size)) host bytes for region \(name)"
         }
     }
 }
 
-func hex<T: BinaryInteger>(_ v: T) -> String { String(v, radix: 16) }
 
 /// A contiguous range of guest physical memory backed by one host buffer. Every vCPU
 /// emulator maps the same buffer (`uc_mem_map_ptr`), so a host write is seen by all of
@@ -60,7 +60,7 @@ public final class GuestRegion: @unchecked Sendable, CustomStringConvertible {
     public func contains(_ address: UInt64, length: Int = 1) -> Bool {
         address >= base && length >= 0 && address &+ UInt64(length) <= end && address &+ UInt64(length) >= address
     }
-    public var description: String { "\(name) [0x\(hex(base))..0x\(hex(end))) \(permissions)" }
+    public var description: String { "\(name) [\(hex(base))..\(hex(end))) \(permissions)" }
 
     // Accessors for a range already known to be inside this region.
     fileprivate func holds(_ bytes: [UInt8], at address: UInt64) -> Bool {
@@ -209,7 +209,7 @@ public final class GuestMemory: @unchecked Sendable {
     }
 
     public func writeUInt64(_ address: UInt64, _ value: UInt64) throws {
-        try write(address, (0..<8).map { UInt8(truncatingIfNeeded: value >> (8 * UInt64($0))) })
+        try write(address, value.littleEndianBytes)
     }
 
     public func readUInt32(_ address: UInt64) throws -> UInt32 {

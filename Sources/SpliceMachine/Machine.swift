@@ -1,3 +1,4 @@
+import SpliceBytes
 import SpliceDisassembly
 import SpliceELF
 
@@ -30,9 +31,9 @@ public enum MachineError: Error, Equatable, CustomStringConvertible {
         case let .noSuchVCPU(index, count):
             return "no vCPU \(index): the machine has \(count)"
         case let .segmentOutOfRange(image, index, address, size):
-            return "\(image): segment [\(index)] at 0x\(hex(address)) with p_memsz 0x\(hex(size)) runs past the end of the address space"
+            return "\(image): segment [\(index)] at \(hex(address)) with p_memsz \(hex(size)) runs past the end of the address space"
         case let .imageTooLarge(image, bytes, limit):
-            return "\(image): PT_LOAD segments span 0x\(hex(bytes)) bytes, more than the 0x\(hex(limit)) a Splice machine loads"
+            return "\(image): PT_LOAD segments span \(hex(bytes)) bytes, more than the \(hex(limit)) a Splice machine loads"
         }
     }
 }

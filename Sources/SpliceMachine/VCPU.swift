@@ -1,6 +1,7 @@
 import CSpliceShims
 import CUnicorn
 import Foundation
+import SpliceBytes
 
 /// Why the guest stopped somewhere other than where it was asked to.
 public struct GuestFault: Error, Equatable, CustomStringConvertible {
@@ -24,10 +25,10 @@ public struct GuestFault: Error, Equatable, CustomStringConvertible {
     public var architecture: String
 
     public var description: String {
-        let at = "at pc 0x\(hex(pc)) (\(architecture))"
+        let at = "at pc \(hex(pc)) (\(architecture))"
         switch kind {
         case let .memory(access, address, size):
-            return "guest fault: \(access) of \(size) bytes at 0x\(hex(address)) \(at)"
+            return "guest fault: \(access) of \(size) bytes at \(hex(address)) \(at)"
         case let .interrupt(number, name):
             return "guest fault: interrupt \(number) (\(name)) \(at)"
         case .invalidInstruction:
@@ -262,7 +263,7 @@ public final class VCPU {
             } else if limits.timeoutMicroseconds > 0, elapsed / 1000 >= limits.timeoutMicroseconds {
                 reason = "time limit of \(limits.timeoutMicroseconds) µs reached"
             } else {
-                reason = "stopped before reaching 0x\(hex(until))"
+                reason = "stopped before reaching \(hex(until))"
             }
             throw fault(.limitReached(reason), pc)
         }

@@ -1,3 +1,4 @@
+import SpliceBytes
 import SpliceELF
 import Dispatch
 import SpliceMachine
@@ -197,7 +198,7 @@ public final class LivePatcher {
                 try self.machine.memory.write(allocation.address, code)
                 changed(allocation.address, code.count)
             }
-            return try apply(function, .address(allocation.address), targetName: label ?? "new code at 0x\(String(allocation.address, radix: 16))",
+            return try apply(function, .address(allocation.address), targetName: label ?? "new code at \(hex(allocation.address))",
                              extraAllocations: [allocation])
         } catch {
             space.release(allocation)

@@ -1,3 +1,4 @@
+import SpliceBytes
 import SpliceELF
 import SpliceMachine
 
@@ -253,6 +254,6 @@ public struct RelocationContext: Sendable {
     /// field that lies outside `bytes`.
     public func store(_ value: UInt64, width: Int, into bytes: inout [UInt8], at offset: Int) throws {
         guard offset >= 0, offset + width <= bytes.count else { throw overflow("field outside its section", Int64(offset)) }
-        for i in 0..<width { bytes[offset + i] = UInt8(truncatingIfNeeded: value >> (8 * UInt64(i))) }
+        bytes.replaceSubrange(offset..<offset + width, with: value.littleEndianBytes(count: width))
     }
 }

@@ -1,3 +1,4 @@
+import SpliceBytes
 /// Why a patch was refused. Every refusal leaves guest memory byte-for-byte as it was.
 public enum PatchError: Error, Equatable, CustomStringConvertible {
     /// The function has fewer bytes at its site than the smallest redirect needs.
@@ -25,15 +26,13 @@ public enum PatchError: Error, Equatable, CustomStringConvertible {
     case noSuchReturnStrategy(String, architecture: String, offered: [String])
 
     public var description: String {
-        func hex(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }
-        func bytes(_ b: [UInt8]) -> String { b.map { String(format: "%02x", $0) }.joined(separator: " ") }
         switch self {
         case let .functionTooShort(function, room, needed, method):
             return "\(function) is too short to patch: \(room) bytes at its patch site, \(method) needs \(needed)"
         case let .unexpectedBytes(function, address, expected, found):
-            return "\(function): bytes at \(hex(address)) are [\(bytes(found))], expected [\(bytes(expected))]; nothing written"
+            return "\(function): bytes at \(hex(address)) are [\(found.hexBytes)], expected [\(expected.hexBytes)]; nothing written"
         case let .unrecognisedSite(function, address, found, reason):
-            return "\(function): cannot patch at \(hex(address)) [\(bytes(found))]: \(reason)"
+            return "\(function): cannot patch at \(hex(address)) [\(found.hexBytes)]: \(reason)"
         case let .noSuchFunction(name):
             return "no function named \(name)"
         case let .notRedirected(name):

@@ -1,4 +1,5 @@
 import Foundation
+import SpliceBytes
 import SpliceELF
 import SplicePatching
 
@@ -46,7 +47,7 @@ public struct Payload: Sendable {
     public let hooks: [PayloadFormat.HookKind: [ELFSymbol]]
     public let states: [State]
 
-    public var buildIDHex: String { hexString(buildID) }
+    public var buildIDHex: String { (buildID).hexDigits }
 
     public init(bytes: [UInt8], name: String) throws {
         let elf: ELFFile
@@ -71,7 +72,7 @@ public struct Payload: Sendable {
         }
         let computed = PayloadFormat.buildID(of: bytes, range: idRange)
         guard Array(bytes[idRange]) == computed else {
-            throw fail(.buildIDNotContents(note: hexString(Array(bytes[idRange])), contents: hexString(computed)))
+            throw fail(.buildIDNotContents(note: (Array(bytes[idRange])).hexDigits, contents: (computed).hexDigits))
         }
         self.name = name
         self.elf = elf
@@ -197,8 +198,4 @@ public struct Payload: Sendable {
         }
         self.states = states
     }
-}
-
-public func hexString(_ bytes: [UInt8]) -> String {
-    bytes.map { b in String(b >> 4, radix: 16) + String(b & 15, radix: 16) }.joined()
 }

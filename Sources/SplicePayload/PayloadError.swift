@@ -1,3 +1,4 @@
+import SpliceBytes
 /// Why a payload was refused. Each names the payload and the section, symbol, record or
 /// relocation at fault; a refused payload leaves guest memory exactly as it was.
 public struct PayloadError: Error, Equatable, CustomStringConvertible {
@@ -59,20 +60,19 @@ public struct PayloadError: Error, Equatable, CustomStringConvertible {
         case let .unknownFunction(r, n): what = "\(PayloadFormat.funcsSection) record \(r): the target has no function \(n)"
         case let .oldSizeMismatch(f, e, a): what = "\(f): expected old size \(e), the target's is \(a)"
         case let .expectedBytesMismatch(f, e, found):
-            func hex(_ b: [UInt8]) -> String { b.map { String(($0 >> 4), radix: 16) + String($0 & 15, radix: 16) }.joined(separator: " ") }
-            what = "\(f): expected its first bytes to be [\(hex(e))], found [\(hex(found))]"
+            what = "\(f): expected its first bytes to be [\(e.hexBytes)], found [\(found.hexBytes)]"
         case let .duplicateFunction(n, rs): what = "patches \(n) twice (records \(rs.map(String.init).joined(separator: ", ")))"
         case let .deniedFunction(n, why): what = "may not patch \(n): \(why)"
         case let .relocation(sec, i, why): what = "relocation \(i) of \(sec): \(why)"
         case let .alreadyLoaded(id): what = "is already loaded (build id \(id))"
         case let .symbolOutsideSection(symbol, section, value, size):
-            what = "symbol \(symbol) is at offset 0x\(String(value, radix: 16)) of \(section), which has 0x\(String(size, radix: 16)) bytes"
+            what = "symbol \(symbol) is at offset \(hex(value)) of \(section), which has \(hex(size)) bytes"
         case let .sectionTooLarge(section, size, alignment, limit, alignmentLimit):
-            what = "section \(section) asks for 0x\(String(size, radix: 16)) bytes aligned to 0x\(String(alignment, radix: 16)); "
-                + "a payload may place at most 0x\(String(limit, radix: 16)) bytes, aligned to at most 0x\(String(alignmentLimit, radix: 16))"
+            what = "section \(section) asks for \(hex(size)) bytes aligned to \(hex(alignment)); "
+                + "a payload may place at most \(hex(limit)) bytes, aligned to at most \(hex(alignmentLimit))"
         case let .hookRefused(hook, address, rc):
             let role = hook.hasPrefix("pre") ? "vetoed the action" : "failed, so the action did not happen"
-            what = "\(hook) hook at 0x\(String(address, radix: 16)) \(role): it returned \(rc)"
+            what = "\(hook) hook at \(hex(address)) \(role): it returned \(rc)"
         case let .incompatibleState(why): what = why
         case let .elf(e): what = "is not a valid ELF file: \(e)"
         case let .patch(e): what = e

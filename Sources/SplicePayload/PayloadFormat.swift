@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import SpliceBytes
 import SpliceELF
 
 /// The Splice payload format (docs/payload-format.md): a relocatable ELF per ISA.

@@ -1,3 +1,4 @@
+import SpliceBytes
 import SpliceELF
 import SpliceMachine
 import SplicePatching
@@ -95,13 +96,13 @@ public final class PayloadLoader {
             throw fail(.wrongMachine(payload: elf.header.machine, target: image.elf.header.machine))
         }
         guard let targetID = image.elf.buildID, targetID == payload.targetBuildID else {
-            throw fail(.buildIDMismatch(expected: hexString(payload.targetBuildID), target: image.elf.buildIDHex ?? "none"))
+            throw fail(.buildIDMismatch(expected: (payload.targetBuildID).hexDigits, target: image.elf.buildIDHex ?? "none"))
         }
         if payloads.contains(where: { $0.payload.buildID == payload.buildID }) {
             throw fail(.alreadyLoaded(buildID: payload.buildIDHex))
         }
         let dependencies = try payload.dependencies.map { id -> LoadedPayload in
-            guard let d = payloads.first(where: { $0.payload.buildID == id }) else { throw fail(.missingDependency(buildID: hexString(id))) }
+            guard let d = payloads.first(where: { $0.payload.buildID == id }) else { throw fail(.missingDependency(buildID: (id).hexDigits)) }
             return d
         }
         let runtimeNames = Set(patcher.runtime?.symbols.values.map { $0 } ?? [])
@@ -199,7 +200,7 @@ public final class PayloadLoader {
             for (i, r) in rs.entries.enumerated() {
                 guard r.offset < sectionBytes else {
                     throw fail(.relocation(section: rs.name, index: i, reason:
-                        "offset 0x\(String(r.offset, radix: 16)) is outside the section it applies to (0x\(String(sectionBytes, radix: 16)) bytes)"))
+                        "offset \(hex(r.offset)) is outside the section it applies to (\(hex(sectionBytes)) bytes)"))
                 }
                 let s = elf.symbols[Int(r.symbolIndex)]
                 let (value, external, localEntry) = try resolve(s, section: rs.name, index: i)
@@ -496,7 +497,7 @@ public final class PayloadLoader {
             do {
                 result = try engine.callGuest(CallEntry(kind: .global, address: address), [])
             } catch {
-                throw PayloadError(p.payload.name, .patch("\(kind.rawValue) hook at 0x\(String(address, radix: 16)) failed: \(error)"))
+                throw PayloadError(p.payload.name, .patch("\(kind.rawValue) hook at \(hex(address)) failed: \(error)"))
             }
             let rc = Int32(truncatingIfNeeded: result)
             if kind.returnsResult && rc != 0 {

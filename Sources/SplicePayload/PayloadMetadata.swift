@@ -1,3 +1,4 @@
+import SpliceBytes
 import SpliceELF
 
 /// The payload's metadata sections (docs/payload-format.md), written into an `ELFWriter`
@@ -47,7 +48,7 @@ public struct PayloadMetadata {
                                         section: stringsIndex))
         for (n, r) in records.enumerated() {
             var record = [UInt8](repeating: 0, count: PayloadFormat.recordSize)
-            func put(_ v: UInt64, _ o: Int) { for k in 0..<4 { record[o + k] = UInt8(truncatingIfNeeded: v >> (8 * UInt64(k))) } }
+            func put(_ v: UInt64, _ o: Int) { record.replaceSubrange(o..<o + 4, with: v.littleEndianBytes(count: 4)) }
             put(r.newSize, 24)
             put(r.oldSize, 28)
             put(UInt64(r.nopOffset), 36)

@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import SpliceBytes
 
 /// An appended payload signature in the layout of Linux module signing
 /// (which the xSplice design adopts): the payload bytes, then the marker `~Module signature appended~\n`,
@@ -96,11 +97,11 @@ public struct PayloadSignature: Sendable, Equatable {
         }
         let trustedID = keyID(of: trusted)
         guard sig.keyID == trustedID else {
-            throw SignatureError.unknownKey(name, keyID: hexString(sig.keyID), trusted: hexString(trustedID))
+            throw SignatureError.unknownKey(name, keyID: (sig.keyID).hexDigits, trusted: (trustedID).hexDigits)
         }
         guard let ecdsa = try? P256.Signing.ECDSASignature(derRepresentation: sig.signature),
               trusted.isValidSignature(ecdsa, for: payload)
-        else { throw SignatureError.doesNotVerify(name, keyID: hexString(sig.keyID)) }
+        else { throw SignatureError.doesNotVerify(name, keyID: (sig.keyID).hexDigits) }
         return payload
     }
 

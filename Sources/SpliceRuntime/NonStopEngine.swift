@@ -1,4 +1,5 @@
 import Foundation
+import SpliceBytes
 import SpliceMachine
 import SpliceELF
 import SplicePatching
@@ -138,7 +139,7 @@ public final class NonStopEngine: PatchEngine {
             try runner.sync(dropping: ranges, timeout: timeout)
         case let .trapArmed(address, final):
             guard let target = patcher.backend.trapRedirect(at: address, final: final) else {
-                throw PatchError.noBackend("a trap at 0x\(String(address, radix: 16)) with no place to send a vCPU")
+                throw PatchError.noBackend("a trap at \(hex(address)) with no place to send a vCPU")
             }
             runner.armTrap(at: address, continueAt: target)
             trace.trapsArmed += 1

@@ -1,3 +1,4 @@
+import SpliceBytes
 import SpliceELF
 import SpliceMachine
 
@@ -12,7 +13,7 @@ public enum StackCheck {
         /// 0: the PC; 1...: return addresses, innermost first.
         public var depth: Int
         public var description: String {
-            "vCPU \(vcpu): \(function) (\(depth == 0 ? "pc" : "return address") 0x\(String(address, radix: 16)))"
+            "vCPU \(vcpu): \(function) (\(depth == 0 ? "pc" : "return address") \(hex(address)))"
         }
     }
 

@@ -4,23 +4,9 @@ import Splice
 
 /// Loads a scenario by path, or by name from the bundled scenarios/ folder or the
 /// conformance suite (samples/conformance/).
-func loadScenario(_ nameOrPath: String) throws -> Scenario {
-    if FileManager.default.fileExists(atPath: nameOrPath) { return try Scenario(contentsOf: nameOrPath) }
-    for dir in [try Scenario.bundledDirectory(), try Scenario.conformanceDirectory()] {
-        let file = dir + "/\(nameOrPath).yaml"
-        if FileManager.default.fileExists(atPath: file) { return try Scenario(contentsOf: file) }
-    }
-    let bundled = try Scenario.all()
-    guard let s = bundled.first(where: { $0.name == nameOrPath }) else {
-        throw CommandError(description: "no scenario file \(nameOrPath), and no bundled scenario of that name (bundled: "
-                      + bundled.map(\.name).joined(separator: ", ") + ")")
-    }
-    return s
-}
+func loadScenario(_ nameOrPath: String) throws -> Scenario { try Scenario.named(nameOrPath) }
 
-func printStep(_ s: StepReport) {
-    print(String(format: "  %@ %2d. %@: %@ (%.1f ms)", s.passed ? "ok  " : "FAIL", s.index, s.step, s.detail, s.milliseconds))
-}
+func printStep(_ s: StepReport) { print(s.line) }
 
 struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -7,7 +7,7 @@ struct SpliceCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "splice",
         abstract: "Live patching for x86-64 and ppc64le, verified by running real code in Unicorn.",
-        subcommands: [Demo.self, Inspect.self, Call.self, Disasm.self, Build.self, Patch.self, Stress.self, Bench.self,
+        subcommands: [DemoCommand.self, Inspect.self, Call.self, Disasm.self, Build.self, Patch.self, Stress.self, Bench.self,
                       MachineCommand.self, Upload.self, List.self, Get.self, ActionCommand<CheckVerb>.self,
                       ActionCommand<ApplyVerb>.self, ActionCommand<RevertVerb>.self, ActionCommand<ReplaceVerb>.self,
                       ActionCommand<UnloadVerb>.self, Load.self, Sign.self, Keygen.self, Run.self, MatrixCommand.self, Trace.self, Soak.self])
@@ -29,7 +29,6 @@ struct SpliceCommand: ParsableCommand {
 }
 
 /// Formats numbers the way porting engineers read them.
-func hex(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }
 
 func printJSON<T: Encodable>(_ value: T) throws {
     let encoder = JSONEncoder()
@@ -232,190 +231,13 @@ struct Disasm: ParsableCommand {
     }
 }
 
-struct Demo: ParsableCommand {
+struct DemoCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Run the bundled samples on both ISAs: prologues, patch sites, entries, faults, and calls checked against the oracles.")
-
-    func printFunction(_ report: ImageReport, _ name: String) {
-        guard let f = report.functions.first(where: { $0.name == name }) else { return }
-        print("  \(name) at \(hex(f.address)), \(f.size) bytes" + (f.localEntry.map { ", local entry \(hex($0))" } ?? ""))
-        for s in f.sites { print("    site \(s.kind.rawValue) \(hex(s.address)): \(s.note)") }
-        for i in f.prologue { print("      \(hex(i.address)):  \(i.bytes.padding(toLength: 15, withPad: " ", startingAt: 0)) \(i.text)") }
-    }
+        commandName: "demo",
+        abstract: "Run the bundled samples on every ISA: prologues, patch sites, entries, faults, calls checked against the oracles, payloads, a live patch taken back, and the demo scenario on running vCPUs.")
 
     func run() throws {
-        try reportingErrors {
-            let dir = try Samples.directory()
-            let plans: [(image: String, oracle: String, show: [(String, String)])] = [
-                (Samples.x86_64, "oracle-x86_64.txt", [(Samples.x86_64, "identity"), (Samples.x86_64, "checked_double"),
-                                                        (Samples.x86_64Fentry, "checked_double")]),
-                (Samples.ppc64le, "oracle-ppc64le.txt", [(Samples.ppc64le, "scaled"), (Samples.ppc64le, "add")]),
-            ]
-            for plan in plans {
-                let path = dir + "/" + plan.image
-                let report = try Inspector.report(try ELFFile(contentsOf: path), prologueInstructions: 4)
-                print("== \(plan.image): \(report.architecture), build id \(report.buildID ?? "none")")
-                for (image, name) in plan.show {
-                    let r = image == plan.image ? report : try Inspector.report(try ELFFile(contentsOf: dir + "/" + image), prologueInstructions: 3)
-                    if image != plan.image { print("  (\(image))") }
-                    printFunction(r, name)
-                }
-                let loaded = try loadImage(path: path)
-                let entries = try loaded.entries(of: "scaled")
-                if entries.count > 1 {
-                    print("  scaled(10) through each entry:")
-                    for e in entries {
-                        let r = try loaded.call(e, [10])
-                        let r2 = e.kind == .local ? "r2 = TOC \(hex(e.tocPointer ?? 0))" : "r2 poisoned, r12 = \(hex(e.address))"
-                        print("    \(e.kind.rawValue) \(hex(e.address)) (\(r2)): \(r.signedValue) in \(r.instructions ?? 0) instructions")
-                    }
-                }
-                do {
-                    _ = try loaded.call("peek", [0xdead_0000])
-                } catch {
-                    print("  peek(0xdead0000): \(error)")
-                }
-                let cases = try OracleCase.parse(file: dir + "/" + plan.oracle)
-                var agreed = 0
-                for c in cases {
-                    let r = try loaded.call(c.function, c.arguments)
-                    let same = r.signedValue == c.expected
-                    if same { agreed += 1 }
-                    print("  \(same ? "ok  " : "DIFF") \(c.function)(\(c.arguments.map(String.init).joined(separator: ", "))) = \(r.signedValue)"
-                          + "  oracle \(c.expected)  \(r.instructions ?? 0) insns")
-                }
-                print("  \(agreed)/\(cases.count) calls agree with the \(plan.oracle.dropLast(4)) oracle\n")
-                if agreed != cases.count {
-                    throw CommandError(description: "\(plan.image): \(cases.count - agreed) calls disagree with the oracle")
-                }
-                try payloads(dir: dir, image: path, isa: report.architecture)
-                let backend = try Architectures.backend(for: loaded.elf)
-                let patchImage = dir + "/patch-\(report.architecture).elf"
-                if FileManager.default.fileExists(atPath: patchImage) {
-                    try livePatchAcrossTOCs(kernel: path, patch: patchImage)
-                } else {
-                    try livePatch(loaded, backend)
-                }
-            }
-            try liveMachineScenario(dir: dir)
-        }
-    }
-
-    /// The bundled demo scenario on every variant: vCPUs running the workload while
-    /// payloads go in, are replaced and come out (steps shown for one variant per ISA).
-    func liveMachineScenario(dir: String) throws {
-        let scenario = try loadScenario("demo")
-        print("== scenario \(scenario.name) (scenarios/demo.yaml): \(scenario.description.trimmingCharacters(in: .whitespacesAndNewlines))")
-        var shown: Set<String> = []
-        var failed = 0
-        for v in ScenarioVariant.all(of: scenario) {
-            let verbose = shown.insert(v.isa).inserted
-            if verbose { print("\(v), \(scenario.cpus) vCPUs running \(scenario.workload ?? "nothing"):") }
-            let r = ScenarioRunner.run(scenario, v, samples: dir, onStep: { if verbose { printStep($0) } })
-            if !r.passed { failed += 1; if !verbose { r.steps.filter { !$0.passed }.forEach(printStep) } }
-            print(String(format: "  %@ %@: %d/%d steps in %.2f s", r.passed ? "passed" : "FAILED", v.description,
-                         r.steps.filter(\.passed).count, scenario.steps.count, r.seconds) + (r.error.map { ": \($0)" } ?? ""))
-        }
-        if failed > 0 { throw CommandError(description: "the demo scenario failed on \(failed) variants") }
-    }
-}
-
-extension Demo {
-    /// Redirects scaled to checked_double in the running machine, calls it three ways,
-    /// reverts, and checks the code is byte-identical to before.
-    func livePatch(_ image: LoadedImage, _ backend: any PatchBackend) throws {
-        let patcher = try LivePatcher(image: image, backend: backend)
-        let codeHash = { () throws -> String in
-            var h: UInt64 = 0xcbf2_9ce4_8422_2325 // FNV-1a over every executable byte
-            for r in image.machine.memory.regions where r.permissions.contains(.execute) {
-                for b in try image.machine.memory.read(r.base, count: Int(r.size)) { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
-            }
-            return String(h, radix: 16)
-        }
-        func calls() throws -> String {
-            let cases: [(String, [Int64])] = [("scaled", [10]), ("apply_unary", [0, 10]), ("scaled_twice", [10])]
-            var parts: [String] = []
-            for (name, args) in cases {
-                let text = args.map { String($0) }.joined(separator: ", ")
-                parts.append("\(name)(\(text)) = \(try image.call(name, args).signedValue)")
-            }
-            return parts.joined(separator: ", ")
-        }
-        print("  live patch: redirect scaled -> checked_double (\(backend.architecture.name))")
-        let hashBefore = try codeHash()
-        print("    before: \(try calls())   code hash \(hashBefore)")
-        let r = try patcher.redirect("scaled", to: "checked_double")
-        let names = image.elf.functionNames
-        for i in try image.machine.disassemble(at: r.plan.site.address, count: 1) {
-            print("    site \(hex(i.address)): \(i.bytesHex)  \(Inspector.annotate(i.text, names))   (\(r.plan.method), undo \(r.undo[0].bytes.map { String(format: "%02x", $0) }.joined(separator: " ")))")
-        }
-        print("    after:  \(try calls())")
-        try patcher.revert("scaled")
-        let hashAfter = try codeHash()
-        print("    revert: \(try calls())   code hash \(hashAfter) \(hashAfter == hashBefore ? "(identical)" : "(DIFFERENT)")\n")
-        if hashAfter != hashBefore { throw CommandError(description: "code differs after revert") }
-    }
-}
-
-extension Demo {
-    /// Every sample source patch: built into a payload, loaded and applied in a fresh
-    /// machine, checked against the patched program's oracle, reverted.
-    func payloads(dir: String, image: String, isa: String) throws {
-        let names = ["01-greeting-len-fix", "02-scaled-plus-two", "03-greeting-sum-helper", "05-hooks"]
-        print("  payloads built by splice build from samples/patches/*.patch:")
-        for name in names {
-            let pd = "\(dir)/patches/\(name)"
-            let target = try ELFFile(contentsOf: image)
-            let backend = try Architectures.backend(for: target)
-            let (bytes, report) = try Samples.payload(original: name, patched: name, isa: isa, target: target, backend: backend,
-                                                      directory: dir)
-            let loaded = try loadImage(path: image)
-            let loader = PayloadLoader(patcher: try LivePatcher(image: loaded, backend: backend))
-            let p = try loader.load(try Payload(bytes: bytes, name: name))
-            try loader.apply(p)
-            let cases = try OracleCase.parse(file: "\(pd)/oracle-\(isa).txt")
-            let agree = try cases.filter { try loaded.call($0.function, $0.arguments).signedValue == $0.expected }.count
-            try loader.revert(p)
-            try loader.unload(p)
-            let extra = report.newFunctions.isEmpty ? "" : " + new \(report.newFunctions.joined(separator: ", "))"
-            print("    \(name): \(bytes.count) bytes, changes \(report.changed.joined(separator: ", "))\(extra); "
-                  + "\(agree)/\(cases.count) calls agree with the patched oracle; reverted and unloaded")
-            if agree != cases.count { throw CommandError(description: "\(name) on \(isa) disagrees with its oracle") }
-        }
-        print("")
-    }
-
-    /// ppc64le: scaled redirected to scaled_v2 in a second image with its own TOC, for
-    /// both return strategies; r2 after a local call; the sibling-call hazard.
-    func livePatchAcrossTOCs(kernel: String, patch: String) throws {
-        for strategy in ReturnStrategy.allCases {
-            let machine = try Machine(architecture: PPC64LEArchitecture())
-            let k = try machine.load(try ELFFile(contentsOf: kernel))
-            let p = try machine.load(try ELFFile(contentsOf: patch))
-            let patcher = try LivePatcher(image: k, backend: PPC64LEPatchBackend(strategy: strategy))
-            let toc = k.elf.symbol(named: ".TOC.")!.value
-            let observed = k.elf.symbol(named: "observed_toc")!.value
-            print("  live patch (\(strategy.rawValue)): redirect scaled -> scaled_v2 (patch image, TOC \(hex(p.elf.symbol(named: ".TOC.")!.value)))")
-            let r = try patcher.redirect("scaled", toAddress: try p.function(named: "scaled_v2").value, label: "scaled_v2")
-            let names = k.elf.functionNames.merging(patcher.runtime?.symbols ?? [:]) { a, _ in a }
-            for w in r.plan.writes {
-                let text = w.kind == .data ? "= \(hex(try machine.memory.readUInt64(w.address)))"
-                    : (try machine.disassemble(at: w.address, count: 1).first.map { Inspector.annotate($0.text, names) } ?? "")
-                print("    \(hex(w.address)): \(text)   (\(w.purpose))")
-            }
-            try machine.memory.writeUInt64(observed, 0)
-            let local = try k.call("toc_after_local_call", [10])
-            let r2 = try machine.memory.readUInt64(observed)
-            print("    global call apply_unary(0, 10) = \(try k.call("apply_unary", [0, 10]).signedValue); "
-                  + "local call from toc_after_local_call(10) = \(local.signedValue), r2 after it \(hex(r2)) "
-                  + (r2 == toc ? "(the kernel's TOC)" : "(WRONG: the kernel's TOC is \(hex(toc)))"))
-            let sibling = try k.function(named: "sibling_scaled").value
-            let hazard = try p.call("module_call", [Int64(sibling), 10]).signedValue
-            print("    sibling-call hazard: module_call(sibling_scaled, 10) = \(hazard) "
-                  + (hazard == 1_001_055 ? "(correct)" : "(expected 1001055: the module's TOC save slot was overwritten)"))
-            try patcher.revert("scaled")
-            print("    revert: scaled(10) = \(try k.call("scaled", [10]).signedValue)\n")
-        }
+        try reportingErrors { try Demo().run() }
     }
 }
 

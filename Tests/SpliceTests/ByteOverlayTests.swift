@@ -1,4 +1,5 @@
 @testable import SplicePatching
+import SpliceBytes
 import XCTest
 
 /// The granule map behind the patcher's "what must memory hold here" bookkeeping, checked
@@ -31,7 +32,7 @@ final class ByteOverlayTests: XCTestCase {
                 var seen = [UInt8](repeating: 0xee, count: count)
                 overlay.apply(to: &seen, at: address)
                 let expected = (0..<count).map { model[address + UInt64($0)] ?? 0xee }
-                XCTAssertEqual(seen, expected, "apply at 0x\(String(address, radix: 16)) count \(count)")
+                XCTAssertEqual(seen, expected, "apply at \(hex(address)) count \(count)")
                 let all = (0..<count).compactMap { model[address + UInt64($0)] }
                 XCTAssertEqual(overlay.known(address, count: count), all.count == count ? all : nil)
             }

@@ -20,7 +20,7 @@ final class DisassemblerTests: XCTestCase {
         let add = try XCTUnwrap(elf.symbol(named: "add"))
         let mcount = try XCTUnwrap(elf.symbol(named: "_mcount"))
         let insns = d.decode(try elf.bytes(of: add), address: add.value, count: 4)
-        XCTAssertEqual(insns.map(\.text), ["mflr r0", "bl 0x\(String(mcount.value, radix: 16))", "add r3, r3, r4", "blr"])
+        XCTAssertEqual(insns.map(\.text), ["mflr r0", "bl \(hex(mcount.value))", "add r3, r3, r4", "blr"])
         XCTAssertEqual(insns[0].bytes, [0xa6, 0x02, 0x08, 0x7c])
     }
 
@@ -69,7 +69,7 @@ final class InstructionConstantTests: XCTestCase {
             let word = PPC64LEInstruction.word(text.data, at: offset)
             guard let target = PPC64LEInstruction.branchAndLinkTarget(word, at: address) else { continue }
             let insn = try XCTUnwrap(d.decodeOne(Array(text.data[offset..<offset + 4]), address: address))
-            XCTAssertEqual(insn.text, "bl 0x\(String(target, radix: 16))")
+            XCTAssertEqual(insn.text, "bl \(hex(target))")
             checked += 1
             if target < address { backward += 1 }
         }

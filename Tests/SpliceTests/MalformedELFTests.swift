@@ -69,7 +69,7 @@ final class MalformedELFTests: XCTestCase {
         bytes.put64(Int(symtab.offset) + 24 * add.index + 16, UInt64.max) // st_size
         let elf = try ELFFile(bytes: bytes)
         XCTAssertThrowsError(try Inspector.report(elf)) { error in
-            XCTAssertTrue("\(error)".contains("add at 0x\(String(add.value, radix: 16)) size 18446744073709551615 lies outside its section .text"),
+            XCTAssertTrue("\(error)".contains("add at \(hex(add.value)) size 18446744073709551615 lies outside its section .text"),
                           "\(error)")
         }
     }

@@ -138,7 +138,7 @@ final class MalformedPayloadTests: XCTestCase {
             let s = e.section(named: PayloadFormat.dependsSection)!
             let at = Int(s.offset) + 16 // after the note header and "GNU\0"
             b[at] ^= 0xff
-            wrongID = (b[at..<at + 20]).map { String(format: "%02x", $0) }.joined()
+            wrongID = (b[at..<at + 20]).hexDigits
         }, .reason(.buildIDMismatch(expected: wrongID, target: targetID)))
         try run("no-target-build-id", try mutated { b, e in
             try Self.rename(&b, e, in: ".shstrtab", PayloadFormat.dependsSection, ".livepatch.dependz")
@@ -149,7 +149,7 @@ final class MalformedPayloadTests: XCTestCase {
         // Edited after it was built: the note is no longer the hash of the contents.
         var editedID = ""
         try run("edited-keeps-its-id", try mutated { b, e in
-            editedID = hexString(try XCTUnwrap(e.notes.first { $0.sectionName == PayloadFormat.buildIDSection }).descriptor)
+            editedID = (try XCTUnwrap(e.notes.first { $0.sectionName == PayloadFormat.buildIDSection }).descriptor).hexDigits
             b[Int(try XCTUnwrap(e.section(named: ".text.scaled")).offset)] ^= 0x01
         }, seal: false, .contains("has build id \(editedID) in .note.gnu.build-id, but its contents hash to "))
         // Another payload's id copied into this one's note.

@@ -54,8 +54,8 @@ final class PPC64LEEncoderTests: XCTestCase {
         let from: UInt64 = 0x1000_0000
         for offset: Int64 in [4, -4, 0x100, -0x1000, (1 << 25) - 4, -(1 << 25)] {
             let to = UInt64(bitPattern: Int64(from) + offset)
-            XCTAssertEqual(text(try XCTUnwrap(P.branch(from: from, to: to, link: true)), at: from), "bl 0x\(String(to, radix: 16))")
-            XCTAssertEqual(text(try XCTUnwrap(P.branch(from: from, to: to, link: false)), at: from), "b 0x\(String(to, radix: 16))")
+            XCTAssertEqual(text(try XCTUnwrap(P.branch(from: from, to: to, link: true)), at: from), "bl \(hex(to))")
+            XCTAssertEqual(text(try XCTUnwrap(P.branch(from: from, to: to, link: false)), at: from), "b \(hex(to))")
         }
         XCTAssertNil(P.branch(from: from, to: from + (1 << 25), link: true), "one word past +32 MB")
         XCTAssertNil(P.branch(from: from, to: from - (1 << 25) - 4, link: true))
@@ -64,7 +64,7 @@ final class PPC64LEEncoderTests: XCTestCase {
             for cr in [0, 1] {
                 let w = try XCTUnwrap(P.branchConditional(c, cr: cr, from: from, to: from + 0x40))
                 let crText = cr == 0 ? "" : "cr1, "
-                XCTAssertEqual(text(w, at: from), "\(mnemonic) \(crText)0x\(String(from + 0x40, radix: 16))")
+                XCTAssertEqual(text(w, at: from), "\(mnemonic) \(crText)\(hex(from + 0x40))")
             }
         }
         XCTAssertNil(P.branchConditional(.eq, cr: 0, from: from, to: from + 0x8000))

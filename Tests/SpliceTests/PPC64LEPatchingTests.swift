@@ -94,7 +94,7 @@ final class PPC64LEPatchingTests: XCTestCase {
         XCTAssertEqual(try text(mark), "addi r2, r2, 0x7f00")
         try s.patcher.redirect("scaled", toAddress: try s.address("scaled_v2"))
         let rt = try XCTUnwrap(s.patcher.runtime as? PPC64LERuntime)
-        XCTAssertEqual(try text(site.address), "bl 0x\(String(rt.ftraceCaller, radix: 16))")
+        XCTAssertEqual(try text(site.address), "bl \(hex(rt.ftraceCaller))")
         XCTAssertEqual(try text(mark), "addi r2, r2, 0x7f01")
     }
 
@@ -138,7 +138,7 @@ final class PPC64LEPatchingTests: XCTestCase {
         let d = try Disassembler(mode: .ppc64le)
         let listing = d.decode(try s.machine.memory.read(stub.address, count: stub.size), address: stub.address).map(\.text)
         let rt = try XCTUnwrap(s.patcher.runtime as? PPC64LERuntime)
-        XCTAssertEqual(listing, ["lis r12, 0x5000", "ori r12, r12, 0x\(String(rt.ftraceCaller & 0xffff, radix: 16))",
+        XCTAssertEqual(listing, ["lis r12, 0x5000", "ori r12, r12, \(hex(rt.ftraceCaller & 0xffff))",
                                  "mtctr r12", "bctr"])
         XCTAssertEqual(try s.value("scaled", [10]), 1050)
         XCTAssertEqual(try s.value("scaled_twice", [10]), 6250)

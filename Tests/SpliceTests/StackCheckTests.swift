@@ -110,5 +110,5 @@ final class StackCheckTests: XCTestCase {
         }
     }
 
-    private func hex(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }
+    private func hex(_ v: UInt64) -> String { hex(v) }
 }

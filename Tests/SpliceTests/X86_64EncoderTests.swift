@@ -16,7 +16,7 @@ final class X86_64EncoderTests: XCTestCase {
                 let bytes = try XCTUnwrap(E.nearJump(from: site, to: target), "d=\(d)")
                 let insn = try XCTUnwrap(capstone.decodeOne(bytes, address: site))
                 XCTAssertEqual(insn.size, 5, "d=\(d): always the e9 form, never a short jmp")
-                XCTAssertEqual(insn.text, "jmp 0x\(String(target, radix: 16))", "d=\(d)")
+                XCTAssertEqual(insn.text, "jmp \(hex(target))", "d=\(d)")
             }
             // One byte beyond the reach either way: no rel32 encoding.
             XCTAssertNil(E.nearJump(from: site, to: site + 5 + 0x8000_0000))

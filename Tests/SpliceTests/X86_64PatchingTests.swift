@@ -39,7 +39,7 @@ final class X86_64PatchingTests: XCTestCase {
         XCTAssertEqual(r.plan.method, "jmp rel32")
         // The site now holds exactly `jmp checked_double`, 5 bytes (Capstone referee).
         let jmp = try XCTUnwrap(decode(p, at: r.plan.site.address).first)
-        XCTAssertEqual(jmp.text, "jmp 0x\(String(target.value, radix: 16))")
+        XCTAssertEqual(jmp.text, "jmp \(hex(target.value))")
         XCTAssertEqual(jmp.size, 5)
         // Directly, through a function pointer, and from other functions.
         XCTAssertEqual(try value(p, "scaled", [10]), 20)
@@ -109,7 +109,7 @@ final class X86_64PatchingTests: XCTestCase {
         let slot = try XCTUnwrap(r.plan.allocations.first { $0.address != self.farAddress })
         let site = r.plan.site.address
         // Site: jmp rel32 to the slot (within ±2 GB); slot: jmp [rip] to the far code.
-        XCTAssertEqual(try XCTUnwrap(decode(p, at: site).first).text, "jmp 0x\(String(slot.address, radix: 16))")
+        XCTAssertEqual(try XCTUnwrap(decode(p, at: site).first).text, "jmp \(hex(slot.address))")
         XCTAssertLessThan(slot.address > site ? slot.address - site : site - slot.address, 1 << 31)
         XCTAssertEqual(try XCTUnwrap(decode(p, at: slot.address).first).text, "jmp qword ptr [rip]")
         XCTAssertEqual(try p.machine.memory.readUInt64(slot.address + 6), farAddress)

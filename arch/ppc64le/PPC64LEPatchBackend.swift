@@ -1,3 +1,4 @@
+import SpliceBytes
 import SpliceELF
 import SpliceMachine
 import SplicePatching
@@ -139,9 +140,9 @@ public struct PPC64LEPatchBackend: PatchBackend {
                 writes.append(CodeWrite(address: stub.address, bytes: stubCode.flatMap(PPC64LEInstruction.bytes),
                                         purpose: "stub: load ftrace_caller's address, bctr"))
                 call = P.branch(from: site.address, to: stub.address, link: true)
-                method = "bl stub at 0x\(String(stub.address, radix: 16)) -> ftrace_caller"
+                method = "bl stub at \(hex(stub.address)) -> ftrace_caller"
             }
-            writes.append(CodeWrite(address: entry, bytes: (0..<8).map { UInt8(truncatingIfNeeded: to >> (8 * $0)) },
+            writes.append(CodeWrite(address: entry, bytes: to.littleEndianBytes,
                                     purpose: "site table: the new address", kind: .data))
             writes.append(CodeWrite(address: site.address, bytes: PPC64LEInstruction.bytes(call!), purpose: method))
             if let mark = site.globalEntryMark {

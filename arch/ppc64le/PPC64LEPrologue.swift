@@ -1,3 +1,4 @@
+import SpliceBytes
 import SpliceELF
 import SpliceMachine
 
@@ -8,7 +9,7 @@ public enum PPC64LEInstruction {
     public static let mflrR0: UInt32 = 0x7c08_02a6       // mflr r0
     public static let stdR0_16R1: UInt32 = 0xf801_0010   // std r0,16(r1)
 
-    public static func bytes(_ word: UInt32) -> [UInt8] { (0..<4).map { UInt8(truncatingIfNeeded: word >> (8 * $0)) } }
+    public static func bytes(_ word: UInt32) -> [UInt8] { word.littleEndianBytes }
     public static func word(_ bytes: [UInt8], at offset: Int) -> UInt32 {
         bytes.littleEndian(UInt32.self, at: offset)
     }

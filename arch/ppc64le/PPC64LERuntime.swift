@@ -1,3 +1,4 @@
+import SpliceBytes
 import SpliceELF
 import SpliceMachine
 import SplicePatching
@@ -44,7 +45,6 @@ public final class PPC64LERuntime: PatchRuntime {
     }
 
     public var summary: [String] {
-        func hex(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }
         return ["strategy \(strategy.rawValue)",
                 "ftrace_caller at \(hex(ftraceCaller)), return helper at \(hex(returnHelper)) (\(codeSize) bytes)",
                 "site table at \(hex(tableBase)) for text \(hex(textBase))..<\(hex(textEnd))"]

@@ -1,3 +1,4 @@
+import SpliceBytes
 import SpliceMachine
 
 /// The one place that works around Unicorn 2.0.1's PPC64 bring-up (probed on Debian's
@@ -72,7 +73,7 @@ public enum BringUpError: Error, Equatable, CustomStringConvertible {
             return "ppc64le bring-up: expected 2 copies of MSR in the \(size)-byte Unicorn context, found \(found); "
                 + "this Unicorn build stores CPU state differently and the MSR[HV] workaround no longer applies"
         case let .msrNotApplied(wanted, read):
-            return "ppc64le bring-up: MSR should be 0x\(String(wanted, radix: 16)) but reads 0x\(String(read, radix: 16))"
+            return "ppc64le bring-up: MSR should be \(hex(wanted)) but reads \(hex(read))"
         }
     }
 }

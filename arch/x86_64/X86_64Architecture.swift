@@ -1,4 +1,5 @@
 import CUnicorn
+import SpliceBytes
 import SpliceDisassembly
 import SpliceELF
 import SpliceMachine
@@ -212,7 +213,7 @@ enum X86_64Prologue {
             let rel = Int32(bitPattern: UInt32(code[1]) | UInt32(code[2]) << 8 | UInt32(code[3]) << 16 | UInt32(code[4]) << 24)
             let target = UInt64(bitPattern: Int64(bitPattern: address + 5) &+ Int64(rel))
             if let fentry = image.symbol(named: "__fentry__"), fentry.value == target {
-                return (.fentryCall, "call __fentry__ (0x\(String(target, radix: 16))): 5 bytes a redirect can replace")
+                return (.fentryCall, "call __fentry__ (\(hex(target))): 5 bytes a redirect can replace")
             }
         } else if code.starts(with: nop5) {
             return (.patchableNop, "5-byte nop: room for a jmp rel32")

@@ -1,3 +1,4 @@
+import SpliceBytes
 import SpliceDisassembly
 import SpliceELF
 import SpliceMachine
@@ -71,7 +72,7 @@ public struct X86_64PatchBackend: PatchBackend {
                 writes: [CodeWrite(address: slot.address, bytes: E.absoluteJump(to: to), purpose: "far-jump slot: jmp [rip] + abs64"),
                          CodeWrite(address: site.address, bytes: hop, purpose: "jmp rel32 to the far-jump slot")],
                 allocations: [slot], extraInstructions: 2,
-                method: "jmp rel32 to slot 0x\(String(slot.address, radix: 16)), jmp [rip] absolute")
+                method: "jmp rel32 to slot \(hex(slot.address)), jmp [rip] absolute")
         case .returnImmediately:
             // A patchable slot is filled completely so it still decodes cleanly.
             let length = site.kind == .patchableEntry ? site.room : 1
@@ -131,7 +132,7 @@ public struct X86_64PatchBackend: PatchBackend {
         guard starts.contains(offset + UInt64(length)) else { throw refuse("does not end on an instruction boundary") }
         let covered = insns.filter { $0.address - symbol.value >= offset && $0.address - symbol.value < offset + UInt64(length) }
         if let r = covered.first(where: { $0.mnemonic == "ret" }) {
-            throw refuse("would remove the ret at 0x\(String(r.address, radix: 16)); use makeNoOp to make the whole function return")
+            throw refuse("would remove the ret at \(hex(r.address)); use makeNoOp to make the whole function return")
         }
     }
 

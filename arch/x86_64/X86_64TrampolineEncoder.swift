@@ -1,3 +1,4 @@
+import SpliceBytes
 /// The x86-64 instruction sequences Splice writes, encoded by hand (no assembler library
 /// is available here) and refereed by Capstone in the tests. See arch/x86_64/README.md.
 public enum X86_64TrampolineEncoder {
@@ -11,13 +12,13 @@ public enum X86_64TrampolineEncoder {
     public static func nearJump(from: UInt64, to: UInt64) -> [UInt8]? {
         let displacement = Int64(bitPattern: to &- (from &+ UInt64(nearJumpSize)))
         guard let rel = Int32(exactly: displacement) else { return nil }
-        return [0xe9] + littleEndian(UInt32(bitPattern: rel), bytes: 4)
+        return [0xe9] + rel.littleEndianBytes
     }
 
     /// `jmp [rip+0]; .quad to`: reaches any address and clobbers no register (an
     /// alternative, `movabs rax; jmp rax`, would clobber rax, which varargs callees read).
     public static func absoluteJump(to: UInt64) -> [UInt8] {
-        [0xff, 0x25, 0x00, 0x00, 0x00, 0x00] + littleEndian(to, bytes: 8)
+        [0xff, 0x25, 0x00, 0x00, 0x00, 0x00] + to.littleEndianBytes
     }
 
     /// The recommended multi-byte NOPs (Intel SDM, "NOP" instruction), 1 to 9 bytes.
@@ -43,9 +44,5 @@ public enum X86_64TrampolineEncoder {
             left -= n
         }
         return out
-    }
-
-    static func littleEndian<T: FixedWidthInteger>(_ v: T, bytes: Int) -> [UInt8] {
-        (0..<bytes).map { UInt8(truncatingIfNeeded: v >> (8 * $0)) }
     }
 }
