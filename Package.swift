@@ -60,9 +60,9 @@ let package = Package(
 
         .target(name: "SpliceRuntime", dependencies: ["CSpliceShims", "SpliceBytes", "SpliceMachine", "SplicePatching", "SplicePayload"]),
 
-        .target(name: "SpliceX86_64", dependencies: ["SpliceBytes", "SpliceMachine", "SplicePatching"], path: "arch/x86_64",
+        .target(name: "SpliceX86_64", dependencies: ["CCapstone", "SpliceBytes", "SpliceMachine", "SplicePatching"], path: "arch/x86_64",
                 exclude: ["README.md"]),
-        .target(name: "SplicePPC64LE", dependencies: ["SpliceBytes", "SpliceMachine", "SplicePatching"], path: "arch/ppc64le",
+        .target(name: "SplicePPC64LE", dependencies: ["CCapstone", "SpliceBytes", "SpliceMachine", "SplicePatching"], path: "arch/ppc64le",
                 exclude: ["README.md"]),
 
         // The registry: the one place outside arch/ that names the backends.

@@ -5,7 +5,6 @@ import SpliceELF
 import SpliceFiles
 import SpliceHarness
 import SpliceMachine
-import SplicePPC64LE
 import SplicePatching
 import SplicePayload
 import SpliceRuntime
@@ -25,37 +24,26 @@ public enum PayloadBenchmark {
     }
 
 
-    /// A payload of `count` functions that each read the target's `scale_factor` (x86-64:
-    /// `mov rax,[rip+scale_factor]; imul rax,rdi; ret`; ppc64le: a global entry against
-    /// `.TOC.`, then `addis/ld` TOC16_HA/LO_DS of scale_factor, `mulld`, `blr`), and one
-    /// record redirecting `scaled` to the first of them.
+    /// A payload of `count` functions that each return x times the target's `scale_factor`
+    /// (the backend's `multiplyByGlobal` fixture, with its relocations), and one record
+    /// redirecting `scaled` to the first of them.
     public static func generate(target: ELFFile, count: Int) throws -> [UInt8] {
         let backend = try Architectures.backend(for: target)
-        let ppc = target.header.machine == ELFMachine.ppc64
+        let fixture = backend.fixtures.multiplyByGlobal("scale_factor")
         var w = ELFWriter(machine: target.header.machine, flags: target.header.flags)
-        let scale = w.add(.init(name: "scale_factor", type: ELFWriter.Symbol.noType, binding: ELFWriter.Symbol.global, section: nil))
-        let toc = ppc ? w.add(.init(name: ".TOC.", type: ELFWriter.Symbol.noType, binding: ELFWriter.Symbol.global, section: nil)) : 0
+        var symbols: [String: Int] = [:]
+        for r in fixture.relocations where symbols[r.symbol] == nil {
+            symbols[r.symbol] = w.add(.init(name: r.symbol, type: ELFWriter.Symbol.noType, binding: ELFWriter.Symbol.global, section: nil))
+        }
         var first = 0
         for i in 0..<count {
-            let code: [UInt8]
-            if ppc {
-                let words: [UInt32] = [0x3c4c_0000, 0x3842_0000, 0x3d22_0000, 0xe929_0000, 0x7c63_49d2, 0x4e80_0020]
-                code = words.flatMap(PPC64LEInstruction.bytes)
-            } else {
-                code = [0x48, 0x8b, 0x05, 0, 0, 0, 0, 0x48, 0x0f, 0xaf, 0xc7, 0xc3]
-            }
             let section = w.add(.init(name: ".text.gen_\(i)", flags: ELFSection.flagAlloc | ELFSection.flagExecInstr,
-                                      data: code, alignment: 16))
-            let f = w.add(.init(name: "gen_\(i)", size: UInt64(code.count), type: ELFWriter.Symbol.function,
-                                binding: ELFWriter.Symbol.global, other: ppc ? 3 << 5 : 0, section: section))
+                                      data: fixture.code, alignment: 16))
+            let f = w.add(.init(name: "gen_\(i)", size: UInt64(fixture.code.count), type: ELFWriter.Symbol.function,
+                                binding: ELFWriter.Symbol.global, other: fixture.symbolOther, section: section))
             if i == 0 { first = f }
-            if ppc {
-                w.relocate(section: section, .init(offset: 0, type: 252, symbol: toc, addend: 0))
-                w.relocate(section: section, .init(offset: 4, type: 250, symbol: toc, addend: 4))
-                w.relocate(section: section, .init(offset: 8, type: 50, symbol: scale, addend: 0))
-                w.relocate(section: section, .init(offset: 12, type: 64, symbol: scale, addend: 0))
-            } else {
-                w.relocate(section: section, .init(offset: 3, type: 2, symbol: scale, addend: -4))
+            for r in fixture.relocations {
+                w.relocate(section: section, .init(offset: r.offset, type: r.type, symbol: symbols[r.symbol]!, addend: r.addend))
             }
         }
         var metadata = PayloadMetadata(targetBuildID: target.buildID ?? [])
@@ -64,7 +52,7 @@ public enum PayloadBenchmark {
     }
 
     public static func run(samples: String, count: Int = 10_000, rounds: Int = 5) throws -> [Row] {
-        try [Samples.x86_64, Samples.ppc64le].map { imageName in
+        try Architectures.backends.map { Samples.kernel(isa: $0.architecture.name) }.map { imageName in
             let imagePath = samples + "/" + imageName
             let target = try ELFFile(contentsOf: imagePath)
             let bytes = try generate(target: target, count: count)
@@ -99,7 +87,7 @@ public enum PayloadBenchmark {
                     readelf = min(readelf ?? .infinity, seconds)
                 }
             }
-            return Row(architecture: target.header.machine == ELFMachine.ppc64 ? "ppc64le" : "x86_64", functions: count,
+            return Row(architecture: try Architectures.forELF(target).name, functions: count,
                        relocations: relocations, bytes: bytes.count, spliceSeconds: best, readelfSeconds: readelf)
         }
     }

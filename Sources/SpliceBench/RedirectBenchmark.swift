@@ -5,7 +5,6 @@ import SpliceELF
 import SpliceFiles
 import SpliceHarness
 import SpliceMachine
-import SplicePPC64LE
 import SplicePatching
 import SplicePayload
 import SpliceRuntime
@@ -28,8 +27,6 @@ public enum RedirectBenchmark {
         var goal: String
     }
 
-    /// `mov rax, rdi; add rax, rax; ret`: a position-independent double placed far away.
-    static let farDouble: [UInt8] = [0x48, 0x89, 0xf8, 0x48, 0x01, 0xc0, 0xc3]
 
     public static func run(samples: String) throws -> [Row] {
         let cases = [
@@ -46,20 +43,23 @@ public enum RedirectBenchmark {
             Case(name: "x86_64 far, via a slot", image: Samples.x86_64, function: "scaled", target: "far",
                  arguments: [10], farCode: true, goal: "+2"),
         ]
-        return try cases.map { c in try measure(c, samples: samples) } + ppc64le(samples: samples)
+        return try cases.map { c in try measure(c, samples: samples) } + acrossTOCs(samples: samples)
     }
 
     /// ppc64le: scaled redirected to scaled_v2 in the patch image (another TOC), entered
     /// at its local entry (r2 = TOC: a local call) and at its global entry (r12: a global
     /// call), against calling scaled_v2 directly.
-    static func ppc64le(samples: String) throws -> [Row] {
+    static func acrossTOCs(samples: String) throws -> [Row] {
         var rows: [Row] = []
-        for strategy in ReturnStrategy.allCases {
+        let kernelELF = try ELFFile(contentsOf: samples + "/" + Samples.ppc64le)
+        let base = try Architectures.backend(for: kernelELF)
+        for strategy in base.returnStrategies {
             for kind in [EntryKind.local, .global] {
-                let machine = try Machine(architecture: PPC64LEArchitecture())
-                let kernel = try machine.load(try ELFFile(contentsOf: samples + "/" + Samples.ppc64le))
+                let backend = try base.using(returnStrategy: strategy)
+                let machine = try Machine(architecture: backend.architecture)
+                let kernel = try machine.load(kernelELF)
                 let patch = try machine.load(try ELFFile(contentsOf: samples + "/patch-ppc64le.elf"))
-                let patcher = try LivePatcher(image: kernel, backend: PPC64LEPatchBackend(strategy: strategy))
+                let patcher = try LivePatcher(image: kernel, backend: backend)
                 let active = try patcher.redirect("scaled", toAddress: try patch.function(named: "scaled_v2").value,
                                                   label: "scaled_v2")
                 let direct = try patch.call("scaled_v2", [10])
@@ -67,10 +67,10 @@ public enum RedirectBenchmark {
                 guard redirected.value == direct.value else {
                     throw BenchmarkError(description: "ppc64le \(kind) call returned \(redirected.signedValue), scaled_v2 \(direct.signedValue)")
                 }
-                rows.append(Row(name: "ppc64le \(kind.rawValue) call, \(strategy.rawValue)", method: active.plan.method,
+                rows.append(Row(name: "ppc64le \(kind.rawValue) call, \(strategy)", method: active.plan.method,
                                 targetInstructions: direct.instructions ?? 0,
                                 redirectedInstructions: redirected.instructions ?? 0,
-                                goal: kind == .local && strategy == .frameless ? "<= +40" : "-"))
+                                goal: kind == .local && strategy == "frameless" ? "<= +40" : "-"))
             }
         }
         return rows
@@ -82,7 +82,9 @@ public enum RedirectBenchmark {
         let active: ActiveRedirect
         let direct: CallResult
         if c.farCode {
-            active = try patcher.redirect(c.function, toCode: farDouble, at: 0x2_0000_0000, label: "far double")
+            // A position-independent double placed far away.
+            let code = patcher.backend.fixtures.double()
+            active = try patcher.redirect(c.function, toCode: code, at: 0x2_0000_0000, label: "far double")
             direct = try image.call(CallEntry(kind: .global, address: 0x2_0000_0000), c.arguments)
         } else {
             active = try patcher.redirect(c.function, to: c.target)

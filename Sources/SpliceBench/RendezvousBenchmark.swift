@@ -6,7 +6,6 @@ import SpliceELF
 import SpliceFiles
 import SpliceHarness
 import SpliceMachine
-import SplicePPC64LE
 import SplicePatching
 import SplicePayload
 import SpliceRuntime
@@ -40,16 +39,12 @@ public enum RendezvousBenchmark {
     }
 
     /// A payload redirecting f0000..f0999 of kernel-many (x + i + 1) to new functions
-    /// returning x + i + `offset` (x86-64: `lea rax,[rdi+imm32]; ret`; ppc64le: `addi r3,r3,imm; blr`).
+    /// returning x + i + `offset` (the backend's `addConstant` fixture).
     static func manyPayload(target: ELFFile, backend: any PatchBackend, offset: Int64) throws -> Payload {
-        let ppc = target.header.machine == ELFMachine.ppc64
         var w = ELFWriter(machine: target.header.machine, flags: target.header.flags)
         var functions: [Int] = []
         for i in 0..<1000 {
-            let v = Int64(i) + offset
-            let code: [UInt8] = ppc
-                ? (PPC64LEEncoder.addi(3, 3, Int16(v)).littleEndianBytes + PPC64LEEncoder.blr.littleEndianBytes)
-                : [0x48, 0x8d, 0x87] + UInt32(v).littleEndianBytes + [0xc3]
+            let code = backend.fixtures.addConstant(Int16(Int64(i) + offset))
             let section = w.add(.init(name: ".text.new_f\(i)", flags: ELFSection.flagAlloc | ELFSection.flagExecInstr,
                                       data: code, alignment: 16))
             functions.append(w.add(.init(name: "new_f\(i)", size: UInt64(code.count), type: ELFWriter.Symbol.function,

@@ -391,7 +391,7 @@ public final class LiveMachine {
                       returnStrategy: patcher.backend.returnStrategy,
                       version: version, payloads: page.total,
                       activeRedirects: patcher.active.count, rendezvousCompleted: runner.rendezvous.completed,
-                      requiresSignature: trustedKey.map { (PayloadSignature.keyID(of: $0)).hexDigits }, vcpus: vcpus)
+                      requiresSignature: trustedKey.map { PayloadSignature.keyID(of: $0).hexDigits }, vcpus: vcpus)
     }
 
     /// The address of a symbol of the image.

@@ -1,8 +1,8 @@
 import CCapstone
 import SpliceBytes
 
-/// Which instruction set a `Disassembler` decodes. Each arch backend names its own;
-/// only this wrapper knows how that maps onto Capstone's arch and mode numbers.
+/// Which instruction set a `Disassembler` decodes. Each arch backend declares its own
+/// (arch/<isa>) from Capstone's arch and mode numbers; everything else only passes it on.
 public struct DisassemblyMode: Hashable, Sendable, CustomStringConvertible {
     let arch: cs_arch
     let mode: cs_mode
@@ -10,11 +10,12 @@ public struct DisassemblyMode: Hashable, Sendable, CustomStringConvertible {
     let undecodableUnit: Int
     public let description: String
 
-    public static let x86_64 = DisassemblyMode(arch: CS_ARCH_X86, mode: CS_MODE_64, undecodableUnit: 1,
-                                               description: "x86-64")
-    public static let ppc64le = DisassemblyMode(
-        arch: CS_ARCH_PPC, mode: cs_mode(CS_MODE_64.rawValue | CS_MODE_LITTLE_ENDIAN.rawValue),
-        undecodableUnit: 4, description: "ppc64le")
+    package init(arch: cs_arch, mode: cs_mode, undecodableUnit: Int, description: String) {
+        self.arch = arch
+        self.mode = mode
+        self.undecodableUnit = undecodableUnit
+        self.description = description
+    }
 
     public static func == (a: Self, b: Self) -> Bool { a.description == b.description }
     public func hash(into h: inout Hasher) { h.combine(description) }

@@ -167,7 +167,7 @@ public enum TraceRenderer {
                 if let file = timelines[s.index] { o += "![rendezvous timeline of step \(s.index)](\(file))\n\n" }
             }
             for site in s.sites ?? [] {
-                o += "### \(site.location) (\(hexAddress(site.address)))\n\n"
+                o += "### \(site.location) (\(hex(site.address)))\n\n"
                 o += "bytes `\(site.bytesBefore)` → `\(site.bytesAfter)`\n\n"
                 o += "before:\n\n```\n" + site.before.joined(separator: "\n") + "\n```\n\nafter:\n\n```\n" + site.after.joined(separator: "\n") + "\n```\n\n"
             }
@@ -176,5 +176,4 @@ public enum TraceRenderer {
     }
 
     static func cell(_ s: String) -> String { s.replacingOccurrences(of: "|", with: "\\|").replacingOccurrences(of: "\n", with: " ") }
-    static func hexAddress(_ v: UInt64) -> String { hex(v) }
 }

@@ -27,20 +27,12 @@ public struct CallEntry: Equatable, Sendable {
 /// Something in a function's first instructions that live patching cares about: an
 /// mcount / fentry call site, the TOC setup an odd-TOC mark goes into, an ENDBR.
 public struct PrologueSite: Equatable, Sendable, Codable {
-    public enum Kind: String, Sendable, Codable {
-        /// x86-64 `call __fentry__` (from -pg -mfentry).
-        case fentryCall = "fentry-call"
-        /// x86-64 5-byte NOP left by -fpatchable-function-entry or ftrace.
-        case patchableNop = "patchable-nop"
-        /// x86-64 `endbr64`: indirect calls must still land on it after patching.
-        case endbr = "endbr64"
-        /// ppc64le `bl _mcount` after `mflr r0` (-mprofile-kernel).
-        case mcountCall = "mcount-call"
-        /// ppc64le `addi r2,r2,imm` of the global entry: where the odd-TOC mark goes.
-        case tocSetup = "toc-addi"
-        /// ppc64le function without a global-entry pair: it does not use the TOC, so a
-        /// redirect needs no odd-TOC mark (the address is its one entry).
-        case singleEntry = "single-entry"
+    /// What the site is, named by the architecture that found it (its own constants live
+    /// with it in arch/<isa>); common code only shows it.
+    public struct Kind: RawRepresentable, Hashable, Sendable, Codable, CustomStringConvertible {
+        public let rawValue: String
+        public init(rawValue: String) { self.rawValue = rawValue }
+        public var description: String { rawValue }
     }
 
     public var kind: Kind

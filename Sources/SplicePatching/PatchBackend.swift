@@ -3,17 +3,30 @@ import SpliceELF
 import SpliceMachine
 
 /// Where in a function a redirect is written, as the arch backend decides it.
+///
+/// Like Linux's `struct dyn_ftrace { ip; flags; struct dyn_arch_ftrace arch; }`: what every
+/// backend shares is here, and what only one backend reads travels in `archData`, which
+/// common code carries and never looks into.
 public struct PatchSite: Equatable, Sendable, Codable {
-    public enum Kind: String, Sendable, Codable {
-        /// The function's first instruction.
-        case entry
-        /// Right after a landing pad that indirect branches must still hit (x86 endbr64).
-        case afterLandingPad = "after-landing-pad"
-        /// A compiler-reserved patch slot (x86 `call __fentry__` or 5 bytes of NOPs):
-        /// the redirect replaces only the slot, never the body.
-        case patchableEntry = "patchable-entry"
-        /// ppc64le `bl _mcount` / its nop after `mflr r0` (-mprofile-kernel).
-        case mcountCall = "mcount-call"
+    /// What the site is, named by the backend that found it; each backend declares its own
+    /// kinds next to its code (arch/<isa>). Common code knows only `entry`.
+    public struct Kind: RawRepresentable, Hashable, Sendable, Codable, CustomStringConvertible {
+        public let rawValue: String
+        public init(rawValue: String) { self.rawValue = rawValue }
+        public var description: String { rawValue }
+
+        /// The function's first instruction: the redirect overwrites the start of its body.
+        public static let entry = Kind(rawValue: "entry")
+    }
+
+    /// The backend's own per-site values (addresses, offsets), by names it chooses.
+    public struct ArchData: Hashable, Sendable, Codable {
+        public var values: [String: UInt64]
+        public init(_ values: [String: UInt64] = [:]) { self.values = values }
+        public subscript(_ name: String) -> UInt64? {
+            get { values[name] }
+            set { values[name] = newValue }
+        }
     }
 
     public var function: String
@@ -24,20 +37,23 @@ public struct PatchSite: Equatable, Sendable, Codable {
     public var address: UInt64
     /// How many bytes from `address` a redirect may overwrite.
     public var room: Int
-    /// ppc64le: the `addi r2,r2,imm` of the global entry whose immediate gets bit 0 set
-    /// while the site is redirected (the odd-TOC mark); nil when there is none.
-    public var globalEntryMark: UInt64?
+    /// The site is a slot the compiler reserved for patching (a call to a tracing stub, or
+    /// NOPs): the runtime owns its bytes, so a redirect replaces the slot and never the
+    /// function's body, and a payload's expected bytes are compared there as in the file.
+    public var isReservedSlot: Bool
+    public var archData: ArchData
     public var note: String
 
     public init(function: String, functionAddress: UInt64, functionSize: UInt64, kind: Kind, address: UInt64,
-                room: Int, globalEntryMark: UInt64? = nil, note: String) {
+                room: Int, isReservedSlot: Bool = false, archData: ArchData = ArchData(), note: String) {
         self.function = function
         self.functionAddress = functionAddress
         self.functionSize = functionSize
         self.kind = kind
         self.address = address
         self.room = room
-        self.globalEntryMark = globalEntryMark
+        self.isReservedSlot = isReservedSlot
+        self.archData = archData
         self.note = note
     }
 }
@@ -108,6 +124,16 @@ public protocol PatchBackend: Sendable {
     var undoBufferSize: Int { get }
     /// The relocation type that stores a symbol's 64-bit address (payload records).
     var absoluteAddressRelocation: UInt32 { get }
+
+    /// The image's own functions that this ISA's tracing calls into (`_mcount`,
+    /// `__fentry__`): no payload may patch them (like Xen's `arch_livepatch_symbol_deny`).
+    var runtimeSymbols: Set<String> { get }
+    /// The symbol a payload's relocations name for the payload's own TOC (ELFv2's
+    /// `.TOC.`), resolved to `payloadTOC`; nil for an ISA without a TOC.
+    var tocSymbol: String? { get }
+
+    /// Small functions written with this ISA's encoder, for benchmarks and tests.
+    var fixtures: any CodeFixtures { get }
 
     /// The ways a redirected call can return that this backend offers, by name (how a
     /// caller gets its own state back when the new function differs in it); empty when
@@ -199,6 +225,8 @@ public protocol PatchRuntime: AnyObject {
 }
 
 extension PatchBackend {
+    public var runtimeSymbols: Set<String> { [] }
+    public var tocSymbol: String? { nil }
     public var returnStrategies: [String] { [] }
     public var returnStrategy: String? { nil }
     public func using(returnStrategy name: String) throws -> any PatchBackend {

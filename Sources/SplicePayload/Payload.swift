@@ -47,7 +47,7 @@ public struct Payload: Sendable {
     public let hooks: [PayloadFormat.HookKind: [ELFSymbol]]
     public let states: [State]
 
-    public var buildIDHex: String { (buildID).hexDigits }
+    public var buildIDHex: String { buildID.hexDigits }
 
     public init(bytes: [UInt8], name: String) throws {
         let elf: ELFFile
@@ -72,7 +72,7 @@ public struct Payload: Sendable {
         }
         let computed = PayloadFormat.buildID(of: bytes, range: idRange)
         guard Array(bytes[idRange]) == computed else {
-            throw fail(.buildIDNotContents(note: (Array(bytes[idRange])).hexDigits, contents: (computed).hexDigits))
+            throw fail(.buildIDNotContents(note: (Array(bytes[idRange])).hexDigits, contents: computed.hexDigits))
         }
         self.name = name
         self.elf = elf

@@ -62,8 +62,9 @@ public final class PayloadLoader {
     public private(set) var payloads: [LoadedPayload] = []
     /// Functions no payload may patch, besides the runtime's own.
     public var denyList: Set<String> = []
-    /// The image's own runtime functions (entry, mcount/fentry stubs): never patched.
-    public static let runtimeFunctions: Set<String> = ["_start", "_mcount", "__fentry__"]
+    /// The image's entry point: never patched (nor, by the backend's word, the functions
+    /// its ISA's tracing calls: `PatchBackend.runtimeSymbols`).
+    public static let entryPoint = "_start"
     /// The most guest memory one payload may ask for, and the largest section alignment:
     /// far above any real payload, low enough that no sum of sizes can overflow.
     public static let maximumPlacedBytes: UInt64 = 64 << 20
@@ -96,19 +97,19 @@ public final class PayloadLoader {
             throw fail(.wrongMachine(payload: elf.header.machine, target: image.elf.header.machine))
         }
         guard let targetID = image.elf.buildID, targetID == payload.targetBuildID else {
-            throw fail(.buildIDMismatch(expected: (payload.targetBuildID).hexDigits, target: image.elf.buildIDHex ?? "none"))
+            throw fail(.buildIDMismatch(expected: payload.targetBuildID.hexDigits, target: image.elf.buildIDHex ?? "none"))
         }
         if payloads.contains(where: { $0.payload.buildID == payload.buildID }) {
             throw fail(.alreadyLoaded(buildID: payload.buildIDHex))
         }
         let dependencies = try payload.dependencies.map { id -> LoadedPayload in
-            guard let d = payloads.first(where: { $0.payload.buildID == id }) else { throw fail(.missingDependency(buildID: (id).hexDigits)) }
+            guard let d = payloads.first(where: { $0.payload.buildID == id }) else { throw fail(.missingDependency(buildID: id.hexDigits)) }
             return d
         }
         let runtimeNames = Set(patcher.runtime?.symbols.values.map { $0 } ?? [])
         var olds: [ELFSymbol] = []
         for f in payload.functions {
-            if Self.runtimeFunctions.contains(f.name) || runtimeNames.contains(f.name) {
+            if f.name == Self.entryPoint || backend.runtimeSymbols.contains(f.name) || runtimeNames.contains(f.name) {
                 throw fail(.deniedFunction(name: f.name, why: "it is part of the patching runtime"))
             }
             if denyList.contains(f.name) { throw fail(.deniedFunction(name: f.name, why: "it is on the deny-list")) }
@@ -135,7 +136,7 @@ public final class PayloadLoader {
         for rs in elf.relocationSections where allocated.contains(where: { $0.index == rs.targetSectionIndex }) {
             for r in rs.entries {
                 let s = elf.symbols[Int(r.symbolIndex)]
-                if !s.isDefined && s.name != ".TOC." && !stubSymbols.contains(s.name)
+                if !s.isDefined && s.name != backend.tocSymbol && !stubSymbols.contains(s.name)
                     && backend.callStub(type: r.type, symbol: s.name, to: 0, at: 0) != nil {
                     stubSymbols.append(s.name)
                 }
@@ -188,7 +189,7 @@ public final class PayloadLoader {
                 }
                 return (s.kind == .section ? a : a + s.value, false, s.localEntryOffset)
             }
-            if s.name == ".TOC.", let toc { return (toc, false, 0) }
+            if s.name == backend.tocSymbol, let toc { return (toc, false, 0) }
             if let t = image.elf.symbol(named: s.name) { return (t.value, true, t.localEntryOffset) }
             if let h = hostSymbols[s.name] { return (h, true, 0) }
             for d in dependencies { if let v = d.exports[s.name] { return (v, true, 0) } }
@@ -300,12 +301,8 @@ public final class PayloadLoader {
         }
         // A function with no patch site is compared byte for byte (the record's own check
         // refuses it next, with the backend's reason).
-        if let site = try? patcher.site(of: old.name) {
-            switch site.kind {
-            case .mcountCall: owned.append((site.address, site.address + 4))
-            case .patchableEntry: owned.append((site.address, site.address + UInt64(site.room)))
-            case .entry, .afterLandingPad: break
-            }
+        if let site = try? patcher.site(of: old.name), site.isReservedSlot {
+            owned.append((site.address, site.address + UInt64(site.room)))
         }
         let file = try image.elf.bytes(of: old)
         for (i, byte) in found.enumerated() where byte != expected[i] {

@@ -97,11 +97,11 @@ public struct PayloadSignature: Sendable, Equatable {
         }
         let trustedID = keyID(of: trusted)
         guard sig.keyID == trustedID else {
-            throw SignatureError.unknownKey(name, keyID: (sig.keyID).hexDigits, trusted: (trustedID).hexDigits)
+            throw SignatureError.unknownKey(name, keyID: sig.keyID.hexDigits, trusted: trustedID.hexDigits)
         }
         guard let ecdsa = try? P256.Signing.ECDSASignature(derRepresentation: sig.signature),
               trusted.isValidSignature(ecdsa, for: payload)
-        else { throw SignatureError.doesNotVerify(name, keyID: (sig.keyID).hexDigits) }
+        else { throw SignatureError.doesNotVerify(name, keyID: sig.keyID.hexDigits) }
         return payload
     }
 

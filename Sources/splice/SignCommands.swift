@@ -17,7 +17,7 @@ struct Keygen: ParsableCommand {
             // private one 0600 from its first byte; both or neither.
             try SafeFile.createNew([(privatePath, Array(key.pemRepresentation.utf8), 0o600),
                                     (publicPath, Array(key.publicKey.pemRepresentation.utf8), 0o644)])
-            let id = (PayloadSignature.keyID(of: key.publicKey)).hexDigits
+            let id = PayloadSignature.keyID(of: key.publicKey).hexDigits
             if json { try printJSON(["privateKey": privatePath, "publicKey": publicPath, "keyID": id]); return }
             print("wrote \(privatePath) and \(publicPath); key id \(id)")
         }
@@ -44,7 +44,7 @@ struct Sign: ParsableCommand {
             let signed = try PayloadSignature.sign(bytes, key: privateKey, signer: signer)
             let out = output ?? payload + ".signed"
             try SafeFile.write(signed, to: out)
-            let id = (PayloadSignature.keyID(of: privateKey.publicKey)).hexDigits
+            let id = PayloadSignature.keyID(of: privateKey.publicKey).hexDigits
             if json {
                 try printJSON(["payload": payload, "output": out, "keyID": id, "signer": signer, "appended": String(signed.count - bytes.count)])
                 return

@@ -143,7 +143,7 @@ extension Inspect {
             print("  run:    \(call) = \(c.before) in \(c.instructionsBefore) instructions before; "
                   + "\(c.after) in \(c.instructionsAfter) after")
         }
-        if (p.site.kind == .entry || p.site.kind == .afterLandingPad) && p.target != "0 (no-op)" {
+        if !p.site.isReservedSlot && p.target != "0 (no-op)" {
             print("  (the old instructions after the jump are no longer reached from the entry: they decode as whatever the cut leaves)")
         }
     }

@@ -110,5 +110,4 @@ final class StackCheckTests: XCTestCase {
         }
     }
 
-    private func hex(_ v: UInt64) -> String { hex(v) }
 }

@@ -1,3 +1,4 @@
+import CCapstone
 import CUnicorn
 import SpliceDisassembly
 import SpliceELF
@@ -5,6 +6,12 @@ import SpliceMachine
 
 /// ppc64le, ELFv2 ABI, run in Unicorn 2.0.1's PPC64 emulator (see `UnicornPPC64LEBringUp`
 /// for why that needs care).
+extension DisassemblyMode {
+    public static let ppc64le = DisassemblyMode(
+        arch: CS_ARCH_PPC, mode: cs_mode(CS_MODE_64.rawValue | CS_MODE_LITTLE_ENDIAN.rawValue),
+        undecodableUnit: 4, description: "ppc64le")
+}
+
 public struct PPC64LEArchitecture: CPUArchitecture {
     public init() {}
 

@@ -39,6 +39,7 @@ public enum PPC64LEEncoder {
 
     // X-form.
     public static func add(_ rt: Int, _ ra: Int, _ rb: Int) -> Word { x(rt, ra, rb, 266) }
+    public static func mulld(_ rt: Int, _ ra: Int, _ rb: Int) -> Word { x(rt, ra, rb, 233) }
     /// `subf rt,ra,rb`: rt = rb − ra.
     public static func subf(_ rt: Int, _ ra: Int, _ rb: Int) -> Word { x(rt, ra, rb, 40) }
     public static func xor(_ ra: Int, _ rs: Int, _ rb: Int) -> Word { x(rs, ra, rb, 316) }

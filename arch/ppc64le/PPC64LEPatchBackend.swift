@@ -37,8 +37,12 @@ public struct PPC64LEPatchBackend: PatchBackend {
     public let undoBufferSize = 16
     static let branchReach: UInt64 = 1 << 25
 
-    /// R_PPC64_ADDR64.
-    public let absoluteAddressRelocation: UInt32 = 38
+    public let absoluteAddressRelocation = PPC64Relocation.addr64.rawValue
+    /// The -mprofile-kernel tracing call every traced function makes.
+    static let mcount = "_mcount"
+    public var runtimeSymbols: Set<String> { [Self.mcount] }
+    public var tocSymbol: String? { ".TOC." }
+    public var fixtures: any CodeFixtures { PPC64LECodeFixtures() }
 
     public func patchSite(of function: ELFSymbol, in image: ELFFile) throws -> PatchSite {
         let code = try image.bytes(of: function)
@@ -52,8 +56,9 @@ public struct PPC64LEPatchBackend: PatchBackend {
         if let mark = site.markOffset { note += ", odd-TOC mark at site-\(site.offset - mark)" }
         if site.markSkippedNearBoundary { note += ", no mark: within 12 bytes of a 64 KiB boundary" }
         return PatchSite(function: function.name, functionAddress: function.value, functionSize: function.size,
-                         kind: .mcountCall, address: address, room: 4,
-                         globalEntryMark: site.markOffset.map { function.value + UInt64($0) }, note: note)
+                         kind: .mcountCall, address: address, room: 4, isReservedSlot: true,
+                         archData: .init(site.markOffset.map { [PatchSite.globalEntryMarkKey: function.value + UInt64($0)] } ?? [:]),
+                         note: note)
     }
 
     public func verifyUnpatched(_ current: [UInt8], at site: PatchSite, in image: ELFFile) throws {
@@ -67,7 +72,7 @@ public struct PPC64LEPatchBackend: PatchBackend {
     /// checking that the instruction there really is that call.
     public func prepare(_ image: LoadedImage) throws -> [CodeWrite] {
         var writes: [CodeWrite] = []
-        guard let mcount = image.elf.symbol(named: "_mcount")?.value else { return [] }
+        guard let mcount = image.elf.symbol(named: Self.mcount)?.value else { return [] }
         for f in image.elf.functions {
             guard let code = try? image.elf.bytes(of: f),
                   let site = PPC64LEPrologue.mcountSite(of: f, code: code, in: image.elf), !site.alreadyNop else { continue }
@@ -183,7 +188,7 @@ public struct PPC64LEPatchBackend: PatchBackend {
     /// A REL24 branch whose next word is not the `nop` a cross-TOC call needs for
     /// `ld r2,24(r1)` (a local call, or a sibling `b`).
     public func callNeedsSameTOC(type: UInt32, code: [UInt8], offset: Int) -> Bool {
-        guard type == 10 else { return false }
+        guard type == PPC64Relocation.rel24.rawValue else { return false }
         return offset + 8 > code.count || PPC64LEInstruction.word(code, at: offset + 4) != PPC64LEInstruction.nop
     }
 
@@ -191,7 +196,7 @@ public struct PPC64LEPatchBackend: PatchBackend {
     /// global entry into r12, jump (the `nop` after the `bl` becomes `ld r2,24(r1)`).
     /// `bl _mcount` in payload code needs none: it becomes a nop, as at machine start.
     public func callStub(type: UInt32, symbol: String, to target: UInt64, at address: UInt64) -> [UInt8]? {
-        guard type == 10, symbol != "_mcount" else { return nil }
+        guard type == PPC64Relocation.rel24.rawValue, symbol != Self.mcount else { return nil }
         typealias P = PPC64LEEncoder
         var words = [P.std(2, 24, 1)] + P.loadImmediate(12, target) + [P.mtctr(12), P.bctr]
         while words.count < callStubSize / 4 { words.append(P.trap) }
@@ -236,20 +241,23 @@ public struct PPC64LEPatchBackend: PatchBackend {
             return Int64(bitPattern: t)
         }
         func ha(_ v: Int64) -> Int64 { ((v &+ 0x8000) >> 16) & 0xffff }
-        switch type {
-        case 38: try put(UInt64(bitPattern: s &+ addend), 8)                      // R_PPC64_ADDR64
-        case 44: try put(UInt64(bitPattern: s &+ addend &- p), 8)                 // R_PPC64_REL64
-        case 1:                                                                   // R_PPC64_ADDR32
+        guard let r = PPC64Relocation(rawValue: type) else {
+            throw PatchError.unsupportedRelocation(section: context.section, index: context.index, type: type)
+        }
+        switch r {
+        case .addr64: try put(UInt64(bitPattern: s &+ addend), 8)
+        case .rel64: try put(UInt64(bitPattern: s &+ addend &- p), 8)
+        case .addr32:
             let v = s &+ addend
-            guard let v32 = Int32(exactly: v) else { throw overflow("R_PPC64_ADDR32", v) }
+            guard let v32 = Int32(exactly: v) else { throw overflow(r.name, v) }
             try put(UInt64(UInt32(bitPattern: v32)), 4)
-        case 26:                                                                  // R_PPC64_REL32
+        case .rel32:
             let v = s &+ addend &- p
-            guard let v32 = Int32(exactly: v) else { throw overflow("R_PPC64_REL32", v) }
+            guard let v32 = Int32(exactly: v) else { throw overflow(r.name, v) }
             try put(UInt64(UInt32(bitPattern: v32)), 4)
-        case 10:                                                                  // R_PPC64_REL24
+        case .rel24:
             let insn = try word(offset)
-            if context.symbolName == "_mcount" {
+            if context.symbolName == Self.mcount {
                 try put(UInt64(PPC64LEInstruction.nop), 4)
                 return
             }
@@ -265,24 +273,35 @@ public struct PPC64LEPatchBackend: PatchBackend {
                 destination = destination &+ Int64(context.localEntryOffset)
             }
             let v = destination &- p
-            guard v & 3 == 0, v >= -(1 << 25), v < (1 << 25) else { throw overflow("R_PPC64_REL24", v) }
+            guard v & 3 == 0, v >= -(1 << 25), v < (1 << 25) else { throw overflow(r.name, v) }
             try put(UInt64(insn & ~0x03ff_fffc | UInt32(truncatingIfNeeded: v) & 0x03ff_fffc), 4)
-        case 252: try half(ha(s &+ addend &- p))                                 // R_PPC64_REL16_HA
-        case 251: try half((s &+ addend &- p) >> 16)                             // R_PPC64_REL16_HI
-        case 250: try half(s &+ addend &- p)                                     // R_PPC64_REL16_LO
-        case 47, 63:                                                             // R_PPC64_TOC16, _DS
+        case .rel16HA: try half(ha(s &+ addend &- p))
+        case .rel16HI: try half((s &+ addend &- p) >> 16)
+        case .rel16LO: try half(s &+ addend &- p)
+        case .toc16, .toc16DS:
             let v = s &+ addend &- (try toc())
-            guard Int16(exactly: v) != nil else { throw overflow(type == 47 ? "R_PPC64_TOC16" : "R_PPC64_TOC16_DS", v) }
-            try half(v, keepLow2: type == 63)
-        case 48: try half(s &+ addend &- (try toc()))                            // R_PPC64_TOC16_LO
-        case 64: try half(s &+ addend &- (try toc()), keepLow2: true)            // R_PPC64_TOC16_LO_DS
-        case 49: try half((s &+ addend &- (try toc())) >> 16)                    // R_PPC64_TOC16_HI
-        case 50:                                                                 // R_PPC64_TOC16_HA
+            guard Int16(exactly: v) != nil else { throw overflow(r.name, v) }
+            try half(v, keepLow2: r == .toc16DS)
+        case .toc16LO: try half(s &+ addend &- (try toc()))
+        case .toc16LODS: try half(s &+ addend &- (try toc()), keepLow2: true)
+        case .toc16HI: try half((s &+ addend &- (try toc())) >> 16)
+        case .toc16HA:
             let v = s &+ addend &- (try toc())
-            guard Int32(exactly: v) != nil else { throw overflow("R_PPC64_TOC16_HA", v) }
+            guard Int32(exactly: v) != nil else { throw overflow(r.name, v) }
             try half(ha(v))
-        default:
-            throw PatchError.unsupportedRelocation(section: context.section, index: context.index, type: type)
         }
     }
+}
+
+extension PatchSite.Kind {
+    /// `bl _mcount` / the nop machine start leaves after `mflr r0` (-mprofile-kernel).
+    public static let mcountCall = Self(rawValue: "mcount-call")
+}
+
+extension PatchSite {
+    static let globalEntryMarkKey = "global-entry-mark"
+
+    /// The `addi r2,r2,imm` of the global entry whose immediate gets bit 0 set while the
+    /// site is redirected (the odd-TOC mark); nil when there is none.
+    public var globalEntryMark: UInt64? { archData[Self.globalEntryMarkKey] }
 }

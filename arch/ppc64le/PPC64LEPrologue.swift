@@ -112,3 +112,13 @@ enum PPC64LEPrologue {
         return sites.sorted { $0.offset < $1.offset }
     }
 }
+
+extension PrologueSite.Kind {
+    /// `bl _mcount` after `mflr r0` (-mprofile-kernel).
+    public static let mcountCall = Self(rawValue: "mcount-call")
+    /// The global entry's `addi r2,r2,imm`: where the odd-TOC mark goes.
+    public static let tocSetup = Self(rawValue: "toc-addi")
+    /// A function without a global-entry pair: it does not use the TOC, so a redirect
+    /// needs no odd-TOC mark (the address is its one entry).
+    public static let singleEntry = Self(rawValue: "single-entry")
+}

@@ -1,3 +1,4 @@
+import CCapstone
 import CUnicorn
 import SpliceBytes
 import SpliceDisassembly
@@ -236,4 +237,17 @@ enum X86_64Prologue {
         }
         return sites
     }
+}
+
+extension DisassemblyMode {
+    public static let x86_64 = DisassemblyMode(arch: CS_ARCH_X86, mode: CS_MODE_64, undecodableUnit: 1, description: "x86-64")
+}
+
+extension PrologueSite.Kind {
+    /// `call __fentry__` (from -pg -mfentry).
+    public static let fentryCall = Self(rawValue: "fentry-call")
+    /// A 5-byte NOP (or five 1-byte NOPs) left by -fpatchable-function-entry or ftrace.
+    public static let patchableNop = Self(rawValue: "patchable-nop")
+    /// `endbr64`: indirect calls must still land on it after patching.
+    public static let endbr = Self(rawValue: "endbr64")
 }

@@ -13,19 +13,22 @@ public struct X86_64PatchBackend: PatchBackend {
     /// The longest sequence written at a site: `jmp [rip]` + abs64.
     public let undoBufferSize = X86_64TrampolineEncoder.absoluteJumpSize
 
+    public let absoluteAddressRelocation = X86_64Relocation.r64.rawValue
+    /// The -mfentry tracing call.
+    public var runtimeSymbols: Set<String> { ["__fentry__"] }
+    public var fixtures: any CodeFixtures { X86_64CodeFixtures() }
+
     /// The site is the function's first byte, or the byte after its endbr64 (indirect
     /// calls must still land on an ENDBR). A compiler-reserved slot there (fentry call,
     /// patchable NOPs) is the whole room: the body is never touched.
-    /// R_X86_64_64.
-    public let absoluteAddressRelocation: UInt32 = 1
-
     public func patchSite(of function: ELFSymbol, in image: ELFFile) throws -> PatchSite {
         let code = try image.bytes(of: function)
         let offset = X86_64Prologue.landingPadLength(code)
         let address = function.value + UInt64(offset)
         if let (_, note) = X86_64Prologue.patchableSlot(Array(code.dropFirst(offset)), at: address, in: image) {
             return PatchSite(function: function.name, functionAddress: function.value, functionSize: function.size,
-                             kind: .patchableEntry, address: address, room: X86_64Prologue.slotSize, note: note)
+                             kind: .patchableEntry, address: address, room: X86_64Prologue.slotSize, isReservedSlot: true,
+                             note: note)
         }
         return PatchSite(function: function.name, functionAddress: function.value, functionSize: function.size,
                          kind: offset > 0 ? .afterLandingPad : .entry, address: address, room: code.count - offset,
@@ -140,7 +143,7 @@ public struct X86_64PatchBackend: PatchBackend {
     /// immediate after the field: the instruction holding `offset` is decoded (Capstone,
     /// from the function's start) to find that end.
     public func relocationTargetOffset(type: UInt32, addend: Int64, code: [UInt8], offset: Int) -> Int64 {
-        guard [2, 4, 24].contains(type), let d = try? Disassembler(mode: .x86_64) else { return addend }
+        guard X86_64Relocation(rawValue: type)?.isPCRelative == true, let d = try? Disassembler(mode: .x86_64) else { return addend }
         var at = 0
         while at < code.count, let insn = d.decodeOne(code, offset: at, address: UInt64(at)) {
             if at + insn.size > offset { return addend + Int64(at + insn.size - offset) }
@@ -156,25 +159,34 @@ public struct X86_64PatchBackend: PatchBackend {
         let s = Int64(bitPattern: symbol), p = Int64(bitPattern: place)
         let overflow = context.overflow
         func put(_ v: UInt64, _ n: Int) throws { try context.store(v, width: n, into: &bytes, at: offset) }
-        switch type {
-        case 1: // R_X86_64_64
-            try put(UInt64(bitPattern: s &+ addend), 8)
-        case 2, 4: // R_X86_64_PC32, R_X86_64_PLT32
-            let v = s &+ addend &- p
-            guard let v32 = Int32(exactly: v) else { throw overflow(type == 2 ? "R_X86_64_PC32" : "R_X86_64_PLT32", v) }
-            try put(UInt64(UInt32(bitPattern: v32)), 4)
-        case 10: // R_X86_64_32
-            let v = s &+ addend
-            guard v >= 0, v <= Int64(UInt32.max) else { throw overflow("R_X86_64_32", v) }
-            try put(UInt64(v), 4)
-        case 11: // R_X86_64_32S
-            let v = s &+ addend
-            guard let v32 = Int32(exactly: v) else { throw overflow("R_X86_64_32S", v) }
-            try put(UInt64(UInt32(bitPattern: v32)), 4)
-        case 24: // R_X86_64_PC64
-            try put(UInt64(bitPattern: s &+ addend &- p), 8)
-        default:
+        guard let r = X86_64Relocation(rawValue: type) else {
             throw PatchError.unsupportedRelocation(section: context.section, index: context.index, type: type)
         }
+        switch r {
+        case .r64:
+            try put(UInt64(bitPattern: s &+ addend), 8)
+        case .pc32, .plt32:
+            let v = s &+ addend &- p
+            guard let v32 = Int32(exactly: v) else { throw overflow(r.name, v) }
+            try put(UInt64(UInt32(bitPattern: v32)), 4)
+        case .r32:
+            let v = s &+ addend
+            guard v >= 0, v <= Int64(UInt32.max) else { throw overflow(r.name, v) }
+            try put(UInt64(v), 4)
+        case .r32S:
+            let v = s &+ addend
+            guard let v32 = Int32(exactly: v) else { throw overflow(r.name, v) }
+            try put(UInt64(UInt32(bitPattern: v32)), 4)
+        case .pc64:
+            try put(UInt64(bitPattern: s &+ addend &- p), 8)
+        }
     }
+}
+
+extension PatchSite.Kind {
+    /// Right after an endbr64 landing pad, which indirect branches must still hit.
+    public static let afterLandingPad = Self(rawValue: "after-landing-pad")
+    /// A compiler-reserved slot (`call __fentry__` or 5 bytes of NOPs): the redirect
+    /// replaces only the slot, never the body.
+    public static let patchableEntry = Self(rawValue: "patchable-entry")
 }
