@@ -90,7 +90,7 @@ let package = Package(
         ]),
         // The bare-Unicorn reference that `splice bench emu` compares against: the same
         // guest loop driven by plain C calls into libunicorn, no Splice in between.
-        .executableTarget(name: "unicorn-bare-bench", dependencies: ["CUnicorn", "CLibelf"]),
+        .executableTarget(name: "unicorn-bare-bench", dependencies: ["CUnicorn", "CLibelf"], path: "bench/unicorn-bare-bench"),
         // The libFuzzer harness (scripts/fuzz.sh); built plainly it replays inputs.
         .executableTarget(name: "splice-fuzz", dependencies: ["Splice"], path: "fuzz/Sources"),
 

@@ -83,25 +83,25 @@ public struct ControlReply: Codable, Sendable, Equatable {
         switch error {
         case let f as LivePatchServiceError:
             switch f {
-            case .badID: return (.refused, -22)
+            case .badID: return (.refused, Errno.invalid.rc)
             case .exists: return (.refused, -17)
-            case .noSuchPayload: return (.refused, -2)
-            case .invalidTransition: return (.refused, -22)
-            case let .actionFailed(_, _, errno, _): return (errno == -16 ? .busy : .failed, errno)
+            case .noSuchPayload: return (.refused, Errno.noEntry.rc)
+            case .invalidTransition: return (.refused, Errno.invalid.rc)
+            case let .actionFailed(_, _, errno, _): return (errno == Errno.busy.rc ? .busy : .failed, errno)
             }
         case let f as SignatureError:
             switch f {
             case .unsigned: return (.refused, -61) // ENODATA
-            case .unknownKey: return (.refused, -126) // ENOKEY
-            default: return (.refused, -129) // EKEYREJECTED
+            case .unknownKey: return (.refused, Errno.noKey.rc)
+            default: return (.refused, Errno.keyRejected.rc)
             }
-        case LiveMachineError.busy, LiveMachineError.busyConnections: return (.busy, -16)
-        case is LiveMachineError, is PayloadError: return (.refused, -22)
+        case LiveMachineError.busy, LiveMachineError.busyConnections: return (.busy, Errno.busy.rc)
+        case is LiveMachineError, is PayloadError: return (.refused, Errno.invalid.rc)
         case let f as ControlSocketError:
-            return [.denied, .untrusted].contains(f.kind) ? (.denied, -1) : (.protocolError, -71)
+            return [.denied, .untrusted].contains(f.kind) ? (.denied, Errno.notPermitted.rc) : (.protocolError, Errno.protocolError.rc)
         default:
             let e = LivePatchService.errno(of: error)
-            return (e == -16 ? .busy : .failed, e)
+            return (e == Errno.busy.rc ? .busy : .failed, e)
         }
     }
 }
@@ -358,10 +358,10 @@ public struct MachineClient {
             case .unreachable: kind = .unreachable
             case .protocolError: kind = .protocolError
             }
-            return ControlReply(ok: false, error: f.description, kind: kind, errno: kind == .denied ? -13 : -111)
+            return ControlReply(ok: false, error: f.description, kind: kind, errno: kind == .denied ? Errno.permissionDenied.rc : Errno.connectionRefused.rc)
         } catch {
             return ControlReply(ok: false, error: "malformed reply from the machine at \(socketPath): \(error)", kind: .protocolError,
-                                errno: -71)
+                                errno: Errno.protocolError.rc)
         }
     }
 }

@@ -71,7 +71,7 @@ public struct GuestLayout: Sendable {
 /// calling convention, and how to read its prologues. One implementation per folder
 /// under `arch/`; the machine never asks which ISA it runs.
 public protocol CPUArchitecture: Sendable {
-    /// "x86_64", "ppc64le".
+    /// The name users choose it by (the ELF machine's usual name: x86_64, ppc64le).
     var name: String { get }
     var elfMachine: UInt16 { get }
     var disassemblyMode: DisassemblyMode { get }

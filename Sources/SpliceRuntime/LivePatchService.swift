@@ -41,7 +41,6 @@ public final class LivePatchService {
     public static let maximumIDLength = 40
     static let idCharacters = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
-    static let EINVAL: Int32 = -22, EBUSY: Int32 = -16, ENOENT: Int32 = -2
 
     final class Entry {
         let id: String
@@ -151,8 +150,8 @@ public final class LivePatchService {
         if let r = error as? RendezvousError { return r.errno }
         // A hook's own negative errno (Xen and Linux pass it on as the payload's rc).
         if let p = error as? PayloadError, case let .hookRefused(_, _, rc) = p.reason, rc < 0 { return rc }
-        if error is MachineRunner.SyncTimeout || error is StackCheck.FunctionLive { return EBUSY }
-        return EINVAL
+        if error is MachineRunner.SyncTimeout || error is StackCheck.FunctionLive { return Errno.busy.rc }
+        return Errno.invalid.rc
     }
 
     private func entry(_ id: String) throws -> Entry {

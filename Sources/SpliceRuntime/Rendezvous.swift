@@ -307,7 +307,7 @@ public enum RendezvousError: Error, Equatable, CustomStringConvertible {
     /// -EBUSY: not every vCPU reached the safe point within the timeout.
     case busy(timeoutMicroseconds: UInt64, arrived: Int, expected: Int)
 
-    public var errno: Int32 { -16 } // EBUSY
+    public var errno: Int32 { Errno.busy.rc }
     public var description: String {
         switch self {
         case let .busy(t, a, e):

@@ -350,7 +350,7 @@ struct ActionRunner {
             let elapsed = Date().timeIntervalSince(start)
             if !reply.ok {
                 // An unload is done when the id is gone.
-                if action == .unload, reply.errno == -2 {
+                if action == .unload, reply.errno == Errno.noEntry.rc {
                     if tty { FileHandle.standardError.write(Data("\r\u{1b}[K".utf8)) }
                     if !quiet { report(nil, action, id, elapsed) }
                     return nil
@@ -362,7 +362,7 @@ struct ActionRunner {
                 if tty { FileHandle.standardError.write(Data("\r\u{1b}[K".utf8)) }
                 if s.rc != 0 {
                     try options.fail(ControlReply(ok: false, error: "\(action.rawValue) of payload \(id) failed (\(s.rc)): \(s.error ?? "no reason recorded"); its state stays \(s.state)",
-                                                  kind: s.rc == -16 ? .busy : .failed, errno: s.rc, payload: s))
+                                                  kind: s.rc == Errno.busy.rc ? .busy : .failed, errno: s.rc, payload: s))
                 }
                 if !quiet { report(s, action, id, elapsed) }
                 return s
@@ -370,7 +370,7 @@ struct ActionRunner {
             if elapsed > timeout {
                 if tty { FileHandle.standardError.write(Data("\n".utf8)) }
                 try options.fail(ControlReply(ok: false, error: "\(action.rawValue) of payload \(id) is still in progress after \(timeout) s; `splice get \(id)` shows when it is done",
-                                              errno: -62, payload: s), exit: .timedOut)
+                                              errno: Errno.timedOut.rc, payload: s), exit: .timedOut)
             }
             if tty { FileHandle.standardError.write(Data(String(format: "\r%@ %@: in progress, %.1f s", action.rawValue, id, elapsed).utf8)) }
             Thread.sleep(forTimeInterval: delay)
