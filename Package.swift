@@ -21,6 +21,7 @@ let package = Package(
         .library(name: "SpliceArchitectures", targets: ["SpliceArchitectures"]),
         .library(name: "SpliceDaemon", targets: ["SpliceDaemon"]),
         .library(name: "SpliceHarness", targets: ["SpliceHarness"]),
+        .library(name: "SpliceScenarios", targets: ["SpliceScenarios"]),
         .library(name: "SpliceBench", targets: ["SpliceBench"]),
         .executable(name: "splice", targets: ["splice"]),
         .executable(name: "unicorn-bare-bench", targets: ["unicorn-bare-bench"]),
@@ -71,18 +72,22 @@ let package = Package(
         .target(name: "SpliceDaemon",
                 dependencies: ["SpliceBytes", "SpliceArchitectures", "SpliceMachine", "SpliceELF", "SpliceDisassembly", "SplicePatching", "SplicePayload", "SpliceRuntime", "SpliceFiles", "CSpliceSocket",
                                .product(name: "Crypto", package: "swift-crypto")]),
-        // Scenarios, the matrix, soak, stress, traces, oracles, the inspector, the samples,
-        // the fuzz targets.
+        // The samples and what checks them: sample paths and payloads, the workload oracle,
+        // stress and soak runs, the inspector and redirect preview, the demo, fuzz targets.
         .target(name: "SpliceHarness",
-                dependencies: ["SpliceBytes", "SpliceDaemon", "SpliceArchitectures", "SpliceMachine", "SpliceELF", "SpliceDisassembly", "SplicePatching", "SplicePayload", "SpliceRuntime", "SpliceFiles", "SpliceX86_64", "SplicePPC64LE",
-                               .product(name: "Crypto", package: "swift-crypto"), .product(name: "Yams", package: "Yams")]),
+                dependencies: ["SpliceBytes", "SpliceDaemon", "SpliceArchitectures", "SpliceMachine", "SpliceELF", "SpliceDisassembly", "SplicePatching", "SplicePayload", "SpliceRuntime", "SpliceFiles",
+                               .product(name: "Crypto", package: "swift-crypto")]),
+        // Scenario files (YAML) and their runner, the matrix, traces; the only user of Yams.
+        .target(name: "SpliceScenarios",
+                dependencies: ["SpliceHarness", "SpliceBytes", "SpliceDaemon", "SpliceArchitectures", "SpliceMachine", "SpliceELF", "SpliceDisassembly", "SplicePatching", "SplicePayload", "SpliceRuntime", "SpliceFiles",
+                               .product(name: "Yams", package: "Yams")]),
         // Every benchmark `splice bench` runs.
         .target(name: "SpliceBench",
-                dependencies: ["SpliceBytes", "SpliceHarness", "SpliceDaemon", "SpliceArchitectures", "SpliceMachine", "SpliceELF", "SpliceDisassembly", "SplicePatching", "SplicePayload", "SpliceRuntime", "SpliceFiles", "SpliceX86_64", "SplicePPC64LE",
+                dependencies: ["SpliceBytes", "SpliceHarness", "SpliceDaemon", "SpliceArchitectures", "SpliceMachine", "SpliceELF", "SpliceDisassembly", "SplicePatching", "SplicePayload", "SpliceRuntime", "SpliceFiles",
                                .product(name: "Crypto", package: "swift-crypto")]),
         // The umbrella: re-exports only.
         .target(name: "Splice",
-                dependencies: ["SpliceBytes", "SpliceArchitectures", "SpliceDaemon", "SpliceHarness", "SpliceBench", "SpliceMachine", "SpliceELF", "SpliceDisassembly", "SplicePatching", "SplicePayload", "SpliceRuntime", "SpliceFiles",
+                dependencies: ["SpliceBytes", "SpliceArchitectures", "SpliceDaemon", "SpliceHarness", "SpliceScenarios", "SpliceBench", "SpliceMachine", "SpliceELF", "SpliceDisassembly", "SplicePatching", "SplicePayload", "SpliceRuntime", "SpliceFiles",
                                "SpliceX86_64", "SplicePPC64LE"]),
         .executableTarget(name: "splice", dependencies: [
             "Splice", .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -9,6 +9,7 @@
 @_exported import SpliceELF
 @_exported import SpliceFiles
 @_exported import SpliceHarness
+@_exported import SpliceScenarios
 @_exported import SpliceMachine
 @_exported import SplicePatching
 @_exported import SplicePayload

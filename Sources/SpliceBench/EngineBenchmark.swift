@@ -56,7 +56,7 @@ public enum EngineBenchmark {
                         try live.perform(.revert, id: "p02")
                         revert.append(Double(DispatchTime.now().uptimeNanoseconds - t) / 1000)
                     }
-                    _ = try live.checkWorkload(expect: Scenario.Linear("3x+1"))
+                    _ = try live.checkWorkload(expect: LinearResult("3x+1"))
                     rows.append(Row(architecture: live.machine.architecture.name, vcpus: n, engine: engine, repeats: repeats,
                                     applyMedianMicroseconds: RendezvousBenchmark.median(apply),
                                     revertMedianMicroseconds: RendezvousBenchmark.median(revert),

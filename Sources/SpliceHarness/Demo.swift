@@ -72,7 +72,7 @@ public struct Demo {
                 }
                 say("  \(agreed)/\(cases.count) calls agree with the \(plan.oracle.dropLast(4)) oracle\n")
                 if agreed != cases.count {
-                    throw ScenarioError(description: "\(plan.image): \(cases.count - agreed) calls disagree with the oracle")
+                    throw Mismatch(description: "\(plan.image): \(cases.count - agreed) calls disagree with the oracle")
                 }
                 try payloads(dir: dir, image: path, isa: report.architecture)
                 let backend = try Architectures.backend(for: loaded.elf)
@@ -83,26 +83,7 @@ public struct Demo {
                     try livePatch(loaded, backend)
                 }
             }
-            try liveMachineScenario(dir: dir)
         }
-    }
-
-    /// The bundled demo scenario on every variant: vCPUs running the workload while
-    /// payloads go in, are replaced and come out (steps shown for one variant per ISA).
-    func liveMachineScenario(dir: String) throws {
-        let scenario = try Scenario.named("demo")
-        say("== scenario \(scenario.name) (scenarios/demo.yaml): \(scenario.description.trimmingCharacters(in: .whitespacesAndNewlines))")
-        var shown: Set<String> = []
-        var failed = 0
-        for v in ScenarioVariant.all(of: scenario) {
-            let verbose = shown.insert(v.isa).inserted
-            if verbose { say("\(v), \(scenario.cpus) vCPUs running \(scenario.workload ?? "nothing"):") }
-            let r = ScenarioRunner.run(scenario, v, samples: dir, onStep: { if verbose { say($0.line) } })
-            if !r.passed { failed += 1; if !verbose { r.steps.filter { !$0.passed }.forEach { say($0.line) } } }
-            say(String(format: "  %@ %@: %d/%d steps in %.2f s", r.passed ? "passed" : "FAILED", v.description,
-                         r.steps.filter(\.passed).count, scenario.steps.count, r.seconds) + (r.error.map { ": \($0)" } ?? ""))
-        }
-        if failed > 0 { throw ScenarioError(description: "the demo scenario failed on \(failed) variants") }
     }
 }
 
@@ -139,7 +120,7 @@ extension Demo {
         try patcher.revert("scaled")
         let hashAfter = try codeHash()
         say("    revert: \(try calls())   code hash \(hashAfter) \(hashAfter == hashBefore ? "(identical)" : "(DIFFERENT)")\n")
-        if hashAfter != hashBefore { throw ScenarioError(description: "code differs after revert") }
+        if hashAfter != hashBefore { throw Mismatch(description: "code differs after revert") }
     }
 }
 
@@ -166,7 +147,7 @@ extension Demo {
             let extra = report.newFunctions.isEmpty ? "" : " + new \(report.newFunctions.joined(separator: ", "))"
             say("    \(name): \(bytes.count) bytes, changes \(report.changed.joined(separator: ", "))\(extra); "
                   + "\(agree)/\(cases.count) calls agree with the patched oracle; reverted and unloaded")
-            if agree != cases.count { throw ScenarioError(description: "\(name) on \(isa) disagrees with its oracle") }
+            if agree != cases.count { throw Mismatch(description: "\(name) on \(isa) disagrees with its oracle") }
         }
         say("")
     }

@@ -120,7 +120,7 @@ public enum SoakRun {
                 let applied = Set(live.list(start: 0, count: 64).statuses.filter { $0.state == "APPLIED" }.map(\.id))
                 let plusTwo = pool.contains { applied.contains($0.id) && $0.scaledPlusTwo }
                 do {
-                    _ = try live.checkWorkload(expect: Scenario.Linear(plusTwo ? "3x+2" : "3x+1"))
+                    _ = try live.checkWorkload(expect: LinearResult(plusTwo ? "3x+2" : "3x+1"))
                     report.settledChecks += 1
                 } catch {
                     report.wrongResults += 1

@@ -237,7 +237,11 @@ struct DemoCommand: ParsableCommand {
         abstract: "Run the bundled samples on every ISA: prologues, patch sites, entries, faults, calls checked against the oracles, payloads, a live patch taken back, and the demo scenario on running vCPUs.")
 
     func run() throws {
-        try reportingErrors { try Demo().run() }
+        try reportingErrors {
+            let demo = Demo()
+            try demo.run()
+            try demo.liveMachineScenario(dir: try Samples.directory())
+        }
     }
 }
 

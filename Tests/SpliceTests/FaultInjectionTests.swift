@@ -17,7 +17,7 @@ final class FaultInjectionTests: XCTestCase {
 
     func expectWorkload(_ live: LiveMachine, _ a: Int64, _ b: Int64, _ what: String,
                         file: StaticString = #filePath, line: UInt = #line) {
-        XCTAssertNoThrow(try live.checkWorkload(expect: Scenario.Linear("\(a)x+\(b)")), what, file: file, line: line)
+        XCTAssertNoThrow(try live.checkWorkload(expect: LinearResult("\(a)x+\(b)")), what, file: file, line: line)
     }
 
     /// A vCPU spinning with "interrupts off" (spin_while never reaches the safe point):

@@ -17,7 +17,7 @@ final class ScenarioTests: XCTestCase {
     func testScenarioFilesAreCheckedWithTheStepNamed() throws {
         let head = "image: kernel-{isa}.elf\nsteps:\n"
         let s = try parse(head + "  - run: { expect: 3*x - 1 }\n  - apply: p\n    fails: EINVAL\n  - call: { function: poke, args: [\"&tick_count\", 0x10] }\n  - text-unchanged:\n")
-        XCTAssertEqual(s.steps.map(\.step), [.run(milliseconds: 0, expect: [Scenario.Linear("3x-1")!]), .action(.apply, id: "p"),
+        XCTAssertEqual(s.steps.map(\.step), [.run(milliseconds: 0, expect: [LinearResult("3x-1")!]), .action(.apply, id: "p"),
                                              .call(function: "poke", arguments: [.address("tick_count"), .value(16)], expect: nil, expectString: nil),
                                              .textUnchanged])
         XCTAssertEqual(s.steps[1].fails, "EINVAL")

@@ -4,6 +4,7 @@ import SpliceDaemon
 import SpliceDisassembly
 import SpliceELF
 import SpliceFiles
+import SpliceHarness
 import SpliceMachine
 import SplicePatching
 import SplicePayload

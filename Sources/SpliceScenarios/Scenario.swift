@@ -4,6 +4,7 @@ import SpliceDaemon
 import SpliceDisassembly
 import SpliceELF
 import SpliceFiles
+import SpliceHarness
 import SpliceMachine
 import SplicePatching
 import SplicePayload
@@ -17,25 +18,6 @@ import Yams
 /// runs every bundled one on each ISA, engine and ppc64le return strategy it names.
 /// The format is in docs/scenarios.md.
 public struct Scenario: Sendable {
-
-    /// y = a·x + b, what the workload's results must be.
-    public struct Linear: Sendable, Equatable, CustomStringConvertible, Codable {
-        public var a: Int64, b: Int64
-        public var description: String {
-            (a == 1 ? "x" : "\(a)x") + (b == 0 ? "" : b > 0 ? "+\(b)" : "\(b)")
-        }
-
-        /// "3x+2", "3*x + 2", "x-1", "2x".
-        public init?(_ text: String) {
-            let t = text.replacingOccurrences(of: " ", with: "").replacingOccurrences(of: "*", with: "")
-            guard let xi = t.firstIndex(of: "x") else { return nil }
-            let head = String(t[..<xi]), tail = String(t[t.index(after: xi)...])
-            guard let a = head.isEmpty ? 1 : head == "-" ? -1 : Int64(head) else { return nil }
-            guard let b = tail.isEmpty ? 0 : Int64(tail.hasPrefix("+") ? String(tail.dropFirst()) : tail) else { return nil }
-            self.a = a
-            self.b = b
-        }
-    }
 
     /// A call argument: a number, or `&symbol` for a symbol's address in the image.
     public enum Argument: Sendable, Equatable, CustomStringConvertible {
@@ -100,7 +82,7 @@ public struct Scenario: Sendable {
         /// Lets the workload run at least `milliseconds` and a ring's worth of iterations
         /// on every vCPU, then checks every vCPU's newest records: each result is one of
         /// `expect` (none: not checked).
-        case run(milliseconds: Int, expect: [Linear])
+        case run(milliseconds: Int, expect: [LinearResult])
         /// Starts an action in the background (the payload reads PROGRESS until it ends).
         case begin(LivePatchService.Action, id: String)
         /// The payload's state is `state` now, and stays so for `milliseconds`.
@@ -113,7 +95,7 @@ public struct Scenario: Sendable {
         /// read and each result must be one of `expect`. `tally`: the workload also checks
         /// every result itself as it returns (syscall_workload) and tallies old, new and
         /// other in its ring page: other must stay 0 and both old and new must occur.
-        case hammer(id: String, cycles: Int, expect: [Linear], tally: Bool)
+        case hammer(id: String, cycles: Int, expect: [LinearResult], tally: Bool)
         /// The image's executable bytes are the ones it was loaded with.
         case textUnchanged
 
@@ -230,10 +212,10 @@ public struct Scenario: Sendable {
             throw fail("\(what) must be an integer")
         }
         /// One a·x+b or a list of them.
-        func linears(_ v: Any?) throws -> [Linear] {
+        func linears(_ v: Any?) throws -> [LinearResult] {
             guard let v else { return [] }
             return try (v as? [Any] ?? [v]).map {
-                guard let l = Linear("\($0)") else { throw fail("expect is a·x+b, such as 3x+2, or a list of them (got \($0))") }
+                guard let l = LinearResult("\($0)") else { throw fail("expect is a·x+b, such as 3x+2, or a list of them (got \($0))") }
                 return l
             }
         }
