@@ -3,10 +3,11 @@ import PackageDescription
 
 // Layering, every arrow pointing down (docs/architecture.md):
 //   splice CLI, splice-fuzz -> Splice (the umbrella: re-exports only)
-//   -> SpliceBench -> SpliceHarness -> SpliceDaemon -> SpliceArchitectures (the registry)
+//   -> SpliceBench -> SpliceScenarios (Yams) -> SpliceHarness -> SpliceDaemon
+//   -> SpliceArchitectures (the registry: the one module outside arch/ naming a backend)
 //   -> arch/<isa> backends -> SpliceRuntime -> SplicePayload -> SplicePatching
 //   -> SpliceMachine (Unicorn), SpliceELF (libelf), SpliceDisassembly (Capstone), SpliceFiles
-//   -> C system libraries and small C shims.
+//   -> SpliceBytes (little-endian bytes, hex) -> C system libraries and small C shims.
 // Each module is a library product of its own, so a consumer can depend on less than the
 // umbrella (the runtime and one backend build without Yams, the harness or the benchmarks).
 let package = Package(
