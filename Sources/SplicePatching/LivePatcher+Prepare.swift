@@ -37,15 +37,7 @@ extension LivePatcher {
         var timing = ActionTiming.Clock()
         let prepared = try prepare(batch: batch)
         let plan = stoppedWrites(reverting: [], applying: prepared.entries)
-        timing.mark(\.prepare)
-        do {
-            try executor.execute { changed in try plan.run(memory: self.machine.memory.view(), changed: changed) }
-        } catch {
-            abandon(prepared)
-            throw error
-        }
-        timing.mark(\.execute)
-        recordWrites(of: plan)
+        try execute(plan, abandoning: prepared, timing: &timing)
         for e in prepared.entries { record(e) }
         timing.mark(\.finish)
         lastTiming = timing.result
@@ -200,6 +192,21 @@ extension LivePatcher {
     }
 
     /// Once `plan` ran: the bytes this patcher wrote, as memory now holds them.
+    /// The stopped window: `plan`'s writes through the executor (every vCPU held), then
+    /// recorded as what memory must hold. If the executor fails (a rendezvous timeout),
+    /// nothing was written and what `prepared` allocated is released.
+    func execute(_ plan: StoppedWrites, abandoning prepared: PreparedBatch, timing: inout ActionTiming.Clock) throws {
+        timing.mark(\.prepare)
+        do {
+            try executor.execute { changed in try plan.run(memory: self.machine.memory.view(), changed: changed) }
+        } catch {
+            abandon(prepared)
+            throw error
+        }
+        timing.mark(\.execute)
+        recordWrites(of: plan)
+    }
+
     func recordWrites(of plan: StoppedWrites) {
         plan.forEachWrite { written.set($0, $1) }
     }

@@ -18,15 +18,7 @@ extension LivePatcher {
         let prepared = try prepare(batch: batch, overlay: overlay, reverted: entries)
         let previous = takeOvers(from: entries, by: prepared.entries, withOwnCode: false)
         let plan = stoppedWrites(reverting: entries, applying: prepared.entries, previous: previous)
-        timing.mark(\.prepare)
-        do {
-            try executor.execute { changed in try plan.run(memory: self.machine.memory.view(), changed: changed) }
-        } catch {
-            abandon(prepared)
-            throw error
-        }
-        timing.mark(\.execute)
-        recordWrites(of: plan)
+        try execute(plan, abandoning: prepared, timing: &timing)
         for e in entries { releaseHeld(by: e) }
         active.removeAll { $0.reverting }
         for e in prepared.entries { record(e) }
