@@ -60,7 +60,7 @@ public enum PayloadBenchmark {
             try SafeFile.write(bytes, to: file)
             defer { unlink(file) }
             let image = try loadImage(path: imagePath)
-            let loader = PayloadLoader(patcher: try LivePatcher(image: image, backend: try Architectures.backend(for: target)))
+            let loader = try PayloadLoader(patcher: try LivePatcher(image: image, backend: try Architectures.backend(for: target)))
             var best = Double.infinity
             var relocations = 0
             for _ in 0..<rounds {

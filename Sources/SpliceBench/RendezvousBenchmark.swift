@@ -71,7 +71,7 @@ public enum RendezvousBenchmark {
                 let machine = try Machine(architecture: try Architectures.forELF(elf), vcpuCount: n)
                 let image = try machine.load(elf)
                 let patcher = try LivePatcher(image: image, backend: backend)
-                let loader = PayloadLoader(patcher: patcher)
+                let loader = try PayloadLoader(patcher: patcher)
                 let first = try loader.load(try manyPayload(target: elf, backend: backend, offset: 1000))
                 let second = try loader.load(try manyPayload(target: elf, backend: backend, offset: 2000))
                 try loader.apply(first) // before the vCPUs start

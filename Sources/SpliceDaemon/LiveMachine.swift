@@ -62,16 +62,33 @@ public final class LiveMachine {
 
     /// A payload as a client sees it: its settled state, or PROGRESS with the action.
     public struct PayloadStatus: Codable, Sendable, Equatable {
+        /// The life-cycle states of `LivePatchService.State`, and PROGRESS while an action
+        /// runs (the xSplice design's asynchronous status).
+        public enum State: String, Codable, Sendable, CaseIterable, CustomStringConvertible {
+            case loaded = "LOADED", checked = "CHECKED", applied = "APPLIED", reverted = "REVERTED", progress = "PROGRESS"
+
+            public init(_ settled: LivePatchService.State) {
+                switch settled {
+                case .loaded: self = .loaded
+                case .checked: self = .checked
+                case .applied: self = .applied
+                case .reverted: self = .reverted
+                }
+            }
+
+            public var description: String { rawValue }
+        }
+
         public var id: String
-        /// LOADED, CHECKED, APPLIED, REVERTED, or PROGRESS while `action` runs.
-        public var state: String
-        public var action: String?
+        public var state: State
+        /// The action in progress (with `.progress`).
+        public var action: LivePatchService.Action?
         /// 0, or the negative errno of the last failed action, with its reason.
         public var rc: Int32
         public var error: String?
         public var buildID: String
 
-        public init(id: String, state: String, action: String? = nil, rc: Int32 = 0, error: String? = nil, buildID: String) {
+        public init(id: String, state: State, action: LivePatchService.Action? = nil, rc: Int32 = 0, error: String? = nil, buildID: String) {
             self.id = id
             self.state = state
             self.action = action
@@ -102,12 +119,20 @@ public final class LiveMachine {
     }
 
     public struct VCPUStatus: Codable, Sendable, Equatable {
+        public enum State: String, Codable, Sendable {
+            case running, returned, faulted, stopped
+        }
+
         public var index: Int
-        /// running, returned, faulted or stopped (with the detail).
-        public var state: String
+        public var state: State
+        /// What it returned, or its fault.
+        public var detail: String?
         public var iterations: UInt64
         /// The newest records, oldest first.
         public var records: [Record]
+
+        /// The state and its detail, for people ("faulted: guest fault: ...").
+        public var summary: String { state.rawValue + (detail.map { ": " + $0 } ?? "") }
     }
 
     public struct Status: Codable, Sendable, Equatable {
@@ -177,7 +202,7 @@ public final class LiveMachine {
         machine = try Machine(architecture: arch, vcpuCount: c.cpus)
         image = try machine.load(elf)
         patcher = try LivePatcher(image: image, backend: backend)
-        loader = PayloadLoader(patcher: patcher)
+        loader = try PayloadLoader(patcher: patcher)
         service = LivePatchService(loader: loader)
         guard let safePoint = image.elf.symbol(named: "safe_point") else {
             throw LiveMachineError.badConfiguration("\(c.image) has no safe_point function: a live machine's vCPUs need one to rendezvous at")
@@ -284,7 +309,7 @@ public final class LiveMachine {
         stateLock.lock(); defer { stateLock.unlock() }
         if let f = inFlight {
             guard var s = snapshot.first(where: { $0.id == id }) else { throw LivePatchServiceError.noSuchPayload(id) }
-            if f.id == id { s.state = "PROGRESS"; s.action = f.action.rawValue }
+            if f.id == id { s.state = .progress; s.action = f.action }
             return s
         }
         serviceLock.lock(); defer { serviceLock.unlock() }
@@ -298,7 +323,7 @@ public final class LiveMachine {
         stateLock.lock(); defer { stateLock.unlock() }
         let all: [PayloadStatus]
         if let f = inFlight {
-            all = snapshot.map { var s = $0; if s.id == f.id { s.state = "PROGRESS"; s.action = f.action.rawValue }; return s }
+            all = snapshot.map { var s = $0; if s.id == f.id { s.state = .progress; s.action = f.action }; return s }
         } else {
             serviceLock.lock()
             all = service.list(start: 0, count: Int.max).statuses.map(settled)
@@ -321,7 +346,7 @@ public final class LiveMachine {
 
     /// With the state lock held.
     private func settled(_ s: LivePatchService.Status) -> PayloadStatus {
-        PayloadStatus(id: s.id, state: s.state.rawValue, action: nil, rc: s.rc, error: s.rc == 0 ? nil : lastErrors[s.id],
+        PayloadStatus(id: s.id, state: PayloadStatus.State(s.state), action: nil, rc: s.rc, error: s.rc == 0 ? nil : lastErrors[s.id],
                       buildID: s.buildID)
     }
 
@@ -361,14 +386,13 @@ public final class LiveMachine {
         let read = { [self] in
             vcpus = []
             for i in 0..<configuration.cpus {
-                var state: String
+                var v = VCPUStatus(index: i, state: .running, iterations: 0, records: [])
                 switch runner.state(of: i) {
-                case .running: state = "running"
-                case let .returned(v): state = "returned \(Int64(bitPattern: v))"
-                case let .faulted(f): state = "faulted: \(f)"
-                case .stopped: state = "stopped"
+                case .running: break
+                case let .returned(value): (v.state, v.detail) = (.returned, String(Int64(bitPattern: value)))
+                case let .faulted(f): (v.state, v.detail) = (.faulted, "\(f)")
+                case .stopped: v.state = .stopped
                 }
-                var v = VCPUStatus(index: i, state: state, iterations: 0, records: [])
                 if let rings {
                     let ring = rings.base + UInt64(i) * Self.ringStride
                     let n = try machine.memory.readUInt64(ring)

@@ -137,7 +137,7 @@ extension Demo {
             let (bytes, report) = try Samples.payload(original: name, patched: name, isa: isa, target: target, backend: backend,
                                                       directory: dir)
             let loaded = try loadImage(path: image)
-            let loader = PayloadLoader(patcher: try LivePatcher(image: loaded, backend: backend))
+            let loader = try PayloadLoader(patcher: try LivePatcher(image: loaded, backend: backend))
             let p = try loader.load(try Payload(bytes: bytes, name: name))
             try loader.apply(p)
             let cases = try OracleCase.parse(file: "\(pd)/oracle-\(isa).txt")

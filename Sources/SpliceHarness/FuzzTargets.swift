@@ -63,7 +63,7 @@ public enum FuzzTargets {
             machine.waitUntilIdle()
         }
         for s in machine.list(start: 0, count: Int.max).statuses {
-            if s.state == LivePatchService.State.applied.rawValue { try? machine.perform(.revert, id: s.id) }
+            if s.state == .applied { try? machine.perform(.revert, id: s.id) }
             try? machine.perform(.unload, id: s.id)
         }
     }
@@ -80,13 +80,14 @@ public enum FuzzTargets {
 
     static func makeLoaders() -> [UInt16: PayloadLoader] {
         var out: [UInt16: PayloadLoader] = [:]
-        for image in [Samples.x86_64, Samples.ppc64le] {
-            guard let path = try? Samples.path(image), let elf = try? ELFFile(contentsOf: path),
+        for isa in Architectures.backends.map(\.architecture.name) {
+            guard let path = try? Samples.path(Samples.kernel(isa: isa)), let elf = try? ELFFile(contentsOf: path),
                   let arch = try? Architectures.forELF(elf), let machine = try? Machine(architecture: arch),
                   let loaded = try? machine.load(elf), let backend = try? Architectures.backend(for: elf),
-                  let patcher = try? LivePatcher(image: loaded, backend: backend)
+                  let patcher = try? LivePatcher(image: loaded, backend: backend),
+                  let loader = try? PayloadLoader(patcher: patcher)
             else { fatalError("the fuzz target needs the sample images (run from the checkout or set SPLICE_SAMPLES)") }
-            out[elf.header.machine] = PayloadLoader(patcher: patcher)
+            out[elf.header.machine] = loader
         }
         return out
     }

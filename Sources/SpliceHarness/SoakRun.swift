@@ -77,8 +77,8 @@ public enum SoakRun {
             let allowed: [String]
             switch (try? live.get(p.id))?.state {
             case nil: allowed = ["upload"]
-            case "LOADED"?: allowed = ["check", "unload"]
-            case "CHECKED"?, "REVERTED"?: allowed = ["apply", "replace", "unload"]
+            case .loaded?: allowed = ["check", "unload"]
+            case .checked?, .reverted?: allowed = ["apply", "replace", "unload"]
             default: allowed = ["revert"]
             }
             let choices = rng.next() % 5 == 0 ? verbs : allowed
@@ -106,7 +106,7 @@ public enum SoakRun {
             actions += 1
             // Every record any vCPU wrote lately: old or new, nothing else.
             for v in try live.status(records: LiveMachine.ringSlots).vcpus {
-                if v.state != "running" { report.faults += 1 }
+                if v.state != .running { report.faults += 1 }
                 for r in v.records {
                     for y in r.results {
                         report.recordsChecked += 1
@@ -117,7 +117,7 @@ public enum SoakRun {
             if report.faults > 0 { break }
             // Settled: what the applied payloads say scaled must give, on every vCPU.
             if actions % 25 == 0 {
-                let applied = Set(live.list(start: 0, count: 64).statuses.filter { $0.state == "APPLIED" }.map(\.id))
+                let applied = Set(live.list(start: 0, count: 64).statuses.filter { $0.state == .applied }.map(\.id))
                 let plusTwo = pool.contains { applied.contains($0.id) && $0.scaledPlusTwo }
                 do {
                     _ = try live.checkWorkload(expect: LinearResult(plusTwo ? "3x+2" : "3x+1"))
@@ -135,7 +135,7 @@ public enum SoakRun {
         }
         // Take everything out: reverts newest first (a stacked payload first), then unloads.
         for _ in 0..<pool.count {
-            for s in live.list(start: 0, count: 64).statuses.reversed() where s.state == "APPLIED" {
+            for s in live.list(start: 0, count: 64).statuses.reversed() where s.state == .applied {
                 try? live.perform(.revert, id: s.id)
             }
         }
@@ -144,7 +144,7 @@ public enum SoakRun {
         report.rendezvous = live.runner.rendezvous.completed
         let end = try live.status(records: 0)
         report.iterations = end.vcpus.reduce(0) { $0 + $1.iterations }
-        report.faults += end.vcpus.filter { $0.state != "running" }.count
+        report.faults += end.vcpus.filter { $0.state != .running }.count
         report.finalHash = try hash()
         return report
     }

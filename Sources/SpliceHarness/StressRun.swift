@@ -85,7 +85,7 @@ public enum StressRun {
         let end = try live.status(records: 0)
         runner.stop()
         for v in end.vcpus {
-            if v.state.hasPrefix("faulted") { report.faults += 1 }
+            if v.state == .faulted { report.faults += 1 }
             report.iterations += v.iterations
         }
         report.textIdenticalAtEnd = try live.executableText() == text

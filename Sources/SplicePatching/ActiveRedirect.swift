@@ -64,9 +64,8 @@ final class SiteEntry {
     private(set) var pass = 0
     /// The newest redirect of this function that an action keeps (0: none).
     var newestKept = 0
-    /// The index of this function's redirect among those an action reverts (-1: none,
-    /// -2: several).
-    var revertedIndex = -1
+    /// Which of the redirects an action reverts are this function's.
+    var reverted = Reverted.none
     /// How many redirects of this function an action adds.
     var added = 0
 
@@ -78,9 +77,21 @@ final class SiteEntry {
         guard pass != p else { return }
         pass = p
         newestKept = 0
-        revertedIndex = -1
+        reverted = .none
         added = 0
     }
+
+    /// How many of the redirects an action reverts are at this site.
+    enum Reverted: Equatable {
+        case none
+        /// One: the one at this index of the action's reverted list.
+        case one(index: Int)
+        case several
+    }
+
+    /// Counts the reverted redirect at `index` of the action's list as this site's.
+    @inline(__always)
+    func noteReverted(at index: Int) { reverted = reverted == .none ? .one(index: index) : .several }
 }
 
 /// A plan as encoded once for a site and target, with its writes packed.

@@ -75,7 +75,7 @@ extension LivePatcher {
         for (i, e) in reverted.enumerated() {
             let s = e.siteEntry
             s.begin(pass: pass)
-            s.revertedIndex = s.revertedIndex == -1 ? i : -2
+            s.noteReverted(at: i)
         }
         batchNumber += 1
         do {
@@ -96,8 +96,8 @@ extension LivePatcher {
                     memory = machine.memory.view() // encoding may have mapped code
                 }
                 entry.added += 1
-                if entry.added == 1, entry.revertedIndex >= 0,
-                   case let old = reverted[entry.revertedIndex], Self.rewritesInPlace(old, with: encoding) {
+                if entry.added == 1, case let .one(index) = entry.reverted,
+                   case let old = reverted[index], Self.rewritesInPlace(old, with: encoding) {
                     // The only reverted redirect of this site wrote the same places: once it
                     // is undone they hold its undo bytes (it was checked in place).
                     entries.append(ActiveRedirect(id: 0, function: item.function, target: item.target, targetName: item.label,

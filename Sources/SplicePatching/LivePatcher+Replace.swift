@@ -56,7 +56,7 @@ extension LivePatcher {
             let s = e.siteEntry
             s.begin(pass: pass)
             if s.newestKept > e.id { throw PatchError.notTopmost(function: e.function, id: e.id, top: s.newestKept) }
-            s.revertedIndex = s.revertedIndex == -1 ? 0 : -2
+            s.noteReverted(at: 0)
         }
         // Each must be in place once the newer ones are undone: for a function with several
         // (stacked) redirects reverted, memory under the undo bytes of the newer ones. Only
@@ -65,7 +65,7 @@ extension LivePatcher {
         let memory = machine.memory.view()
         var overlay = ByteOverlay()
         for e in entries {
-            try checkInPlace(e, memory, under: e.siteEntry.revertedIndex == -2 ? overlay : nil)
+            try checkInPlace(e, memory, under: e.siteEntry.reverted == .several ? overlay : nil)
             for p in e.packedUndo.reversed() { p.withBytes { overlay.set(p.address, $0) } }
         }
         return overlay
@@ -139,7 +139,7 @@ extension LivePatcher {
         for (i, e) in reverted.enumerated() {
             let s = e.siteEntry
             s.begin(pass: pass)
-            s.revertedIndex = s.revertedIndex == -1 ? i : -2
+            s.noteReverted(at: i)
         }
         for n in new {
             n.siteEntry.begin(pass: pass)
@@ -147,8 +147,8 @@ extension LivePatcher {
         }
         return new.map { n in
             let s = n.siteEntry
-            guard s.added == 1, s.revertedIndex >= 0 else { return nil }
-            let old = reverted[s.revertedIndex]
+            guard s.added == 1, case let .one(index) = s.reverted else { return nil }
+            let old = reverted[index]
             if !Self.rewritesInPlace(old, with: n.encoding) {
                 guard withOwnCode, old.encoding.allocates || n.encoding.allocates else { return nil }
                 let a = placedWrites(of: old), b = placedWrites(of: n)

@@ -21,12 +21,6 @@ public final class LivePatcher {
     public internal(set) var active: [ActiveRedirect] = []
     /// The backend's runtime in this machine (nil when it needs none).
     public internal(set) var runtime: (any PatchRuntime)?
-    /// Shadow variables of this machine, and the host calls that give guest code (payloads)
-    /// access to them.
-    public let shadows: ShadowVariables
-    /// The applied payloads' states, for `splice_state_prev` (the loader keeps it).
-    public let states = PayloadStates()
-    public let hostCalls: HostCalls
     /// Where writes happen: directly (default), or inside a rendezvous of running vCPUs.
     /// Code allocations follow it (mapping a region touches every vCPU's emulator).
     public var executor: PatchExecutor {
@@ -61,15 +55,6 @@ public final class LivePatcher {
         self.backend = backend
         self.space = space ?? CodeSpace(machine: image.machine)
         executor = DirectExecutor(machine: image.machine)
-        shadows = try ShadowVariables(space: self.space)
-        let functions = shadows.hostFunctions + states.hostFunctions
-        // Near the image's text: payloads placed there reach the entries with a direct call.
-        let text = image.regions.filter { $0.permissions.contains(.execute) }.map { $0.end }.max()
-        // A region of their own: code arenas come and go with redirects, this stays.
-        let entries = try self.space.mapFree(name: "hostcalls", size: UInt64(functions.count) * HostCalls.entrySize,
-                                             near: text ?? self.space.defaultBase, reach: 1 << 30,
-                                             permissions: [.read, .execute])
-        hostCalls = try HostCalls(machine: image.machine, base: entries.base, functions: functions)
         let start = try backend.prepare(image)
         try executor.execute { changed in self.write(start, changed: changed, memory: self.machine.memory.view()) }
         runtime = try backend.installRuntime(for: image, space: self.space)

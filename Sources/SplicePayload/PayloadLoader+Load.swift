@@ -145,7 +145,7 @@ extension PayloadLoader {
             contents[s.index] = s.type == ELFSection.typeNoBits ? [UInt8](repeating: 0, count: Int(s.size)) : s.data
         }
         var stubs: [String: (address: UInt64, bytes: [UInt8])] = [:]
-        let hostSymbols = patcher.hostCalls.symbols
+        let hostSymbols = services.hostCalls.symbols
         func resolve(_ s: ELFSymbol, section: String, index: Int) throws -> (UInt64, external: Bool, localEntry: UInt64) {
             if s.isDefined {
                 guard let a = addresses[Int(s.sectionIndex)] else {

@@ -81,9 +81,15 @@ public final class PayloadLoader {
     public var engine: any PatchEngine {
         didSet { precondition(engine.patcher === patcher, "an engine on another patcher") }
     }
-    public init(patcher: LivePatcher) {
+    /// Shadow variables, payload states and the host calls that reach them.
+    public let services: PayloadServices
+
+    /// A loader for `patcher`'s machine. It maps the host calls payloads use, so the vCPUs
+    /// must not be running yet.
+    public init(patcher: LivePatcher) throws {
         self.patcher = patcher
         engine = patcher
+        services = try PayloadServices(patcher: patcher)
     }
 
     /// Whether the running bytes at the start of `old` are the ones a payload expects.
@@ -233,7 +239,7 @@ public final class PayloadLoader {
         for p in payloads.filter(\.isApplied).sorted(by: { $0.appliedSequence < $1.appliedSequence }) {
             table.merge(p.stateRecords) { $1 }
         }
-        patcher.states.set(table)
+        services.states.set(table)
     }
     private var appliedCount = 0
 

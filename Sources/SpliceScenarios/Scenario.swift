@@ -86,10 +86,10 @@ public struct Scenario: Sendable {
         /// Starts an action in the background (the payload reads PROGRESS until it ends).
         case begin(LivePatchService.Action, id: String)
         /// The payload's state is `state` now, and stays so for `milliseconds`.
-        case state(id: String, state: String, milliseconds: Int)
+        case state(id: String, state: LiveMachine.PayloadStatus.State, milliseconds: Int)
         /// Waits (up to 30 s) until the payload is no longer in PROGRESS, then its state
         /// must be `state`; a failed action fails the step with its error.
-        case wait(id: String, state: String)
+        case wait(id: String, state: LiveMachine.PayloadStatus.State)
         /// Applies and reverts `id` `cycles` times while every vCPU runs the workload;
         /// after each action every vCPU's whole ring (64 records, spanning the action) is
         /// read and each result must be one of `expect`. `tally`: the workload also checks
@@ -300,11 +300,15 @@ public struct Scenario: Sendable {
             step = .begin(action, id: id)
         case "state":
             let a = try args()
-            guard let id = a["id"] as? String, let st = a["is"] as? String else { throw fail("state needs an id and 'is'") }
+            guard let id = a["id"] as? String, let st = (a["is"] as? String).flatMap(LiveMachine.PayloadStatus.State.init(rawValue:)) else {
+                throw fail("state needs an id and 'is' (one of " + LiveMachine.PayloadStatus.State.allCases.map(\.rawValue).joined(separator: ", ") + ")")
+            }
             step = .state(id: id, state: st, milliseconds: Int(try a["for-ms"].map { try integer($0, "for-ms") } ?? 0))
         case "wait":
             let a = try args()
-            guard let id = a["id"] as? String, let st = a["until"] as? String else { throw fail("wait needs an id and 'until'") }
+            guard let id = a["id"] as? String, let st = (a["until"] as? String).flatMap(LiveMachine.PayloadStatus.State.init(rawValue:)) else {
+                throw fail("wait needs an id and 'until' (one of " + LiveMachine.PayloadStatus.State.allCases.map(\.rawValue).joined(separator: ", ") + ")")
+            }
             step = .wait(id: id, state: st)
         case "hammer":
             let a = try args()

@@ -192,11 +192,11 @@ public enum ScenarioRunner {
                 bytes = b
             }
             try machine.upload(id: id, bytes: bytes)
-            return try machine.get(id).state
+            return try machine.get(id).state.rawValue
         case let .action(action, id, engineActions):
             let rendezvousBefore = machine.runner.rendezvous.completed, nonStopBefore = machine.nonStop?.actions ?? 0
             try machine.perform(action, id: id)
-            let state = action == .unload ? "unloaded" : try machine.get(id).state
+            let state = action == .unload ? "unloaded" : try machine.get(id).state.rawValue
             guard let engineActions else { return state }
             let (n, what) = machine.nonStop.map { ($0.actions - nonStopBefore, "non-stop sequence") }
                 ?? (machine.runner.rendezvous.completed - rendezvousBefore, "rendezvous")
@@ -232,7 +232,7 @@ public enum ScenarioRunner {
             return try machine.checkWorkload(anyOf: expect, milliseconds: ms)
         case let .begin(action, id):
             let ticket = try machine.begin(action, id: id)
-            return "ticket \(ticket): " + (try machine.get(id).state)
+            return "ticket \(ticket): " + (try machine.get(id).state.rawValue)
         case let .state(id, state, ms):
             let end = Date().addingTimeInterval(Double(ms) / 1000)
             var samples = 0
@@ -248,14 +248,14 @@ public enum ScenarioRunner {
         case let .wait(id, state):
             let deadline = Date().addingTimeInterval(30)
             var s = try machine.get(id)
-            while s.state == "PROGRESS" && Date() < deadline {
+            while s.state == .progress && Date() < deadline {
                 Thread.sleep(forTimeInterval: 0.002)
                 s = try machine.get(id)
             }
             if s.state != state {
                 throw ScenarioError(description: "\(id) is \(s.state)" + (s.error.map { ": \($0)" } ?? "") + ", expected \(state)")
             }
-            return s.state + (s.rc != 0 ? " (rc \(s.rc): \(s.error ?? ""))" : "")
+            return s.state.rawValue + (s.rc != 0 ? " (rc \(s.rc): \(s.error ?? ""))" : "")
         case let .hammer(id, cycles, expect, tally):
             let before = tally ? try machine.ringTail(words: 3) : []
             var detail = try machine.hammer(id: id, cycles: cycles, expect: expect)

@@ -81,7 +81,7 @@ struct MachineOptions: ParsableArguments {
 }
 
 func payloadLine(_ s: LiveMachine.PayloadStatus) -> String {
-    let state = s.state == "PROGRESS" ? "PROGRESS (\(s.action ?? "?"))" : s.state
+    let state = s.state == .progress ? "PROGRESS (\(s.action.map(\.rawValue) ?? "?"))" : s.state.rawValue
     return "\(s.id.padding(toLength: 16, withPad: " ", startingAt: 0)) \(state.padding(toLength: 18, withPad: " ", startingAt: 0)) "
         + "rc \(String(s.rc).padding(toLength: 4, withPad: " ", startingAt: 0)) build-id \(s.buildID)"
         + (s.error.map { "  (\($0))" } ?? "")
@@ -250,7 +250,7 @@ struct MachineCommand: ParsableCommand {
                   + (m.requiresSignature.map { "; signatures required (key \($0))" } ?? ""))
             for v in m.vcpus {
                 let recs = v.records.map { r in "x=\(r.x) -> " + r.results.map(String.init).joined(separator: ",") }.joined(separator: "; ")
-                print("  vCPU \(v.index): \(v.state), \(v.iterations) iterations" + (recs.isEmpty ? "" : "; newest: \(recs)"))
+                print("  vCPU \(v.index): \(v.summary), \(v.iterations) iterations" + (recs.isEmpty ? "" : "; newest: \(recs)"))
             }
         }
     }
@@ -358,7 +358,7 @@ struct ActionRunner {
                 try options.fail(reply)
             }
             guard let s = reply.payload else { try options.fail(reply) }
-            if s.state != "PROGRESS" {
+            if s.state != .progress {
                 if tty { FileHandle.standardError.write(Data("\r\u{1b}[K".utf8)) }
                 if s.rc != 0 {
                     try options.fail(ControlReply(ok: false, error: "\(action.rawValue) of payload \(id) failed (\(s.rc)): \(s.error ?? "no reason recorded"); its state stays \(s.state)",
@@ -380,9 +380,9 @@ struct ActionRunner {
 
     private func report(_ s: LiveMachine.PayloadStatus?, _ action: LivePatchService.Action, _ id: String, _ elapsed: TimeInterval) {
         if options.json {
-            try? printJSON(ActionResult(id: id, action: action.rawValue, state: s?.state ?? "UNLOADED", milliseconds: elapsed * 1000))
+            try? printJSON(ActionResult(id: id, action: action.rawValue, state: s?.state.rawValue ?? "UNLOADED", milliseconds: elapsed * 1000))
         } else {
-            print(String(format: "%@ %@: %@ (%.1f ms)", action.rawValue, id, s?.state ?? "unloaded", elapsed * 1000))
+            print(String(format: "%@ %@: %@ (%.1f ms)", action.rawValue, id, s?.state.rawValue ?? "unloaded", elapsed * 1000))
         }
     }
 

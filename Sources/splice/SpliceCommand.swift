@@ -307,7 +307,7 @@ struct Patch: ParsableCommand {
     func run() throws {
         try reportingErrors {
             let loaded = try loadImage(path: image)
-            let loader = PayloadLoader(patcher: try LivePatcher(image: loaded, backend: try Architectures.backend(for: loaded.elf)))
+            let loader = try PayloadLoader(patcher: try LivePatcher(image: loaded, backend: try Architectures.backend(for: loaded.elf)))
             let code = try loaded.machine.memory.regions.filter { $0.permissions.contains(.execute) }
                 .map { try loaded.machine.memory.read($0.base, count: Int($0.size)) }
             var applied: [LoadedPayload] = []

@@ -19,7 +19,7 @@ final class CodeFixturesTests: XCTestCase {
 
             // The relocated fixture, through a payload: scaled(x) becomes x * scale_factor.
             let bytes = try PayloadBenchmark.generate(target: image.elf, count: 3)
-            let loader = PayloadLoader(patcher: patcher)
+            let loader = try PayloadLoader(patcher: patcher)
             let loaded = try loader.load(try Payload(bytes: bytes, name: "fixture-\(isa)"))
             try loader.apply(loaded)
             let scale = try image.machine.memory.readUInt64(try XCTUnwrap(image.elf.symbol(named: "scale_factor")).value)

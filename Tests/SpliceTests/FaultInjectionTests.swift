@@ -45,7 +45,7 @@ final class FaultInjectionTests: XCTestCase {
                     XCTAssertTrue("\(error)".contains("(-16)"), "\(what): \(error)")
                 }
                 let s = try live.get("p02")
-                XCTAssertEqual([s.state, String(s.rc)], ["CHECKED", "-16"], what)
+                XCTAssertEqual([s.state.rawValue, String(s.rc)], ["CHECKED", "-16"], what)
                 XCTAssertTrue(s.error?.contains("vCPU") ?? false, "\(what): the reason does not say which vCPUs: \(s.error ?? "")")
                 XCTAssertEqual(try live.executableText(), text, "\(what): a timed-out apply wrote")
 
@@ -75,12 +75,12 @@ final class FaultInjectionTests: XCTestCase {
             // Every vCPU reaches x = 1000 within 1,024 iterations.
             let deadline = Date(timeIntervalSinceNow: 20)
             var status = try live.status()
-            while status.vcpus.contains(where: { $0.state == "running" }) && Date() < deadline {
+            while status.vcpus.contains(where: { $0.state == .running }) && Date() < deadline {
                 Thread.sleep(forTimeInterval: 0.005)
                 status = try live.status()
             }
             for v in status.vcpus {
-                XCTAssertTrue(v.state.hasPrefix("faulted: ") && v.state.contains("at 0x10 "), "\(isa) vCPU \(v.index): \(v.state)")
+                XCTAssertTrue(v.state == .faulted && (v.detail ?? "").contains("at 0x10 "), "\(isa) vCPU \(v.index): \(v.summary)")
             }
             XCTAssertEqual(try live.call("scaled", [999]), 3 * 999 + 2, isa) // the fix itself runs
             try live.perform(.revert, id: "07")
@@ -113,14 +113,14 @@ final class FaultInjectionTests: XCTestCase {
                     XCTAssertTrue("\(error)".contains("postapply hook at 0x"), "\(what): \(error)")
                     XCTAssertTrue("\(error)".contains("0x18"), "\(what): the hook's fault address is not named: \(error)")
                 }
-                XCTAssertEqual(try live.get("08").state, "CHECKED", what)
+                XCTAssertEqual(try live.get("08").state, .checked, what)
                 XCTAssertEqual(try live.status().activeRedirects, 0, what)
                 XCTAssertEqual(try live.executableText(), pristine, "\(what): the failed apply left code behind")
                 expectWorkload(live, 3, 1, "\(what) after the failed apply")
 
                 try live.perform(.apply, id: "p02")
                 XCTAssertThrowsError(try live.perform(.replace, id: "08"), what)
-                XCTAssertEqual(live.list().statuses.map(\.state), ["CHECKED", "APPLIED"], what)
+                XCTAssertEqual(live.list().statuses.map(\.state), [.checked, .applied], what)
                 XCTAssertEqual(try live.status().activeRedirects, 1, what)
                 expectWorkload(live, 3, 2, "\(what): p02 back after the failed REPLACE")
                 try live.perform(.revert, id: "p02")
@@ -152,7 +152,7 @@ final class FaultInjectionTests: XCTestCase {
             XCTAssertThrowsError(try live.perform(.check, id: "cumulative"), isa) { error in
                 XCTAssertTrue("\(error)".contains("\(second): expected its first bytes to be"), "\(isa): \(error)")
             }
-            XCTAssertEqual(try live.get("cumulative").state, "LOADED", isa)
+            XCTAssertEqual(try live.get("cumulative").state, .loaded, isa)
             XCTAssertEqual(try live.executableText(), before, isa)
             XCTAssertFalse(live.machine.memory.regions.contains { $0.name.hasPrefix("payload") }, "\(isa): check left payload memory mapped")
             XCTAssertEqual(try live.status().activeRedirects, 0, isa)
@@ -192,7 +192,7 @@ final class FaultInjectionTests: XCTestCase {
             let state = try XCTUnwrap(client.send(ControlRequest(.get, id: "p02")).payload?.state)
             let p = Process()
             p.executableURL = URL(fileURLWithPath: exe)
-            p.arguments = [state == "APPLIED" ? "revert" : "apply", "p02", "--socket", socketPath]
+            p.arguments = [state == .applied ? "revert" : "apply", "p02", "--socket", socketPath]
             p.standardOutput = FileHandle.nullDevice
             p.standardError = FileHandle.nullDevice
             try p.run()
@@ -203,16 +203,16 @@ final class FaultInjectionTests: XCTestCase {
             // Whatever the client managed to ask is finished by the machine.
             let deadline = Date(timeIntervalSinceNow: 10)
             var s = try XCTUnwrap(client.send(ControlRequest(.get, id: "p02")).payload)
-            while s.state == "PROGRESS" && Date() < deadline {
+            while s.state == .progress && Date() < deadline {
                 Thread.sleep(forTimeInterval: 0.002)
                 s = try XCTUnwrap(client.send(ControlRequest(.get, id: "p02")).payload)
             }
-            XCTAssertTrue(["APPLIED", "REVERTED", "CHECKED"].contains(s.state), "round \(round): \(s.state)")
+            XCTAssertTrue([.applied, .reverted, .checked].contains(s.state), "round \(round): \(s.state)")
             XCTAssertEqual(s.rc, 0, "round \(round): \(s.error ?? "")")
             var call = ControlRequest(.call)
             call.function = "scaled"
             call.arguments = [10]
-            XCTAssertEqual(client.send(call).value, s.state == "APPLIED" ? 32 : 31, "round \(round): state \(s.state)")
+            XCTAssertEqual(client.send(call).value, s.state == .applied ? 32 : 31, "round \(round): state \(s.state)")
         }
         XCTAssertGreaterThan(killedBeforeDone, 0, "no client was killed while it ran")
         // A client that dies half way through a request: connects, sends part of a line, goes.
@@ -228,6 +228,6 @@ final class FaultInjectionTests: XCTestCase {
         close(fd)
         let page = try XCTUnwrap(client.send(ControlRequest(.list)).page)
         XCTAssertEqual(page.total, 1)
-        XCTAssertTrue(try XCTUnwrap(client.send(ControlRequest(.status)).machine).vcpus.allSatisfy { $0.state == "running" })
+        XCTAssertTrue(try XCTUnwrap(client.send(ControlRequest(.status)).machine).vcpus.allSatisfy { $0.state == .running })
     }
 }

@@ -63,7 +63,7 @@ final class FuzzRegressionTests: XCTestCase {
         XCTAssertEqual(payload.elf.header.machine, elf.header.machine)
         let machine = try Machine(architecture: try Architectures.forELF(elf))
         let image = try machine.load(elf)
-        let loader = PayloadLoader(patcher: try LivePatcher(image: image, backend: try Architectures.backend(for: elf)))
+        let loader = try PayloadLoader(patcher: try LivePatcher(image: image, backend: try Architectures.backend(for: elf)))
         let loaded = try loader.load(payload)
         let regions = machine.memory.regions.map(\.name)
         XCTAssertThrowsError(try loader.unload(loaded)) { error in
@@ -83,7 +83,7 @@ final class FuzzRegressionTests: XCTestCase {
         let elf = try ELFFile(contentsOf: samplePath(payload.elf.header.machine == 62 ? Samples.x86_64 : Samples.ppc64le))
         let machine = try Machine(architecture: try Architectures.forELF(elf))
         let image = try machine.load(elf)
-        let loader = PayloadLoader(patcher: try LivePatcher(image: image, backend: try Architectures.backend(for: elf)))
+        let loader = try PayloadLoader(patcher: try LivePatcher(image: image, backend: try Architectures.backend(for: elf)))
         let regions = machine.memory.regions.map(\.name)
         XCTAssertThrowsError(try loader.load(payload)) { error in
             XCTAssertTrue("\(error)".contains("a payload may place at most 0x4000000 bytes"), "\(error)")
@@ -95,7 +95,7 @@ final class FuzzRegressionTests: XCTestCase {
     func refusal(_ payload: Payload, file: StaticString = #filePath, line: UInt = #line) throws -> String {
         let elf = try ELFFile(contentsOf: samplePath(payload.elf.header.machine == 62 ? Samples.x86_64 : Samples.ppc64le))
         let machine = try Machine(architecture: try Architectures.forELF(elf))
-        let loader = PayloadLoader(patcher: try LivePatcher(image: try machine.load(elf), backend: try Architectures.backend(for: elf)))
+        let loader = try PayloadLoader(patcher: try LivePatcher(image: try machine.load(elf), backend: try Architectures.backend(for: elf)))
         let regions = machine.memory.regions.map(\.name)
         var text = ""
         XCTAssertThrowsError(try loader.load(payload), file: file, line: line) { text = "\($0)" }

@@ -9,7 +9,7 @@ final class LibraryExampleTests: XCTestCase {
         let machine = try Machine(architecture: try Architectures.forELF(elf), vcpuCount: 1)
         let image = try machine.load(elf)
         let patcher = try LivePatcher(image: image, backend: try Architectures.backend(for: elf))
-        let loader = PayloadLoader(patcher: patcher)
+        let loader = try PayloadLoader(patcher: patcher)
         let bytes = try Samples.payload(original: "02-scaled-plus-two", patched: "02-scaled-plus-two", isa: "ppc64le",
                                         target: elf, backend: patcher.backend, directory: samplesDirectory).bytes
         let payload = try loader.load(try Payload(bytes: bytes, name: "p02"))
@@ -26,7 +26,7 @@ final class LibraryExampleTests: XCTestCase {
         try live.upload(id: "p02", bytes: x86)
         try live.perform(.check, id: "p02")
         try live.perform(.apply, id: "p02")
-        XCTAssertEqual(try live.get("p02").state, "APPLIED")
+        XCTAssertEqual(try live.get("p02").state, .applied)
         XCTAssertEqual(try live.call("scaled", [10]), 32)
     }
 

@@ -52,7 +52,7 @@ final class LiveMachineCLITests: XCTestCase {
             status = try json(LiveMachine.Status.self, ["machine", "status", "--records", "16"])
         } while zip(status.vcpus, before).contains(where: { $0.iterations < $1 + 64 }) && Date() < deadline
         for v in status.vcpus {
-            XCTAssertEqual(v.state, "running", "vCPU \(v.index) \(what)", file: file, line: line)
+            XCTAssertEqual(v.state, .running, "vCPU \(v.index) \(what)", file: file, line: line)
             XCTAssertGreaterThan(v.iterations, before[v.index] + 64, "vCPU \(v.index) did not run on \(what)", file: file, line: line)
             XCTAssertEqual(v.records.count, 16, file: file, line: line)
             for r in v.records {
@@ -74,7 +74,7 @@ final class LiveMachineCLITests: XCTestCase {
             try splice(["upload", "p02", p02], expect: 2) // EEXIST
             var page = try json(LiveMachine.Page.self, ["list", "--page-size", "1"]) // two pages, one version
             XCTAssertEqual(page.statuses.map(\.id), ["p02", "cum"])
-            XCTAssertEqual(page.statuses.map(\.state), ["LOADED", "LOADED"])
+            XCTAssertEqual(page.statuses.map(\.state), [.loaded, .loaded])
             XCTAssertTrue(try splice(["list"]).contains("version \(page.version), 2 payloads"))
 
             XCTAssertTrue(try splice(["apply", "p02"], expect: 2).contains("it is LOADED (EINVAL)"))
@@ -86,7 +86,7 @@ final class LiveMachineCLITests: XCTestCase {
             try splice(["check", "cum"])
             XCTAssertTrue(try splice(["replace", "cum"]).contains("replace cum: APPLIED"))
             page = try json(LiveMachine.Page.self, ["list"])
-            XCTAssertEqual(page.statuses.map(\.state), ["REVERTED", "APPLIED"])
+            XCTAssertEqual(page.statuses.map(\.state), [.reverted, .applied])
             XCTAssertEqual(try splice(["machine", "call", "scaled_twice", "2"]), "scaled_twice(2) = 19\n") // scaled(2) + scaled(3)
             try expectWorkload(3, 2, "\(isa) after REPLACE by the cumulative payload")
 
@@ -100,7 +100,7 @@ final class LiveMachineCLITests: XCTestCase {
             XCTAssertEqual(try json(LiveMachine.Page.self, ["list"]).total, 0)
             let status = try json(LiveMachine.Status.self, ["machine", "status"])
             XCTAssertEqual(status.activeRedirects, 0)
-            XCTAssertTrue(status.vcpus.allSatisfy { $0.state == "running" })
+            XCTAssertTrue(status.vcpus.allSatisfy { $0.state == .running })
 
             try splice(["machine", "stop"])
             XCTAssertFalse(FileManager.default.fileExists(atPath: socket), "the socket outlived the machine")
@@ -135,7 +135,7 @@ final class LiveMachineCLITests: XCTestCase {
 
         // 0: uploaded under the file's base name, checked, applied.
         XCTAssertTrue(try splice(["load", hello]).contains("apply hello: APPLIED"))
-        XCTAssertEqual(try json(LiveMachine.PayloadStatus.self, ["get", "hello"]).state, "APPLIED")
+        XCTAssertEqual(try json(LiveMachine.PayloadStatus.self, ["get", "hello"]).state, .applied)
         try splice(["revert", "hello"])
         try splice(["unload", "hello"])
         // 1: an error (a file that is no payload), nothing left behind.
@@ -153,11 +153,11 @@ final class LiveMachineCLITests: XCTestCase {
         // The apply gives up after --stack-wait-ms with -EBUSY: busy stays CHECKED.
         let deadline = Date(timeIntervalSinceNow: 10)
         var s = try json(LiveMachine.PayloadStatus.self, ["get", "busy"])
-        while s.state == "PROGRESS" && Date() < deadline {
+        while s.state == .progress && Date() < deadline {
             Thread.sleep(forTimeInterval: 0.05)
             s = try json(LiveMachine.PayloadStatus.self, ["get", "busy"])
         }
-        XCTAssertEqual(s.state, "CHECKED")
+        XCTAssertEqual(s.state, .checked)
         XCTAssertEqual(s.rc, -16, s.error ?? "")
         XCTAssertTrue(s.error?.contains("busy_target") ?? false, s.error ?? "")
         XCTAssertEqual(try json(LiveMachine.Page.self, ["list"]).statuses.map(\.id), ["busy"])
@@ -247,7 +247,7 @@ final class LiveMachineCLITests: XCTestCase {
         }
         let page = try json(LiveMachine.Page.self, ["list"])
         XCTAssertEqual(page.total, 0)
-        XCTAssertTrue(try json(LiveMachine.Status.self, ["machine", "status"]).vcpus.allSatisfy { $0.state == "running" })
+        XCTAssertTrue(try json(LiveMachine.Status.self, ["machine", "status"]).vcpus.allSatisfy { $0.state == .running })
     }
 
     func testASignatureIsRequiredAndChecked() throws {

@@ -26,16 +26,16 @@ final class LiveMachineTests: XCTestCase {
             let versionBefore = live.list().version
             try live.begin(.apply, id: "p02")
             let during = try live.get("p02")
-            XCTAssertEqual(during.state, "PROGRESS")
-            XCTAssertEqual(during.action, "apply")
-            XCTAssertEqual(live.list().statuses.map(\.state), ["PROGRESS"])
+            XCTAssertEqual(during.state, .progress)
+            XCTAssertEqual(during.action, .apply)
+            XCTAssertEqual(live.list().statuses.map(\.state), [.progress])
             XCTAssertGreaterThan(live.list().version, versionBefore)
             assertThrows(LiveMachineError.busy(id: "p02", action: .apply)) { try live.begin(.unload, id: "p02") }
             assertThrows(LiveMachineError.busy(id: "p02", action: .apply)) { try live.upload(id: "other", bytes: bytes) }
 
             live.waitUntilIdle()
             let after = try live.get("p02")
-            XCTAssertEqual(after.state, "CHECKED", isa)
+            XCTAssertEqual(after.state, .checked, isa)
             XCTAssertEqual(after.rc, -16)
             XCTAssertTrue(after.error?.contains("rendezvous timed out (EBUSY): 0 of 1 vCPUs reached the safe point") ?? false,
                           after.error ?? "no reason")
@@ -54,17 +54,17 @@ final class LiveMachineTests: XCTestCase {
             try live.begin(.apply, id: "p02")
         }
         assertThrows(LivePatchServiceError.noSuchPayload("nope")) { try live.begin(.check, id: "nope") }
-        XCTAssertEqual(try live.get("p02").state, "LOADED")
+        XCTAssertEqual(try live.get("p02").state, .loaded)
         try live.begin(.check, id: "p02")
         live.waitUntilIdle()
-        XCTAssertEqual(try live.get("p02").state, "CHECKED")
+        XCTAssertEqual(try live.get("p02").state, .checked)
     }
 
     /// Paging through the list starts over when the version changes between pages, so
     /// the result is one version's list, never a mix (the xSplice design's toolstack duty).
     func testPagingStartsOverWhenTheListChanges() {
         func status(_ id: String) -> LiveMachine.PayloadStatus {
-            LiveMachine.PayloadStatus(id: id, state: "LOADED", buildID: "")
+            LiveMachine.PayloadStatus(id: id, state: .loaded, buildID: "")
         }
         // Version 1 holds a, b, c; after the first page z is uploaded in front (version 2).
         // Pages glued across the change would read a, a, b, c.

@@ -23,7 +23,7 @@ final class PayloadTests: XCTestCase {
 
     static func machine(_ isa: String) throws -> (LoadedImage, PayloadLoader) {
         let image = try loadImage(path: targetPath(isa))
-        return (image, PayloadLoader(patcher: try LivePatcher(image: image, backend: try Architectures.backend(for: image.elf))))
+        return (image, try PayloadLoader(patcher: try LivePatcher(image: image, backend: try Architectures.backend(for: image.elf))))
     }
 
     /// Every mapped byte of the machine, as an FNV-1a hash per region (a failure message

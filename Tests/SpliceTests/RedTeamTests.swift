@@ -361,7 +361,7 @@ final class RedTeamTests: XCTestCase {
         XCTAssertEqual(cli.status, 1, cli.err)
         XCTAssertTrue(cli.err.contains("--records"), cli.err)
         let status = try JSONDecoder().decode(LiveMachine.Status.self, from: Data(try runSplice(["machine", "status", "--json", "--socket", socket]).out.utf8))
-        XCTAssertTrue(status.vcpus.allSatisfy { $0.state == "running" && $0.iterations > 0 }, "\(status.vcpus)")
+        XCTAssertTrue(status.vcpus.allSatisfy { $0.state == .running && $0.iterations > 0 }, "\(status.vcpus)")
     }
 
     // MARK: 5. output files
@@ -509,7 +509,7 @@ final class RedTeamTests: XCTestCase {
 
         // The machine still works for its owner.
         let status = try JSONDecoder().decode(LiveMachine.Status.self, from: Data(try runSplice(["machine", "status", "--json", "--socket", socket]).out.utf8))
-        XCTAssertTrue(status.vcpus.allSatisfy { $0.state == "running" })
+        XCTAssertTrue(status.vcpus.allSatisfy { $0.state == .running })
         XCTAssertLessThanOrEqual(try procStatus(pid, "Threads"), threadsBefore + 2)
     }
 }

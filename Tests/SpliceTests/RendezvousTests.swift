@@ -57,7 +57,7 @@ final class RendezvousTests: XCTestCase {
         let machine = try Machine(architecture: try Architectures.forELF(elf), vcpuCount: vcpus)
         let image = try machine.load(elf)
         let patcher = try LivePatcher(image: image, backend: try Architectures.backend(for: elf))
-        let loader = PayloadLoader(patcher: patcher)
+        let loader = try PayloadLoader(patcher: patcher)
         let loaded = try payloads.map { try loader.load($0) }
         let rings = try machine.map(name: "rings", at: 0x5800_0000, size: 0x1_0000, permissions: [.read, .write])
         let runner = try MachineRunner(machine: machine, safePoint: try image.function(named: "safe_point").value)

@@ -6,7 +6,7 @@ import XCTest
 final class ShadowVariableTests: XCTestCase {
     func testHostAPIAttachesGetsAndFrees() throws {
         let image = try loadImage(path: PayloadTests.targetPath("x86_64"))
-        let shadows = try LivePatcher(image: image, backend: try Architectures.backend(for: image.elf)).shadows
+        let shadows = try PayloadLoader(patcher: try LivePatcher(image: image, backend: try Architectures.backend(for: image.elf))).services.shadows
         let memory = image.machine.memory
         let full = shadows.freeBytes
         let a = try XCTUnwrap(shadows.attach(object: 0x1000, id: 7, size: 12))
@@ -43,7 +43,7 @@ final class ShadowVariableTests: XCTestCase {
     func testHostCallEntriesDisassembleAsReturnThenTraps() throws {
         for (isa, ret, trap) in [("x86_64", "ret", "int3"), ("ppc64le", "blr", "trap")] {
             let image = try loadImage(path: PayloadTests.targetPath(isa))
-            let calls = try LivePatcher(image: image, backend: try Architectures.backend(for: image.elf)).hostCalls
+            let calls = try PayloadLoader(patcher: try LivePatcher(image: image, backend: try Architectures.backend(for: image.elf))).services.hostCalls
             let d = try Disassembler(mode: image.machine.architecture.disassemblyMode)
             XCTAssertEqual(calls.functions.map(\.name).sorted(), ["splice_shadow_any", "splice_shadow_attach", "splice_shadow_free", "splice_shadow_free_all", "splice_shadow_get", "splice_shadow_get_or_attach", "splice_state_prev"], isa)
             for f in calls.functions {
@@ -58,7 +58,7 @@ final class ShadowVariableTests: XCTestCase {
 
     func testConcurrentCallersKeepOneVariablePerObject() throws {
         let image = try loadImage(path: PayloadTests.targetPath("x86_64"))
-        let shadows = try LivePatcher(image: image, backend: try Architectures.backend(for: image.elf)).shadows
+        let shadows = try PayloadLoader(patcher: try LivePatcher(image: image, backend: try Architectures.backend(for: image.elf))).services.shadows
         let results = UnsafeMutablePointer<UInt64>.allocate(capacity: 8 * 64)
         defer { results.deallocate() }
         DispatchQueue.concurrentPerform(iterations: 8) { t in
@@ -79,7 +79,7 @@ final class ShadowVariableTests: XCTestCase {
             let (payload, _, _) = try PayloadTests.build("06-shadow-write-count", isa)
             let image = try loadImage(path: PayloadTests.targetPath(isa), vcpus: 4)
             let patcher = try LivePatcher(image: image, backend: try Architectures.backend(for: image.elf))
-            let loader = PayloadLoader(patcher: patcher)
+            let loader = try PayloadLoader(patcher: patcher)
             let objects = try image.machine.map(name: "objects", at: 0x5000_0000, size: 0x1_0000, permissions: [.read, .write])
             let (a, b) = (Int64(objects.base), Int64(objects.base + 0x100))
             XCTAssertEqual(try image.call("poke", [a, 5]).signedValue, 5, "\(isa): original returns the value")
@@ -90,10 +90,10 @@ final class ShadowVariableTests: XCTestCase {
             XCTAssertEqual(try image.call("poke", [b, 1], vcpu: 2).signedValue, 1, "\(isa): another object")
             XCTAssertEqual(try image.call("poke", [a, 8], vcpu: 3).signedValue, 3, "\(isa)")
             XCTAssertEqual(try image.call("peek", [a]).signedValue, 8, "\(isa): the object itself is written as before")
-            let va = try XCTUnwrap(patcher.shadows.get(object: UInt64(a), id: 1), isa)
+            let va = try XCTUnwrap(loader.services.shadows.get(object: UInt64(a), id: 1), isa)
             XCTAssertEqual(try image.machine.memory.readUInt64(va), 3, "\(isa): the count, read by the host")
-            XCTAssertEqual(patcher.shadows.all.count, 2, isa)
-            XCTAssertEqual(patcher.hostCalls.callCounts.reduce(0, +), 4, "\(isa): one host call per patched poke")
+            XCTAssertEqual(loader.services.shadows.all.count, 2, isa)
+            XCTAssertEqual(loader.services.hostCalls.callCounts.reduce(0, +), 4, "\(isa): one host call per patched poke")
             // Reverting the code leaves the variables (a later payload may use them) ...
             try loader.revert(lp)
             XCTAssertEqual(try image.call("poke", [a, 9]).signedValue, 9, "\(isa): original again")
@@ -101,7 +101,7 @@ final class ShadowVariableTests: XCTestCase {
             // ... and applying again finds them.
             try loader.apply(lp)
             XCTAssertEqual(try image.call("poke", [a, 10]).signedValue, 4, "\(isa): the count went on")
-            patcher.shadows.freeAll(id: 1)
+            loader.services.shadows.freeAll(id: 1)
             XCTAssertEqual(try image.call("poke", [a, 11]).signedValue, 1, "\(isa): freed, attached anew")
         }
     }

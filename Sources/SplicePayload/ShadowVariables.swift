@@ -1,5 +1,6 @@
 import Foundation
 import SpliceMachine
+import SplicePatching
 
 /// Shadow variables (the xSplice prototype: "a minimal bit of infrastructure to attach a new variable
 /// to an existing data structure"): a patch that needs a field an existing guest object

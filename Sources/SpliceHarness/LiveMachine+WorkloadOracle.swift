@@ -21,10 +21,10 @@ extension LiveMachine {
         let deadline = Date(timeIntervalSinceNow: 30 + Double(milliseconds) / 1000)
         var now = try status(records: 16)
         while zip(now.vcpus, before).contains(where: { $0.iterations < $1 + ring }) || Date().timeIntervalSince(start) * 1000 < Double(milliseconds) {
-            if let stopped = now.vcpus.first(where: { $0.state != "running" }) {
-                throw Mismatch(description: "vCPU \(stopped.index) is \(stopped.state)")
+            if let stopped = now.vcpus.first(where: { $0.state != .running }) {
+                throw Mismatch(description: "vCPU \(stopped.index) is \(stopped.summary)")
             }
-            guard Date() < deadline else { throw Mismatch(description: "the workload made no progress in 30 s: \(now.vcpus.map(\.state))") }
+            guard Date() < deadline else { throw Mismatch(description: "the workload made no progress in 30 s: \(now.vcpus.map(\.summary))") }
             Thread.sleep(forTimeInterval: 0.002)
             now = try status(records: 16)
         }
@@ -42,7 +42,7 @@ extension LiveMachine {
         if matches.count < expect.count { matches += Array(repeating: 0, count: expect.count - matches.count) }
         var checked = 0
         for v in status.vcpus {
-            guard v.state == "running" else { throw Mismatch(description: "vCPU \(v.index) is \(v.state)") }
+            guard v.state == .running else { throw Mismatch(description: "vCPU \(v.index) is \(v.summary)") }
             for r in v.records {
                 for y in r.results {
                     checked += 1
