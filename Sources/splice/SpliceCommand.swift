@@ -61,7 +61,7 @@ struct Inspect: ParsableCommand {
     @Argument(help: "An ELF executable (x86-64 or ppc64le).") var image: String
     @Option(name: .shortAndLong, help: "Only these functions (repeatable).") var function: [String] = []
     @Option(help: "Prologue instructions to disassemble per function.") var instructions = 6
-    @Option(help: "The patch backend to use (x86_64, ppc64le); default: the image's machine.") var arch: String?
+    @Option(help: "The patch backend to use; default: the image's machine.") var arch: ISAName?
     @Option(help: "Show a redirect before and after: FUNCTION=TARGET.") var redirect: String?
     @Option(parsing: .upToNextOption, help: "Arguments to call FUNCTION with before and after the redirect.")
     var args: [String] = []
@@ -107,7 +107,7 @@ extension Inspect {
     func showRedirect(_ spec: String) throws {
         let preview = try reportingErrors { () -> RedirectPreview in
             let (name, target) = try RedirectPreview.parse(spec)
-            let backend = try arch.map { try Architectures.backend(named: $0) }
+            let backend = try arch.map { try Architectures.backend(named: $0.name) }
                 ?? Architectures.backend(for: try ELFFile(contentsOf: image))
             return try RedirectPreview.make(imagePath: image, backend: backend, function: name, target: target,
                                             arguments: args.isEmpty ? nil : try args.map(parseInteger),

@@ -169,6 +169,11 @@ final class MalformedPayloadTests: XCTestCase {
         // Functions that may not or cannot be patched.
         try run("denied-runtime", try rawBuild("01-greeting-len-fix") { $0.nopFunctions = ["_start"] },
                 .reason(.deniedFunction(name: "_start", why: "it is part of the patching runtime")))
+        // The functions each ISA's tracing calls, named by its backend.
+        try run("denied-fentry", try rawBuild("01-greeting-len-fix") { $0.nopFunctions = ["__fentry__"] },
+                .reason(.deniedFunction(name: "__fentry__", why: "it is part of the patching runtime")))
+        try run("denied-mcount", try rawBuild("01-greeting-len-fix", "ppc64le") { $0.nopFunctions = ["_mcount"] }, isa: "ppc64le",
+                .reason(.deniedFunction(name: "_mcount", why: "it is part of the patching runtime")))
         try run("denied-list", valid, .reason(.deniedFunction(name: "scaled", why: "it is on the deny-list"))) { loader in
             loader.denyList = ["scaled"]
         }

@@ -30,7 +30,7 @@ final class PPC64LEPatchingTests: XCTestCase {
         }
     }
 
-    func setup(_ backend: PPC64LEPatchBackend = PPC64LEPatchBackend()) throws -> Setup {
+    func setup(_ backend: any PatchBackend = PPC64LEPatchBackend()) throws -> Setup {
         let machine = try Machine(architecture: PPC64LEArchitecture())
         let kernel = try machine.load(try ELFFile(contentsOf: samplePath(Samples.ppc64le)))
         let patch = try machine.load(try ELFFile(contentsOf: samplePath("patch-ppc64le.elf")))
@@ -162,6 +162,29 @@ final class PPC64LEPatchingTests: XCTestCase {
         // module reloads it and reads module_bias through the wrong TOC.
         XCTAssertNotEqual(results[.frameless], correct)
         XCTAssertEqual(results[.frameless], 11 * 5 + 1000, "module_bias read as 0 through the kernel's TOC")
+    }
+
+    /// The same hazard with the strategy chosen the way common code chooses it: by name,
+    /// through the registry. Each name must give that strategy's behaviour, not only its name.
+    func testTheRegistryChoosesTheReturnStrategyByName() throws {
+        let correct: Int64 = (11 * 5 + 1000) + 1_000_000
+        let expected: [String: Int64] = ["frameless": 11 * 5 + 1000, "shadow-stack": correct]
+        XCTAssertEqual(Set(try Architectures.backend(named: "ppc64le").returnStrategies), Set(expected.keys))
+        for (name, value) in expected {
+            let backend = try Architectures.backend(named: "ppc64le", returnStrategy: name)
+            XCTAssertEqual(backend.returnStrategy, name)
+            let s = try setup(backend)
+            try s.patcher.redirect("scaled", toAddress: try s.address("scaled_v2"))
+            let sibling = try s.kernel.function(named: "sibling_scaled").value
+            XCTAssertEqual(try s.patch.call("module_call", [Int64(sibling), 10]).signedValue, value, name)
+        }
+        // A name the backend does not offer, and a backend that offers none: refused, saying what there is.
+        XCTAssertThrowsError(try Architectures.backend(named: "ppc64le", returnStrategy: "trampoline")) {
+            XCTAssertEqual("\($0)", "ppc64le has no return strategy 'trampoline'; it offers frameless, shadow-stack")
+        }
+        XCTAssertThrowsError(try Architectures.backend(named: "x86_64", returnStrategy: "frameless")) {
+            XCTAssertEqual("\($0)", "x86_64 has no return strategy 'frameless': it has only one way to return")
+        }
     }
 
     /// A redirected function that sibling-calls another redirected one: the second
