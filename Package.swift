@@ -2,7 +2,7 @@
 import PackageDescription
 
 // Layering, every arrow pointing down (docs/architecture.md):
-//   splice CLI, splice-fuzz -> Splice (the umbrella: re-exports only)
+//   splice CLI (the parts it uses), splice-fuzz (SpliceHarness); Splice, the umbrella, re-exports all
 //   -> SpliceBench -> SpliceScenarios (Yams) -> SpliceHarness -> SpliceDaemon
 //   -> SpliceArchitectures (the registry: the one module outside arch/ naming a backend)
 //   -> arch/<isa> backends -> SpliceRuntime -> SplicePayload -> SplicePatching
@@ -90,15 +90,18 @@ let package = Package(
         .target(name: "Splice",
                 dependencies: ["SpliceBytes", "SpliceArchitectures", "SpliceDaemon", "SpliceHarness", "SpliceScenarios", "SpliceBench", "SpliceMachine", "SpliceELF", "SpliceDisassembly", "SplicePatching", "SplicePayload", "SpliceRuntime", "SpliceFiles",
                                "SpliceX86_64", "SplicePPC64LE"]),
+        // The CLI depends on the parts it uses, not on the umbrella.
         .executableTarget(name: "splice", dependencies: [
-            "Splice", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            "SpliceArchitectures", "SpliceBench", "SpliceBytes", "SpliceDaemon", "SpliceDisassembly", "SpliceELF", "SpliceFiles",
+            "SpliceHarness", "SpliceMachine", "SplicePatching", "SplicePayload", "SpliceRuntime", "SpliceScenarios",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
         // The bare-Unicorn reference that `splice bench emu` compares against: the same
         // guest loop driven by plain C calls into libunicorn, no Splice in between.
         .executableTarget(name: "unicorn-bare-bench", dependencies: ["CUnicorn", "CLibelf"], path: "bench/unicorn-bare-bench"),
         // The libFuzzer harness (scripts/fuzz.sh); built plainly it replays inputs.
-        .executableTarget(name: "splice-fuzz", dependencies: ["Splice"], path: "fuzz/Sources"),
+        .executableTarget(name: "splice-fuzz", dependencies: ["SpliceHarness"], path: "fuzz/Sources"),
 
         .testTarget(name: "SpliceTests", dependencies: ["Splice", .product(name: "Crypto", package: "swift-crypto")],
                     resources: []),

@@ -1,6 +1,9 @@
 import ArgumentParser
 import Foundation
-import Splice
+import SpliceBench
+import SpliceFiles
+import SpliceHarness
+import SpliceMachine
 
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Benchmarks that print what they measure on this machine.",

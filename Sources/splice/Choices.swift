@@ -1,5 +1,8 @@
 import ArgumentParser
-import Splice
+import SpliceArchitectures
+import SpliceDaemon
+import SpliceMachine
+import SplicePatching
 
 // Closed choices of the command line, parsed (and listed in --help) by ArgumentParser.
 // The ISA names and return strategies come from the registry, so a new backend adds its

@@ -1,6 +1,10 @@
 import ArgumentParser
 import Foundation
-import Splice
+import SpliceDaemon
+import SpliceFiles
+import SpliceHarness
+import SplicePayload
+import SpliceRuntime
 
 /// Exit codes of the commands that talk to a live machine, for scripts.
 enum ExitStatus: Int32 {

@@ -1,6 +1,9 @@
 import ArgumentParser
 import Foundation
-import Splice
+import SpliceDaemon
+import SpliceFiles
+import SpliceHarness
+import SpliceScenarios
 
 /// Loads a scenario by path, or by name from the bundled scenarios/ folder or the
 /// conformance suite (samples/conformance/).

@@ -1,7 +1,9 @@
 import ArgumentParser
 import Crypto
 import Foundation
-import Splice
+import SpliceBytes
+import SpliceFiles
+import SplicePayload
 
 struct Keygen: ParsableCommand {
     static let configuration = CommandConfiguration(

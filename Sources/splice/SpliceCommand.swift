@@ -1,6 +1,16 @@
 import ArgumentParser
 import Foundation
-import Splice
+import SpliceArchitectures
+import SpliceBytes
+import SpliceDaemon
+import SpliceDisassembly
+import SpliceELF
+import SpliceFiles
+import SpliceHarness
+import SpliceMachine
+import SplicePatching
+import SplicePayload
+import SpliceScenarios
 
 @main
 struct SpliceCommand: ParsableCommand {

@@ -1,5 +1,5 @@
 import Foundation
-import Splice
+import SpliceHarness
 
 // Built two ways (scripts/fuzz.sh):
 // - with -sanitize=fuzzer,address -DFUZZING: libFuzzer's driver runs the target picked by
