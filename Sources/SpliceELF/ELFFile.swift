@@ -97,6 +97,34 @@ public struct ELFFile: Sendable {
         try self.init(bytes: [UInt8](data), name: path, expectedMachine: expectedMachine)
     }
 
+    /// An image's functions of size 0 get the distance to the next symbol at a higher address
+    /// in their section, or to the section's end (a relocatable object keeps its sizes: its
+    /// functions start at offset 0 of sections of their own).
+    static func inferringFunctionSizes(_ symbols: [ELFSymbol], sections: [ELFSection]) -> [ELFSymbol] {
+        guard symbols.contains(where: { $0.isFunction && $0.size == 0 && $0.isDefined }) else { return symbols }
+        var starts: [UInt16: [UInt64]] = [:]
+        for s in symbols where s.isDefined && Int(s.sectionIndex) < sections.count && s.kind != .section && s.kind != .file {
+            starts[s.sectionIndex, default: []].append(s.value)
+        }
+        for key in starts.keys { starts[key] = Array(Set(starts[key]!)).sorted() }
+        var out = symbols
+        for (i, s) in symbols.enumerated() where s.isFunction && s.size == 0 && s.isDefined && Int(s.sectionIndex) < sections.count {
+            let section = sections[Int(s.sectionIndex)]
+            let end = section.address &+ section.size
+            guard let list = starts[s.sectionIndex], s.value >= section.address, s.value < end else { continue }
+            // The first start above this one (binary search).
+            var low = 0, high = list.count
+            while low < high {
+                let mid = (low + high) / 2
+                if list[mid] <= s.value { low = mid + 1 } else { high = mid }
+            }
+            let next = low < list.count ? min(list[low], end) : end
+            out[i].size = next - s.value
+            out[i].sizeIsInferred = true
+        }
+        return out
+    }
+
     /// Parses `bytes`. `name` is only used in messages.
     public init(bytes: [UInt8], name: String = "<memory>", expectedMachine: UInt16? = nil) throws {
         let raw = try RawHeader(bytes)
@@ -109,7 +137,8 @@ public struct ELFFile: Sendable {
         self.header = parsed.header
         self.sections = parsed.sections
         self.segments = parsed.segments
-        self.symbols = parsed.symbols
+        self.symbols = parsed.header.type == .relocatable ? parsed.symbols
+            : Self.inferringFunctionSizes(parsed.symbols, sections: parsed.sections)
         var byName: [String: Int] = [:]
         for (i, s) in parsed.symbols.enumerated() where s.isDefined && !s.name.isEmpty {
             if let j = byName[s.name], parsed.symbols[j].binding != .local || s.binding == .local { continue }
@@ -460,4 +489,36 @@ extension ELFFile {
         }
         return names
     }
+}
+
+extension ELFFile {
+    /// A kernel's own table of its tracing sites, as Linux's ftrace reads it: the 8-byte
+    /// addresses from `__start_mcount_loc` to `__stop_mcount_loc`, or else the contents of a
+    /// `__patchable_function_entries` section. Zero entries (functions the linker dropped)
+    /// are counted and left out. nil when the image has neither.
+    public var tracingSiteTable: TracingSiteTable? {
+        var raw: [UInt8]?
+        var source = ""
+        if let start = symbol(named: "__start_mcount_loc"), let stop = symbol(named: "__stop_mcount_loc"),
+           stop.value >= start.value, let bytes = bytes(at: start.value, count: Int(stop.value - start.value)) {
+            raw = bytes
+            source = "__start_mcount_loc..__stop_mcount_loc"
+        } else if let s = sections.first(where: { $0.name == "__patchable_function_entries" }), !s.data.isEmpty {
+            raw = s.data
+            source = "__patchable_function_entries"
+        }
+        guard let raw else { return nil }
+        let words = (0..<raw.count / 8).map { raw.littleEndian(UInt64.self, at: 8 * $0) }
+        return TracingSiteTable(source: source, addresses: words.filter { $0 != 0 }, zeroEntries: words.filter { $0 == 0 }.count)
+    }
+}
+
+/// See `ELFFile.tracingSiteTable`.
+public struct TracingSiteTable: Equatable, Sendable {
+    /// Where the table came from (the symbols or the section).
+    public var source: String
+    /// The site addresses, in table order.
+    public var addresses: [UInt64]
+    /// Entries that are 0: left by the linker for functions it removed.
+    public var zeroEntries: Int
 }

@@ -125,6 +125,10 @@ public struct ELFSymbol: Equatable, Sendable {
     /// from the top three bits of st_other (0 when the function has a single entry, or
     /// on other machines). The local entry is where callers sharing the TOC enter.
     public var localEntryOffset: UInt64
+    /// The file gave the function size 0 (a kernel image rebuilt from kallsyms, assembly
+    /// without `.size`) and `size` is the distance to the next symbol of its section, as
+    /// perf and gdb infer it.
+    public var sizeIsInferred = false
 
     public var isDefined: Bool { sectionIndex != Self.undefinedSection }
     public var isFunction: Bool { kind == .function }

@@ -1,4 +1,5 @@
 import SpliceArchitectures
+import SpliceBytes
 import SpliceDaemon
 import SpliceDisassembly
 import SpliceELF
@@ -32,6 +33,30 @@ public struct ImageReport: Codable, Sendable {
     public var buildID: String?
     public var segments: [SegmentReport]
     public var functions: [FunctionReport]
+    /// The image's own tracing-site table against what discovery finds (nil: it has none).
+    public var siteTable: SiteTableReport?
+}
+
+/// A kernel's own site table (Linux's ftrace `__mcount_loc`) against the tracing slots
+/// Splice's discovery finds in the functions' prologues.
+public struct SiteTableReport: Codable, Sendable {
+    public var source: String
+    /// Non-zero entries, and the zero ones the linker left for functions it dropped.
+    public var entries: Int
+    public var zeroEntries: Int
+    /// Table entries discovery finds too.
+    public var found: Int
+    /// In the table, not found by discovery; and found, not in the table.
+    public var missing: [SiteException]
+    public var extra: [SiteException]
+
+    public struct SiteException: Codable, Sendable {
+        public var address: UInt64
+        /// The function that holds it, as `name+0xoffset`, or nil when no function symbol does.
+        public var location: String?
+        public var section: String?
+        public var reason: String
+    }
 }
 
 public struct SegmentReport: Codable, Sendable {
@@ -63,7 +88,43 @@ public enum Inspector {
                           permissions: MemoryPermissions(segment: s).description)
         }
         return ImageReport(file: elf.name, architecture: arch.name, entry: elf.header.entry, buildID: elf.buildIDHex,
-                           segments: segments, functions: functions)
+                           segments: segments, functions: functions,
+                           siteTable: elf.tracingSiteTable.map { siteTable($0, functions: functions, elf: elf) })
+    }
+
+    /// Compares the image's table with the tracing slots discovery found, naming for each
+    /// difference the function and section it lies in and why it differs.
+    static func siteTable(_ table: TracingSiteTable, functions: [FunctionReport], elf: ELFFile) -> SiteTableReport {
+        var slots: [UInt64: String] = [:]
+        for f in functions { for s in f.sites where s.isTracingSlot { slots[s.address] = f.name } }
+        let listed = Set(table.addresses)
+        let byAddress = functions.sorted { $0.address < $1.address }
+        func holder(_ address: UInt64) -> FunctionReport? {
+            var low = 0, high = byAddress.count
+            while low < high {
+                let mid = (low + high) / 2
+                if byAddress[mid].address <= address { low = mid + 1 } else { high = mid }
+            }
+            guard low > 0, address < byAddress[low - 1].address + byAddress[low - 1].size else { return nil }
+            return byAddress[low - 1]
+        }
+        func exception(_ address: UInt64, _ reason: (FunctionReport?) -> String) -> SiteTableReport.SiteException {
+            let f = holder(address)
+            return .init(address: address, location: f.map { "\($0.name)+\(hex(address - $0.address))" },
+                         section: elf.sections.first { $0.contains(address: address) }?.name, reason: reason(f))
+        }
+        let missing = table.addresses.filter { slots[$0] == nil }.map { a in
+            exception(a) { f in
+                guard let f else { return "no function symbol covers it (code without a symbol of its own)" }
+                let kinds = f.sites.map(\.kind.rawValue)
+                return "discovery found no tracing slot here in \(f.name)" + (kinds.isEmpty ? "" : " (it found: \(kinds.joined(separator: ", ")))")
+            }
+        }
+        let extra = slots.keys.filter { !listed.contains($0) }.sorted().map { a in
+            exception(a) { _ in "a tracing slot the table does not list" }
+        }
+        return SiteTableReport(source: table.source, entries: table.addresses.count, zeroEntries: table.zeroEntries,
+                               found: table.addresses.count - missing.count, missing: missing, extra: extra)
     }
 
     /// Appends `<symbol>` to an instruction whose last operand is a known function

@@ -39,12 +39,16 @@ public struct PrologueSite: Equatable, Sendable, Codable {
     public var address: UInt64
     /// Offset of `address` from the function's start (global entry).
     public var offset: UInt64
+    /// The slot the compiler left for tracing (Linux's ftrace site: an fentry or mcount
+    /// call, or patchable NOPs): what a kernel's own site table lists.
+    public var isTracingSlot: Bool
     public var note: String
 
-    public init(kind: Kind, address: UInt64, offset: UInt64, note: String) {
+    public init(kind: Kind, address: UInt64, offset: UInt64, isTracingSlot: Bool = false, note: String) {
         self.kind = kind
         self.address = address
         self.offset = offset
+        self.isTracingSlot = isTracingSlot
         self.note = note
     }
 }

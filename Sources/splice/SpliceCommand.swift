@@ -98,6 +98,17 @@ struct Inspect: ParsableCommand {
         for s in report.segments {
             print("  LOAD \(hex(s.address)) memsz \(hex(s.memorySize)) filesz \(hex(s.fileSize)) \(s.permissions)")
         }
+        if let t = report.siteTable {
+            print("site table (\(t.source)): \(t.entries) sites, \(t.zeroEntries) zero entries; Splice finds \(t.found) "
+                  + String(format: "(%.2f%%)", t.entries == 0 ? 100 : 100 * Double(t.found) / Double(t.entries))
+                  + ", \(t.missing.count) missing, \(t.extra.count) extra")
+            for (what, list) in [("missing", t.missing), ("extra", t.extra)] {
+                for e in list.prefix(10) {
+                    print("  \(what) \(hex(e.address)) \(e.location ?? "-") [\(e.section ?? "no section")]: \(e.reason)")
+                }
+                if list.count > 10 { print("  … \(list.count - 10) more \(what) (--json lists them all)") }
+            }
+        }
         print("\(report.functions.count) functions:")
         for f in report.functions {
             var entries = "global \(hex(f.globalEntry))"

@@ -125,3 +125,29 @@ func runSplice(_ arguments: [String]) throws -> (status: Int32, out: String, err
     p.waitUntilExit()
     return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
 }
+
+/// The real-kernel corpus (scripts/kernels.sh, run by scripts/test.sh): Debian 12 and 13
+/// kernels for ppc64el and amd64 under .build/kernels. Missing, a test fails and says how to
+/// make it; SPLICE_NO_KERNELS=1 (offline use) skips with that reason printed.
+enum KernelCorpus {
+    static let names = ["debian12-ppc64le", "debian12-amd64", "debian13-ppc64le", "debian13-amd64"]
+
+    static let directory: String = {
+        var url = URL(fileURLWithPath: #filePath)
+        for _ in 0..<3 { url.deleteLastPathComponent() }
+        return url.appendingPathComponent(".build/kernels").path
+    }()
+
+    static func path(_ name: String) throws -> String {
+        if ProcessInfo.processInfo.environment["SPLICE_NO_KERNELS"] == "1" {
+            print("skipped: SPLICE_NO_KERNELS=1, so the real-kernel corpus is not used")
+            throw XCTSkip("SPLICE_NO_KERNELS=1: the real-kernel corpus is not used")
+        }
+        let path = directory + "/\(name).elf"
+        guard FileManager.default.fileExists(atPath: path) else {
+            XCTFail("\(path) is missing: run scripts/kernels.sh (scripts/test.sh does), or set SPLICE_NO_KERNELS=1 to skip")
+            throw XCTSkip("no corpus")
+        }
+        return path
+    }
+}

@@ -94,7 +94,7 @@ enum PPC64LEPrologue {
         guard let site = mcountSite(of: symbol, code: code, in: image) else { return [] }
         let address = symbol.value + UInt64(site.offset)
         var sites = [PrologueSite(
-            kind: .mcountCall, address: address, offset: UInt64(site.offset),
+            kind: .mcountCall, address: address, offset: UInt64(site.offset), isTracingSlot: true,
             note: site.alreadyNop ? "mcount site already nop"
                 : site.olderPrologue ? "mflr r0; std r0,16(r1); bl _mcount (older gcc)" : "mflr r0; bl _mcount")]
         if let mark = site.markOffset {

@@ -233,7 +233,7 @@ enum X86_64Prologue {
         }
         let address = symbol.value + UInt64(offset)
         if let (kind, note) = patchableSlot(Array(code.dropFirst(offset)), at: address, in: image) {
-            sites.append(PrologueSite(kind: kind, address: address, offset: UInt64(offset), note: note))
+            sites.append(PrologueSite(kind: kind, address: address, offset: UInt64(offset), isTracingSlot: true, note: note))
         }
         return sites
     }
