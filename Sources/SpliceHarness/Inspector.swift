@@ -37,17 +37,22 @@ public struct ImageReport: Codable, Sendable {
     public var siteTable: SiteTableReport?
 }
 
-/// A kernel's own site table (Linux's ftrace `__mcount_loc`) against the tracing slots
-/// Splice's discovery finds in the functions' prologues.
+/// A kernel's own site table (Linux's ftrace `__mcount_loc`) is the authority, as in Linux:
+/// each entry is checked for a tracing slot at its address. Discovery in the functions'
+/// prologues is the cross-check.
 public struct SiteTableReport: Codable, Sendable {
     public var source: String
     /// Non-zero entries, and the zero ones the linker left for functions it dropped.
     public var entries: Int
     public var zeroEntries: Int
-    /// Table entries discovery finds too.
+    /// Entries whose bytes are a tracing slot.
     public var found: Int
-    /// In the table, not found by discovery; and found, not in the table.
+    /// Entries whose bytes are not one.
     public var missing: [SiteException]
+    /// Found entries that discovery in the prologues of the image's function symbols does
+    /// not find (code without a symbol of its own, a slot past where discovery looks).
+    public var undiscovered: [SiteException]
+    /// Slots discovery finds that the table does not list.
     public var extra: [SiteException]
 
     public struct SiteException: Codable, Sendable {
@@ -89,12 +94,14 @@ public enum Inspector {
         }
         return ImageReport(file: elf.name, architecture: arch.name, entry: elf.header.entry, buildID: elf.buildIDHex,
                            segments: segments, functions: functions,
-                           siteTable: elf.tracingSiteTable.map { siteTable($0, functions: functions, elf: elf) })
+                           siteTable: elf.tracingSiteTable.map { siteTable($0, functions: functions, elf: elf, arch: arch) })
     }
 
-    /// Compares the image's table with the tracing slots discovery found, naming for each
-    /// difference the function and section it lies in and why it differs.
-    static func siteTable(_ table: TracingSiteTable, functions: [FunctionReport], elf: ELFFile) -> SiteTableReport {
+    /// Checks every entry of the image's table for a tracing slot, and sets them against
+    /// the slots discovery found, naming for each difference the function and section it
+    /// lies in and why it differs.
+    static func siteTable(_ table: TracingSiteTable, functions: [FunctionReport], elf: ELFFile,
+                          arch: any CPUArchitecture) -> SiteTableReport {
         var slots: [UInt64: String] = [:]
         for f in functions { for s in f.sites where s.isTracingSlot { slots[s.address] = f.name } }
         let listed = Set(table.addresses)
@@ -113,18 +120,29 @@ public enum Inspector {
             return .init(address: address, location: f.map { "\($0.name)+\(hex(address - $0.address))" },
                          section: elf.sections.first { $0.contains(address: address) }?.name, reason: reason(f))
         }
-        let missing = table.addresses.filter { slots[$0] == nil }.map { a in
-            exception(a) { f in
+        var missing: [SiteTableReport.SiteException] = [], undiscovered: [SiteTableReport.SiteException] = []
+        for a in table.addresses where slots[a] == nil {
+            guard arch.tracingSlot(at: a, in: elf) != nil else {
+                missing.append(exception(a) { _ in
+                    "the bytes there [" + (elf.bytes(at: a, count: 8)?.hexBytes ?? "outside the file") + "] are not a tracing slot"
+                })
+                continue
+            }
+            undiscovered.append(exception(a) { f in
                 guard let f else { return "no function symbol covers it (code without a symbol of its own)" }
+                if let s = elf.symbol(named: f.name), s.sizeIsInferred {
+                    return "past \(f.name)'s first slot, inside the size inferred for it: a function without a symbol of its own"
+                }
                 let kinds = f.sites.map(\.kind.rawValue)
                 return "discovery found no tracing slot here in \(f.name)" + (kinds.isEmpty ? "" : " (it found: \(kinds.joined(separator: ", ")))")
-            }
+            })
         }
         let extra = slots.keys.filter { !listed.contains($0) }.sorted().map { a in
             exception(a) { _ in "a tracing slot the table does not list" }
         }
         return SiteTableReport(source: table.source, entries: table.addresses.count, zeroEntries: table.zeroEntries,
-                               found: table.addresses.count - missing.count, missing: missing, extra: extra)
+                               found: table.addresses.count - missing.count, missing: missing, undiscovered: undiscovered,
+                               extra: extra)
     }
 
     /// Appends `<symbol>` to an instruction whose last operand is a known function

@@ -112,9 +112,18 @@ public protocol CPUArchitecture: Sendable {
     /// The live-patching landmarks in a function's first bytes.
     func prologueSites(of symbol: ELFSymbol, code: [UInt8], in image: ELFFile) -> [PrologueSite]
 
+    /// The tracing slot at `address` if the bytes there are one (what an entry of a
+    /// kernel's own site table must point at), whatever function holds it; nil otherwise.
+    /// Its `offset` is from `address` (0): the function may have no symbol.
+    func tracingSlot(at address: UInt64, in image: ELFFile) -> PrologueSite?
+
     /// Code addresses live on a stopped vCPU: its PC first, then the return addresses on
     /// its stack, innermost first (`stackTop`: where the vCPU's stack starts; `functions`:
     /// where the running code's functions are, for ISAs whose walk reads prologues).
     func liveCodeAddresses(_ emulator: Emulator, memory: GuestMemory, stackTop: UInt64,
                            functions: FunctionMap?) throws -> [UInt64]
+}
+
+extension CPUArchitecture {
+    public func tracingSlot(at address: UInt64, in image: ELFFile) -> PrologueSite? { nil }
 }

@@ -101,8 +101,8 @@ struct Inspect: ParsableCommand {
         if let t = report.siteTable {
             print("site table (\(t.source)): \(t.entries) sites, \(t.zeroEntries) zero entries; Splice finds \(t.found) "
                   + String(format: "(%.2f%%)", t.entries == 0 ? 100 : 100 * Double(t.found) / Double(t.entries))
-                  + ", \(t.missing.count) missing, \(t.extra.count) extra")
-            for (what, list) in [("missing", t.missing), ("extra", t.extra)] {
+                  + ", \(t.missing.count) missing; \(t.undiscovered.count) of them discovery alone would miss; \(t.extra.count) extra")
+            for (what, list) in [("missing", t.missing), ("undiscovered", t.undiscovered), ("extra", t.extra)] {
                 for e in list.prefix(10) {
                     print("  \(what) \(hex(e.address)) \(e.location ?? "-") [\(e.section ?? "no section")]: \(e.reason)")
                 }

@@ -59,12 +59,18 @@ final class RealKernelTests: XCTestCase {
             XCTAssertTrue(table.addresses.allSatisfy { a in text.contains { $0.contains(address: a) } }, name)
             let report = try XCTUnwrap(try Inspector.report(elf, prologueInstructions: 0).siteTable, name)
             XCTAssertEqual(report.found + report.missing.count, report.entries, name)
-            XCTAssertTrue((report.missing + report.extra).allSatisfy { !$0.reason.isEmpty }, name)
-            if name == "debian12-ppc64le" {
-                // Every miss is code without a function symbol of its own; nothing extra.
-                XCTAssertGreaterThan(Double(report.found) / Double(report.entries), 0.99, name)
-                XCTAssertTrue(report.missing.allSatisfy { $0.location == nil }, name)
-                XCTAssertEqual(report.extra.count, 0, name)
+            XCTAssertTrue((report.missing + report.undiscovered + report.extra).allSatisfy { !$0.reason.isEmpty }, name)
+            if name != "debian13-ppc64le" {
+                // -mprofile-kernel and fentry kernels: every entry is a tracing slot, and
+                // discovery lists nothing the table does not.
+                XCTAssertEqual(report.missing.count, 0, "\(name): \(report.missing.prefix(3))")
+                // Named exceptions, which the table rightly omits (docs/real-kernels.md):
+                // int80_emulation starts with five one-byte nops (an assembly alternatives
+                // placeholder); 6.12's __stack_chk_fail is noinstr, so objtool leaves its nop
+                // but not its entry.
+                let expected = ["debian12-amd64": ["int80_emulation+0x0"],
+                                "debian13-amd64": ["__stack_chk_fail+0x4", "int80_emulation+0x0"]][name] ?? []
+                XCTAssertEqual(report.extra.map { $0.location ?? "?" }, expected, name)
             }
         }
     }

@@ -101,6 +101,10 @@ public struct PPC64LEArchitecture: CPUArchitecture {
     /// Unicorn's interrupt hook sees the PC after the instruction that raised it.
     public func faultingInstruction(interrupt number: UInt32, reportedPC: UInt64) -> UInt64 { reportedPC &- 4 }
 
+    public func tracingSlot(at address: UInt64, in image: ELFFile) -> PrologueSite? {
+        PPC64LEPrologue.mcountSlot(at: address, in: image)
+    }
+
     public func prologueSites(of symbol: ELFSymbol, code: [UInt8], in image: ELFFile) -> [PrologueSite] {
         PPC64LEPrologue.sites(of: symbol, code: code, in: image)
     }

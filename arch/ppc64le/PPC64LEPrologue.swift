@@ -90,6 +90,20 @@ enum PPC64LEPrologue {
         return nil
     }
 
+    /// An mcount site at `address` whatever function holds it: `bl _mcount` (or its nop)
+    /// right after `mflr r0`, or after `mflr r0; std r0,16(r1)` (older gcc).
+    static func mcountSlot(at address: UInt64, in image: ELFFile) -> PrologueSite? {
+        guard address >= 8, let before = image.bytes(at: address - 8, count: 12) else { return nil }
+        let words = (0..<3).map { PPC64LEInstruction.word(before, at: 4 * $0) }
+        let mcount = image.symbol(named: "_mcount")?.value
+        let isCall = PPC64LEInstruction.branchAndLinkTarget(words[2], at: address).map { $0 == mcount } ?? false
+        guard isCall || words[2] == PPC64LEInstruction.nop else { return nil }
+        let older = words[1] == PPC64LEInstruction.stdR0_16R1 && words[0] == PPC64LEInstruction.mflrR0
+        guard words[1] == PPC64LEInstruction.mflrR0 || older else { return nil }
+        return PrologueSite(kind: .mcountCall, address: address, offset: 0, isTracingSlot: true,
+                            note: older ? "mflr r0; std r0,16(r1); bl _mcount (older gcc)" : isCall ? "mflr r0; bl _mcount" : "mcount site already nop")
+    }
+
     static func sites(of symbol: ELFSymbol, code: [UInt8], in image: ELFFile) -> [PrologueSite] {
         guard let site = mcountSite(of: symbol, code: code, in: image) else { return [] }
         let address = symbol.value + UInt64(site.offset)

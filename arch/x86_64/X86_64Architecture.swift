@@ -77,6 +77,12 @@ public struct X86_64Architecture: CPUArchitecture {
         number == 3 ? reportedPC &- 1 : reportedPC
     }
 
+    public func tracingSlot(at address: UInt64, in image: ELFFile) -> PrologueSite? {
+        guard let code = image.bytes(at: address, count: X86_64Prologue.slotSize + 1) ?? image.bytes(at: address, count: X86_64Prologue.slotSize),
+              let (kind, note) = X86_64Prologue.patchableSlot(code, at: address, in: image) else { return nil }
+        return PrologueSite(kind: kind, address: address, offset: 0, isTracingSlot: true, note: note)
+    }
+
     public func prologueSites(of symbol: ELFSymbol, code: [UInt8], in image: ELFFile) -> [PrologueSite] {
         X86_64Prologue.sites(of: symbol, code: code, in: image)
     }
@@ -218,7 +224,9 @@ enum X86_64Prologue {
             }
         } else if code.starts(with: nop5) {
             return (.patchableNop, "5-byte nop: room for a jmp rel32")
-        } else if code.starts(with: fiveOneByteNops) {
+        } else if code.starts(with: fiveOneByteNops) && !(code.count > slotSize && code[slotSize] == 0x90) {
+            // Exactly five: a longer run is alignment padding (Linux's __pfx_ symbols,
+            // 16 one-byte nops before each function), not a slot.
             return (.patchableNop, "5 one-byte nops (-fpatchable-function-entry=5): room for a jmp rel32")
         }
         return nil
