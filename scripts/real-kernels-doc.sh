@@ -62,9 +62,12 @@ out += ['## What the differences are', '',
         '  placeholder. It is not a compiler\'s tracing slot, and the table rightly leaves it out.',
         '- *__stack_chk_fail+0x4* (amd64 6.12): the function is `noinstr`. objtool keeps its nop but removes its',
         '  table entry, so Linux never patches it.',
+        '- *write_ciabr+0x8* (ppc64le 6.12): the function keeps the compiler\'s two nops but has no table entry.',
+        '  The kernel does not trace it.',
+        '- *do_uaccess_flush+0x0* (ppc64le 6.12): assembly that starts with nops the kernel rewrites for its',
+        '  uaccess-flush mitigation (feature fixups). They are not a tracing slot.',
         '- *debian13-ppc64le*: 6.12 is built with `-fpatchable-function-entry=2`, which leaves two nops at the',
-        '  local entry that become `mflr r0; bl ftrace_caller`. Splice does not support that prologue yet, so',
-        '  every entry is reported missing until it does.', '']
+        '  local entry that become `mflr r0; bl ftrace_caller`. Splice finds these sites; it cannot patch them yet.', '']
 open('docs/real-kernels.md', 'w').write('\n'.join(out) + '\n')
 print('wrote docs/real-kernels.md')
 EOF

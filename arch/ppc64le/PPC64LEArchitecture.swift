@@ -102,7 +102,7 @@ public struct PPC64LEArchitecture: CPUArchitecture {
     public func faultingInstruction(interrupt number: UInt32, reportedPC: UInt64) -> UInt64 { reportedPC &- 4 }
 
     public func tracingSlot(at address: UInt64, in image: ELFFile) -> PrologueSite? {
-        PPC64LEPrologue.mcountSlot(at: address, in: image)
+        PPC64LEPrologue.mcountSlot(at: address, in: image) ?? PPC64LEPrologue.patchableEntrySlot(at: address, in: image)
     }
 
     public func prologueSites(of symbol: ELFSymbol, code: [UInt8], in image: ELFFile) -> [PrologueSite] {

@@ -90,6 +90,21 @@ enum PPC64LEPrologue {
         return nil
     }
 
+    /// The two nops `-fpatchable-function-entry=2` leaves at a function's local entry (what
+    /// Linux ≥ 6.6 built with GCC ≥ 13.1 uses instead of `-mprofile-kernel`'s mcount call;
+    /// ftrace turns them into `mflr r0; bl ftrace_caller`). Its address is the first nop,
+    /// as the kernel's table records it.
+    static func patchableEntrySlot(at address: UInt64, in image: ELFFile) -> PrologueSite? {
+        guard let code = image.bytes(at: address, count: 8) else { return nil }
+        let words = (0..<2).map { PPC64LEInstruction.word(code, at: 4 * $0) }
+        let nops = words == [PPC64LEInstruction.nop, PPC64LEInstruction.nop]
+        let enabled = words[0] == PPC64LEInstruction.mflrR0 && PPC64LEInstruction.branchAndLinkTarget(words[1], at: address + 4) != nil
+        guard nops || enabled else { return nil }
+        return PrologueSite(kind: .patchableEntry, address: address, offset: 0, isTracingSlot: true,
+                            note: nops ? "two nops (-fpatchable-function-entry=2): become mflr r0; bl ftrace_caller"
+                                : "mflr r0; bl (an enabled -fpatchable-function-entry=2 slot)")
+    }
+
     /// An mcount site at `address` whatever function holds it: `bl _mcount` (or its nop)
     /// right after `mflr r0`, or after `mflr r0; std r0,16(r1)` (older gcc).
     static func mcountSlot(at address: UInt64, in image: ELFFile) -> PrologueSite? {
@@ -105,7 +120,14 @@ enum PPC64LEPrologue {
     }
 
     static func sites(of symbol: ELFSymbol, code: [UInt8], in image: ELFFile) -> [PrologueSite] {
-        guard let site = mcountSite(of: symbol, code: code, in: image) else { return [] }
+        guard let site = mcountSite(of: symbol, code: code, in: image) else {
+            // No mcount call: the newer prologue, two nops at the local entry.
+            let entry = symbol.value + symbol.localEntryOffset
+            guard image.symbol(named: "_mcount") == nil, symbol.size >= symbol.localEntryOffset + 8,
+                  var slot = patchableEntrySlot(at: entry, in: image) else { return [] }
+            slot.offset = symbol.localEntryOffset
+            return [slot]
+        }
         let address = symbol.value + UInt64(site.offset)
         var sites = [PrologueSite(
             kind: .mcountCall, address: address, offset: UInt64(site.offset), isTracingSlot: true,
@@ -130,6 +152,8 @@ enum PPC64LEPrologue {
 extension PrologueSite.Kind {
     /// `bl _mcount` after `mflr r0` (-mprofile-kernel).
     public static let mcountCall = Self(rawValue: "mcount-call")
+    /// Two nops at the local entry (-fpatchable-function-entry=2).
+    public static let patchableEntry = Self(rawValue: "patchable-entry")
     /// The global entry's `addi r2,r2,imm`: where the odd-TOC mark goes.
     public static let tocSetup = Self(rawValue: "toc-addi")
     /// A function without a global-entry pair: it does not use the TOC, so a redirect
