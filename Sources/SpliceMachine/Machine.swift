@@ -13,6 +13,7 @@ public enum MachineError: Error, Equatable, CustomStringConvertible {
     case noSuchVCPU(index: Int, count: Int)
     case segmentOutOfRange(image: String, index: Int, address: UInt64, memorySize: UInt64)
     case imageTooLarge(image: String, bytes: UInt64, limit: UInt64)
+    case noSuchSymbol(String)
 
     public var description: String {
         switch self {
@@ -34,6 +35,8 @@ public enum MachineError: Error, Equatable, CustomStringConvertible {
             return "\(image): segment [\(index)] at \(hex(address)) with p_memsz \(hex(size)) runs past the end of the address space"
         case let .imageTooLarge(image, bytes, limit):
             return "\(image): PT_LOAD segments span \(hex(bytes)) bytes, more than the \(hex(limit)) a Splice machine loads"
+        case let .noSuchSymbol(name):
+            return "no symbol named \(name)"
         }
     }
 }

@@ -170,14 +170,10 @@ extension Inspect {
     }
 }
 
-/// Parses a signed integer in decimal or 0x-hex.
+/// Parses a signed integer in decimal or 0x-hex (CallArgument's integer form).
 func parseInteger(_ text: String) throws -> Int64 {
-    let negative = text.hasPrefix("-")
-    let body = negative ? String(text.dropFirst()) : text
-    let magnitude: UInt64?
-    if body.lowercased().hasPrefix("0x") { magnitude = UInt64(body.dropFirst(2), radix: 16) } else { magnitude = UInt64(body) }
-    guard let m = magnitude else { throw CommandError(description: "not an integer: \(text)") }
-    return negative ? -Int64(bitPattern: m) : Int64(bitPattern: m)
+    guard case let .integer(v)? = try? CallArgument(parsing: text) else { throw CommandError(description: "not an integer: \(text)") }
+    return v
 }
 
 struct Call: ParsableCommand {
@@ -187,7 +183,9 @@ struct Call: ParsableCommand {
 
     @Argument(help: "A static ELF executable (x86-64 or ppc64le).") var image: String
     @Argument(help: "The function's symbol name.") var function: String
-    @Argument(parsing: .allUnrecognized, help: "Integer arguments (decimal or 0x hex; negatives allowed).")
+    @Argument(parsing: .allUnrecognized, help: ArgumentHelp(
+        "Arguments: an integer (42, -1, 0x2a), s:TEXT (a NUL-terminated string in guest memory; its address is passed), "
+            + "x:HEX (those bytes), o:N (N zeroed bytes), &SYMBOL (a symbol's address).", valueName: "argument"))
     var arguments: [String] = []
     @Option(help: "Which entry to use: global or local (ppc64le functions that use the TOC have both).")
     var entry: EntryKind = .global
@@ -197,25 +195,38 @@ struct Call: ParsableCommand {
 
     struct Output: Codable {
         var image: String, architecture: String, function: String, entry: String, entryAddress: UInt64
+        /// The values passed (a buffer's or symbol's address for those forms).
         var arguments: [Int64]
         var result: Int64, resultHex: String, instructions: UInt64?
+        /// Each buffer an argument placed, with its bytes after the call.
+        var buffers: [BufferOutput]
+    }
+
+    struct BufferOutput: Codable {
+        var argument: Int, address: UInt64, hex: String
+    }
+
+    func validate() throws {
+        for a in arguments { do { _ = try CallArgument(parsing: a) } catch { throw ValidationError("\(error)") } }
     }
 
     func run() throws {
-        let args = try reportingErrors { try arguments.map(parseInteger) }
-        let (result, arch) = try reportingErrors { () -> (CallResult, String) in
+        let args = try arguments.map(CallArgument.init(parsing:))
+        let (result, buffers, values, arch) = try reportingErrors { () -> (CallResult, [CallBuffer], [Int64], String) in
             let loaded = try loadImage(path: image)
-            let r = try loaded.call(function, args, entry: entry, limits: .init(
+            let (r, values, buffers) = try loaded.call(function, arguments: args, entry: entry, limits: .init(
                 timeoutMicroseconds: timeoutMs * 1000, instructions: maxInstructions))
-            return (r, loaded.machine.architecture.name)
+            return (r, buffers, values, loaded.machine.architecture.name)
         }
         let out = Output(image: image, architecture: arch, function: function, entry: result.entry.kind.rawValue,
-                         entryAddress: result.entry.address, arguments: args, result: result.signedValue,
-                         resultHex: hex(result.value), instructions: result.instructions)
+                         entryAddress: result.entry.address, arguments: values, result: result.signedValue,
+                         resultHex: hex(result.value), instructions: result.instructions,
+                         buffers: buffers.map { BufferOutput(argument: $0.argument, address: $0.address, hex: $0.bytes.hexDigits) })
         if json { try printJSON(out); return }
-        let call = "\(function)(\(args.map(String.init).joined(separator: ", ")))"
+        let call = "\(function)(\(args.map(\.description).joined(separator: ", ")))"
         print("\(call) = \(out.result)  [\(out.resultHex)]")
         print("  \(arch), \(out.entry) entry \(hex(out.entryAddress)), \(out.instructions.map(String.init) ?? "?") guest instructions")
+        for b in out.buffers { print("  argument \(b.argument + 1) at \(hex(b.address)): \(Array(b.hex.utf8).count / 2) bytes \(b.hex)") }
     }
 }
 
@@ -321,7 +332,8 @@ struct Patch: ParsableCommand {
 
     @Argument(help: "The target image.") var image: String
     @Argument(help: "Payloads, loaded and applied in order.") var payloads: [String]
-    @Option(help: "A function call to run after applying: NAME or NAME=ARG,ARG (repeatable).") var call: [String] = []
+    @Option(help: "A function call to run after applying: NAME or NAME=ARG,ARG (repeatable); each ARG as splice call takes it (42, s:TEXT, x:HEX, o:N, &SYMBOL).")
+    var call: [String] = []
     @Option(help: "An oracle output file: every case is run and compared.") var oracle: String?
     @Flag(help: "Revert and unload everything at the end and check the code bytes are as before.") var revert = false
 
@@ -342,9 +354,10 @@ struct Patch: ParsableCommand {
             }
             for spec in call {
                 let parts = spec.split(separator: "=", maxSplits: 1)
-                let args = try parts.count > 1 ? parts[1].split(separator: ",").map { try parseInteger(String($0)) } : []
-                let r = try loaded.call(String(parts[0]), args)
-                print("\(parts[0])(\(args.map(String.init).joined(separator: ", "))) = \(r.signedValue)")
+                let args = try (parts.count > 1 ? parts[1].split(separator: ",").map(String.init) : []).map(CallArgument.init(parsing:))
+                let (r, _, buffers) = try loaded.call(String(parts[0]), arguments: args)
+                print("\(parts[0])(\(args.map(\.description).joined(separator: ", "))) = \(r.signedValue)")
+                for b in buffers { print("  argument \(b.argument + 1) at \(hex(b.address)): \(b.bytes.hexBytes)") }
             }
             if let oracle {
                 let cases = try OracleCase.parse(file: oracle)

@@ -20,6 +20,34 @@ final class CLITests: XCTestCase {
         XCTAssertTrue(local.out.contains("local entry"), local.out)
     }
 
+    /// Memory arguments: bytes, a string, a zeroed buffer and a symbol's address, passed by
+    /// address; `--json` gives each buffer's bytes after the call.
+    func testCallWithMemoryArguments() throws {
+        func call(_ image: String, _ args: [String]) throws -> [String: Any] {
+            let r = try run(["call", samplePath(image)] + args + ["--json"])
+            XCTAssertEqual(r.status, 0, r.err)
+            return try XCTUnwrap(JSONSerialization.jsonObject(with: Data(r.out.utf8)) as? [String: Any])
+        }
+        for image in [Samples.x86_64, Samples.ppc64le] {
+            let bytes = try call(image, ["peek", "x:0102030405060708"])
+            XCTAssertEqual(bytes["result"] as? Int, 0x0807_0605_0403_0201, image)
+            let string = try call(image, ["peek", "s:ABCDEFG"])
+            XCTAssertEqual(string["result"] as? Int, 0x0047_4645_4443_4241, image)
+            let output = try call(image, ["poke", "o:8", "42"])
+            let buffers = try XCTUnwrap(output["buffers"] as? [[String: Any]], image)
+            XCTAssertEqual(buffers.map { $0["hex"] as? String }, ["2a00000000000000"], image)
+            XCTAssertEqual(buffers.first?["argument"] as? Int, 0, image)
+            XCTAssertEqual((output["arguments"] as? [Int])?.first, buffers.first?["address"] as? Int, "\(image): the address passed")
+            let symbol = try call(image, ["peek", "&scale_factor"])
+            XCTAssertEqual(symbol["result"] as? Int, 3, image)
+        }
+        let bad = try run(["call", samplePath(Samples.x86_64), "peek", "x:123"])
+        XCTAssertNotEqual(bad.status, 0)
+        XCTAssertTrue(bad.err.contains("argument 'x:123': x: takes pairs of hex digits"), bad.err)
+        let unknown = try run(["call", samplePath(Samples.x86_64), "peek", "&no_such_symbol"])
+        XCTAssertEqual(unknown.err, "splice: error: no symbol named no_such_symbol\n")
+    }
+
     func testCallErrorsAreOneClearLine() throws {
         let missing = try run(["call", samplePath(Samples.x86_64), "no_such_function"])
         XCTAssertEqual(missing.status, 1)
